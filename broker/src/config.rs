@@ -1,0 +1,183 @@
+//! Configuration: layered loading (embedded defaults, file, environment) and validation into
+//! the typed values the broker runs on. `config/tern.toml` is both the documented reference and
+//! the embedded defaults, so the two cannot drift apart.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::session::queue::QueueLimits;
+use crate::session::SessionLimits;
+
+/// The defaults, compiled in.
+pub const DEFAULTS: &str = include_str!("../../config/tern.toml");
+
+/// The protocol's largest packet: 1 + 4 bytes of fixed header + 268,435,455.
+const PROTOCOL_MAX_PACKET_SIZE: u32 = 268_435_460;
+
+/// A configuration that cannot be used. The message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The sources could not be read or parsed into the expected types.
+    #[error("{0}")]
+    Load(#[from] config::ConfigError),
+    /// A value parsed but is out of range.
+    #[error("invalid value for `{key}`: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub log: LogConfig,
+    pub listener: Vec<ListenerConfig>,
+    pub mqtt: MqttConfig,
+    pub server: ServerConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    pub bind: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MqttConfig {
+    pub connect_timeout_secs: u64,
+    pub max_packet_size: u32,
+    pub max_inflight_messages: u32,
+    pub max_queued_messages: usize,
+    pub max_queued_bytes: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Config {
+    /// Defaults, then `file` if given, then `TERN__SECTION__KEY` environment variables.
+    pub fn load(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut builder =
+            config::Config::builder().add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        if let Some(path) = file {
+            builder =
+                builder.add_source(config::File::from(path).format(config::FileFormat::Toml).required(true));
+        }
+        let env =
+            config::Environment::with_prefix("TERN").prefix_separator("__").separator("__").try_parsing(true);
+        let config: Config = builder.add_source(env).build()?.try_deserialize()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Parses a TOML document layered over the defaults (tests and embedding).
+    pub fn from_toml(toml: &str) -> Result<Config, ConfigError> {
+        let config: Config = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
+            .add_source(config::File::from_str(toml, config::FileFormat::Toml))
+            .build()?
+            .try_deserialize()?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Replaces the listeners with one on `bind`:`port` (the `--bind`/`-p` flags).
+    pub fn override_listener(&mut self, bind: Option<std::net::IpAddr>, port: Option<u16>) {
+        if bind.is_none() && port.is_none() {
+            return;
+        }
+        let default =
+            self.listener.first().map(|l| l.bind).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 1883)));
+        let addr = SocketAddr::new(bind.unwrap_or(default.ip()), port.unwrap_or(default.port()));
+        self.listener = vec![ListenerConfig { bind: addr }];
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let invalid =
+            |key: &'static str, reason: &str| Err(ConfigError::Invalid { key, reason: reason.into() });
+        if self.listener.is_empty() {
+            return invalid("listener", "at least one listener is required");
+        }
+        let mqtt = &self.mqtt;
+        if mqtt.connect_timeout_secs == 0 {
+            return invalid("mqtt.connect_timeout_secs", "must be at least 1");
+        }
+        // Room for a CONNECT with a client id, will and credentials of modest size.
+        if !(128..=PROTOCOL_MAX_PACKET_SIZE).contains(&mqtt.max_packet_size) {
+            return invalid("mqtt.max_packet_size", "must be between 128 and 268435460");
+        }
+        if !(1..=65_535).contains(&mqtt.max_inflight_messages) {
+            return invalid("mqtt.max_inflight_messages", "must be between 1 and 65535");
+        }
+        if mqtt.max_queued_messages == 0 {
+            return invalid("mqtt.max_queued_messages", "must be at least 1");
+        }
+        if mqtt.max_queued_bytes < mqtt.max_packet_size as usize {
+            return invalid("mqtt.max_queued_bytes", "must be at least mqtt.max_packet_size");
+        }
+        Ok(())
+    }
+
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.mqtt.connect_timeout_secs)
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.server.shutdown_timeout_secs)
+    }
+
+    pub fn session_limits(&self) -> SessionLimits {
+        SessionLimits {
+            max_inflight: self.mqtt.max_inflight_messages as usize,
+            queue: QueueLimits {
+                max_messages: self.mqtt.max_queued_messages,
+                max_bytes: self.mqtt.max_queued_bytes,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_defaults_are_valid_and_loopback_only() {
+        let config = Config::from_toml("").unwrap();
+        assert_eq!(config.listener.len(), 1);
+        assert_eq!(config.listener[0].bind, "127.0.0.1:1883".parse().unwrap());
+        assert_eq!(config.mqtt.max_inflight_messages, 20);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_key() {
+        let err = Config::from_toml("[mqtt]\nmax_packet_sise = 5").unwrap_err().to_string();
+        assert!(err.contains("max_packet_sise"), "{err}");
+        let err = Config::from_toml("[mqtt]\nmax_packet_size = \"big\"").unwrap_err().to_string();
+        assert!(err.contains("max_packet_size"), "{err}");
+        let err = Config::from_toml("[mqtt]\nmax_inflight_messages = 0").unwrap_err().to_string();
+        assert!(err.contains("mqtt.max_inflight_messages"), "{err}");
+        let err = Config::from_toml("[[listener]]\nbind = \"nowhere\"").unwrap_err().to_string();
+        assert!(err.contains("bind"), "{err}");
+    }
+
+    #[test]
+    fn cli_flags_replace_the_listeners() {
+        let mut config = Config::from_toml("").unwrap();
+        config.override_listener(None, Some(0));
+        assert_eq!(config.listener[0].bind, "127.0.0.1:0".parse().unwrap());
+        config.override_listener(Some("::1".parse().unwrap()), None);
+        assert_eq!(config.listener[0].bind, "[::1]:0".parse().unwrap());
+    }
+}

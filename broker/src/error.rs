@@ -1,0 +1,22 @@
+//! The crate's error type: what can stop the broker as a whole. Per-connection failures are
+//! logged by the connection task and never reach here.
+
+use std::net::SocketAddr;
+
+use crate::config::ConfigError;
+use crate::storage::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The configuration is unusable.
+    #[error("configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// A listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    /// Stored state could not be loaded.
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

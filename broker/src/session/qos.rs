@@ -1,0 +1,265 @@
+//! The QoS 1 and QoS 2 handshakes, as state machines whose states are named after the packet
+//! they await.
+//!
+//! `Outbound` is the broker-to-client window: PUBLISH sent, awaiting PUBACK (QoS 1) or PUBREC
+//! (QoS 2); PUBREL sent, awaiting PUBCOMP. Entries stay in send order so a resumed session
+//! re-sends them in their original order [MQTT-4.4.0-1], [MQTT-4.6.0-1].
+//!
+//! `Inbound` is the client-to-broker side of QoS 2: the packet ids whose PUBLISH was accepted
+//! and routed but whose PUBREL has not come yet. A PUBLISH re-sent with one of these ids is
+//! acknowledged again but never routed twice (the de-duplication that makes QoS 2 exactly once).
+
+use std::collections::{HashSet, VecDeque};
+use std::num::NonZeroU16;
+
+use crate::message::Delivery;
+use crate::packet::{Packet, PacketId, QoS};
+
+/// Where one outbound QoS 1/2 message stands.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// QoS 1 PUBLISH sent.
+    AwaitingPubAck(Delivery),
+    /// QoS 2 PUBLISH sent.
+    AwaitingPubRec(Delivery),
+    /// QoS 2 PUBREC received and PUBREL sent; the message itself is no longer needed.
+    AwaitingPubComp,
+}
+
+/// An acknowledgement that does not fit the window. Logged and ignored: the client may be
+/// acknowledging a message from before a reconnect that was already settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{packet} for packet id {packet_id} matches nothing in flight")]
+pub struct UnexpectedAck {
+    pub packet: &'static str,
+    pub packet_id: PacketId,
+}
+
+/// The outbound in-flight window of one session.
+#[derive(Debug)]
+pub struct OutboundWindow {
+    entries: VecDeque<(PacketId, Outbound)>,
+    capacity: usize,
+    last_id: u16,
+}
+
+impl OutboundWindow {
+    /// `capacity` is the most QoS 1/2 messages in flight at once (at least 1).
+    pub fn new(capacity: usize) -> Self {
+        OutboundWindow { entries: VecDeque::new(), capacity: capacity.max(1), last_id: 0 }
+    }
+
+    pub fn has_credit(&self) -> bool {
+        self.entries.len() < self.capacity
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Starts delivering a QoS 1/2 message: allocates a packet id and returns the PUBLISH.
+    /// The caller checks `has_credit` first.
+    pub fn send(&mut self, delivery: Delivery) -> Packet {
+        let packet_id = self.allocate_id();
+        let publish = delivery.to_publish(Some(packet_id), false);
+        let state = match delivery.qos {
+            QoS::AtLeastOnce => Outbound::AwaitingPubAck(delivery),
+            QoS::ExactlyOnce => Outbound::AwaitingPubRec(delivery),
+            QoS::AtMostOnce => unreachable!("QoS 0 never enters the window"),
+        };
+        self.entries.push_back((packet_id, state));
+        Packet::Publish(publish)
+    }
+
+    /// Next id after the last one handed out, skipping ids still in flight. The window holds
+    /// at most 65,535 entries, so a free id always exists when `has_credit` is true.
+    fn allocate_id(&mut self) -> PacketId {
+        loop {
+            self.last_id = self.last_id.wrapping_add(1);
+            let Some(id) = NonZeroU16::new(self.last_id) else { continue };
+            let id = PacketId(id);
+            if !self.entries.iter().any(|(used, _)| *used == id) {
+                return id;
+            }
+        }
+    }
+
+    fn position(&self, packet_id: PacketId) -> Option<usize> {
+        self.entries.iter().position(|(id, _)| *id == packet_id)
+    }
+
+    /// PUBACK: completes a QoS 1 delivery.
+    pub fn handle_puback(&mut self, packet_id: PacketId) -> Result<(), UnexpectedAck> {
+        match self.position(packet_id) {
+            Some(at) if matches!(self.entries[at].1, Outbound::AwaitingPubAck(_)) => {
+                self.entries.remove(at);
+                Ok(())
+            }
+            _ => Err(UnexpectedAck { packet: "PUBACK", packet_id }),
+        }
+    }
+
+    /// PUBREC: the client has the message; answer with PUBREL [MQTT-4.3.3-1]. A repeated
+    /// PUBREC for a message already released is answered with PUBREL again.
+    pub fn handle_pubrec(&mut self, packet_id: PacketId) -> Result<Packet, UnexpectedAck> {
+        match self.position(packet_id) {
+            Some(at) if !matches!(self.entries[at].1, Outbound::AwaitingPubAck(_)) => {
+                self.entries[at].1 = Outbound::AwaitingPubComp;
+                Ok(Packet::PubRel(packet_id))
+            }
+            _ => Err(UnexpectedAck { packet: "PUBREC", packet_id }),
+        }
+    }
+
+    /// PUBCOMP: completes a QoS 2 delivery.
+    pub fn handle_pubcomp(&mut self, packet_id: PacketId) -> Result<(), UnexpectedAck> {
+        match self.position(packet_id) {
+            Some(at) if matches!(self.entries[at].1, Outbound::AwaitingPubComp) => {
+                self.entries.remove(at);
+                Ok(())
+            }
+            _ => Err(UnexpectedAck { packet: "PUBCOMP", packet_id }),
+        }
+    }
+
+    /// On resuming a session: everything unacknowledged, again, in the original order, PUBLISH
+    /// with DUP set [MQTT-3.3.1-1] and PUBREL as it was [MQTT-4.4.0-1].
+    pub fn resend_all(&self, out: &mut Vec<Packet>) {
+        for (packet_id, state) in &self.entries {
+            out.push(match state {
+                Outbound::AwaitingPubAck(d) | Outbound::AwaitingPubRec(d) => {
+                    Packet::Publish(d.to_publish(Some(*packet_id), true))
+                }
+                Outbound::AwaitingPubComp => Packet::PubRel(*packet_id),
+            });
+        }
+    }
+}
+
+/// Inbound QoS 2 packet ids awaiting PUBREL.
+#[derive(Debug, Default)]
+pub struct InboundQos2 {
+    awaiting_pubrel: HashSet<PacketId>,
+}
+
+impl InboundQos2 {
+    /// A QoS 2 PUBLISH arrived: true when it is new and must be routed, false for a re-send
+    /// of one already routed [MQTT-4.3.3-2]. Either way the answer is PUBREC.
+    pub fn handle_publish(&mut self, packet_id: PacketId) -> bool {
+        self.awaiting_pubrel.insert(packet_id)
+    }
+
+    /// PUBREL: forget the id and answer PUBCOMP, also for an id already forgotten (the
+    /// client re-sends PUBREL until it sees PUBCOMP) [MQTT-4.3.3-1].
+    pub fn handle_pubrel(&mut self, packet_id: PacketId) -> Packet {
+        self.awaiting_pubrel.remove(&packet_id);
+        Packet::PubComp(packet_id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.awaiting_pubrel.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.awaiting_pubrel.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::message::Message;
+    use crate::packet::Publish;
+
+    fn delivery(qos: QoS, n: u8) -> Delivery {
+        let message = Message { topic: "t".into(), payload: vec![n].into(), qos, retain: false };
+        Delivery { message: Arc::new(message), qos, retain: false }
+    }
+
+    fn pid(n: u16) -> PacketId {
+        PacketId(NonZeroU16::new(n).unwrap())
+    }
+
+    fn publish_of(p: &Packet) -> &Publish {
+        match p {
+            Packet::Publish(p) => p,
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn qos1_publish_then_puback_frees_the_slot() {
+        let mut w = OutboundWindow::new(1);
+        let p = w.send(delivery(QoS::AtLeastOnce, 1));
+        let id = publish_of(&p).packet_id.unwrap();
+        assert!(!w.has_credit());
+        assert_eq!(w.handle_pubrec(id), Err(UnexpectedAck { packet: "PUBREC", packet_id: id }));
+        assert_eq!(w.handle_puback(id), Ok(()));
+        assert!(w.has_credit());
+        assert!(w.handle_puback(id).is_err(), "a second PUBACK matches nothing");
+    }
+
+    #[test]
+    fn qos2_walks_pubrec_pubrel_pubcomp() {
+        let mut w = OutboundWindow::new(4);
+        let id = publish_of(&w.send(delivery(QoS::ExactlyOnce, 1))).packet_id.unwrap();
+        assert!(w.handle_pubcomp(id).is_err(), "PUBCOMP before PUBREC");
+        assert!(w.handle_puback(id).is_err(), "PUBACK for a QoS 2 message");
+        assert_eq!(w.handle_pubrec(id), Ok(Packet::PubRel(id)));
+        assert_eq!(w.handle_pubrec(id), Ok(Packet::PubRel(id)), "repeated PUBREC is answered again");
+        assert_eq!(w.handle_pubcomp(id), Ok(()));
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn resend_keeps_order_sets_dup_and_repeats_pubrel() {
+        // [MQTT-4.4.0-1], [MQTT-3.3.1-1]
+        let mut w = OutboundWindow::new(8);
+        let a = publish_of(&w.send(delivery(QoS::AtLeastOnce, 1))).packet_id.unwrap();
+        let b = publish_of(&w.send(delivery(QoS::ExactlyOnce, 2))).packet_id.unwrap();
+        let c = publish_of(&w.send(delivery(QoS::ExactlyOnce, 3))).packet_id.unwrap();
+        w.handle_pubrec(b).unwrap();
+        let mut out = Vec::new();
+        w.resend_all(&mut out);
+        assert_eq!(out.len(), 3);
+        let first = publish_of(&out[0]);
+        assert!(first.dup && first.packet_id == Some(a) && first.payload[..] == [1]);
+        assert_eq!(out[1], Packet::PubRel(b));
+        let third = publish_of(&out[2]);
+        assert!(third.dup && third.packet_id == Some(c) && third.qos == QoS::ExactlyOnce);
+    }
+
+    #[test]
+    fn packet_ids_skip_ids_in_flight_and_wrap() {
+        let mut w = OutboundWindow::new(3);
+        w.last_id = 65_533;
+        let first = publish_of(&w.send(delivery(QoS::AtLeastOnce, 0))).packet_id.unwrap();
+        assert_eq!(first, pid(65_534));
+        let second = publish_of(&w.send(delivery(QoS::AtLeastOnce, 0))).packet_id.unwrap();
+        assert_eq!(second, pid(65_535));
+        let third = publish_of(&w.send(delivery(QoS::AtLeastOnce, 0))).packet_id.unwrap();
+        assert_eq!(third, pid(1), "wraps past 65535 and never yields 0");
+        w.handle_puback(second).unwrap();
+        w.last_id = 65_533; // next candidates: 65534 (in use), 65535 (free)
+        let fourth = publish_of(&w.send(delivery(QoS::AtLeastOnce, 0))).packet_id.unwrap();
+        assert_eq!(fourth, pid(65_535));
+    }
+
+    #[test]
+    fn inbound_qos2_routes_once_until_pubrel() {
+        // [MQTT-4.3.3-2]: a re-sent PUBLISH with the same id is not delivered again.
+        let mut inbound = InboundQos2::default();
+        assert!(inbound.handle_publish(pid(7)));
+        assert!(!inbound.handle_publish(pid(7)));
+        assert_eq!(inbound.handle_pubrel(pid(7)), Packet::PubComp(pid(7)));
+        assert!(inbound.is_empty());
+        assert_eq!(inbound.handle_pubrel(pid(7)), Packet::PubComp(pid(7)));
+        assert!(inbound.handle_publish(pid(7)), "after PUBREL the id starts a new message");
+    }
+}

@@ -1,0 +1,261 @@
+//! The bounded pending queue of a session: messages routed to it but not yet sent (or, for QoS
+//! 1/2, not yet in the in-flight window).
+//!
+//! Publishers never wait on a subscriber. `Mailbox::offer` is called by the publishing task and
+//! only touches atomics and an unbounded channel; the bound is kept by counting messages and bytes
+//! across the channel and the session's local queue. Policy when a limit is reached: the new
+//! message is dropped for this session (as Mosquitto does), counted, and logged once per overflow
+//! episode. QoS 0 messages are not queued for an offline session (Mosquitto's default too).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::message::Delivery;
+use crate::packet::QoS;
+use crate::session::ClientId;
+
+/// Per-session limits on pending messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    pub max_messages: usize,
+    pub max_bytes: usize,
+}
+
+/// The publishers' side of a session's pending queue.
+#[derive(Debug)]
+pub struct Mailbox {
+    client_id: ClientId,
+    tx: mpsc::UnboundedSender<Delivery>,
+    limits: QueueLimits,
+    messages: AtomicUsize,
+    bytes: AtomicUsize,
+    online: AtomicBool,
+    overflowing: AtomicBool,
+    dropped: AtomicU64,
+}
+
+/// What became of an offered delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    Queued,
+    /// QoS 0 to an offline session: not queued, by policy.
+    SkippedOffline,
+    /// A limit was reached: dropped for this session, by policy.
+    DroppedFull,
+    /// The session ended while the message was being routed.
+    Closed,
+}
+
+impl Mailbox {
+    pub fn client_id(&self) -> &ClientId {
+        &self.client_id
+    }
+
+    /// Queues `delivery` if the limits allow.
+    pub fn offer(&self, delivery: Delivery) -> Offer {
+        if delivery.qos == QoS::AtMostOnce && !self.online.load(Ordering::Relaxed) {
+            return Offer::SkippedOffline;
+        }
+        let weight = delivery.message.weight();
+        if !self.reserve(weight) {
+            return Offer::DroppedFull;
+        }
+        match self.tx.send(delivery) {
+            Ok(()) => Offer::Queued,
+            Err(_) => {
+                self.release(weight);
+                Offer::Closed
+            }
+        }
+    }
+
+    pub fn set_online(&self, online: bool) {
+        self.online.store(online, Ordering::Relaxed);
+    }
+
+    /// Counts a message against the limits; false (and the drop is counted) when over.
+    fn reserve(&self, weight: usize) -> bool {
+        let messages = self.messages.fetch_add(1, Ordering::AcqRel);
+        let bytes = self.bytes.fetch_add(weight, Ordering::AcqRel);
+        if messages < self.limits.max_messages && bytes + weight <= self.limits.max_bytes {
+            return true;
+        }
+        self.release(weight);
+        self.dropped.fetch_add(1, Ordering::Relaxed);
+        if !self.overflowing.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                client_id = %self.client_id,
+                max_queued_messages = self.limits.max_messages,
+                max_queued_bytes = self.limits.max_bytes,
+                "pending queue full: dropping new messages for this session"
+            );
+        }
+        false
+    }
+
+    fn release(&self, weight: usize) {
+        self.messages.fetch_sub(1, Ordering::AcqRel);
+        self.bytes.fetch_sub(weight, Ordering::AcqRel);
+    }
+
+    /// Called as messages leave the queue: ends an overflow episode once half the room is back.
+    fn note_drained(&self) {
+        if self.overflowing.load(Ordering::Relaxed)
+            && self.messages.load(Ordering::Relaxed) <= self.limits.max_messages / 2
+            && self.overflowing.swap(false, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                client_id = %self.client_id,
+                dropped_total = self.dropped.load(Ordering::Relaxed),
+                "pending queue has room again"
+            );
+        }
+    }
+
+    /// Messages currently pending (for tests and metrics).
+    pub fn pending(&self) -> usize {
+        self.messages.load(Ordering::Relaxed)
+    }
+
+    /// Messages dropped by the overflow policy since the session started.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(Ordering::Relaxed)
+    }
+}
+
+/// The session's side: receives from the mailbox, plus a local queue for messages the session
+/// enqueues itself (retained messages on subscribe) or set aside while offline.
+#[derive(Debug)]
+pub struct PendingQueue {
+    mailbox: Arc<Mailbox>,
+    rx: mpsc::UnboundedReceiver<Delivery>,
+    local: VecDeque<Delivery>,
+}
+
+impl PendingQueue {
+    pub fn new(client_id: ClientId, limits: QueueLimits) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mailbox = Arc::new(Mailbox {
+            client_id,
+            tx,
+            limits,
+            messages: AtomicUsize::new(0),
+            bytes: AtomicUsize::new(0),
+            online: AtomicBool::new(false),
+            overflowing: AtomicBool::new(false),
+            dropped: AtomicU64::new(0),
+        });
+        PendingQueue { mailbox, rx, local: VecDeque::new() }
+    }
+
+    pub fn mailbox(&self) -> &Arc<Mailbox> {
+        &self.mailbox
+    }
+
+    /// Appends a delivery produced by the session itself, under the same limits.
+    pub fn push(&mut self, delivery: Delivery) -> Offer {
+        if !self.mailbox.reserve(delivery.message.weight()) {
+            return Offer::DroppedFull;
+        }
+        self.local.push_back(delivery);
+        Offer::Queued
+    }
+
+    /// The next pending delivery without waiting.
+    pub fn try_pop(&mut self) -> Option<Delivery> {
+        let next = self.local.pop_front().or_else(|| self.rx.try_recv().ok())?;
+        Some(self.released(next))
+    }
+
+    /// The next pending delivery, waiting for one. Cancel-safe.
+    pub async fn pop(&mut self) -> Option<Delivery> {
+        if let Some(next) = self.local.pop_front() {
+            return Some(self.released(next));
+        }
+        let next = self.rx.recv().await?;
+        Some(self.released(next))
+    }
+
+    /// While offline: moves what arrived into the local queue, dropping QoS 0 (not queued for
+    /// offline sessions). Returns false when the channel is closed.
+    pub async fn absorb(&mut self) -> bool {
+        let Some(delivery) = self.rx.recv().await else { return false };
+        if delivery.qos == QoS::AtMostOnce {
+            self.released(delivery);
+        } else {
+            self.local.push_back(delivery);
+        }
+        true
+    }
+
+    fn released(&self, delivery: Delivery) -> Delivery {
+        self.mailbox.release(delivery.message.weight());
+        self.mailbox.note_drained();
+        delivery
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Message;
+
+    fn delivery(qos: QoS, payload: &'static [u8]) -> Delivery {
+        let message = Message { topic: "t".into(), payload: payload.into(), qos, retain: false };
+        Delivery { message: Arc::new(message), qos, retain: false }
+    }
+
+    fn queue(max_messages: usize, max_bytes: usize) -> PendingQueue {
+        let q = PendingQueue::new(ClientId::from("c"), QueueLimits { max_messages, max_bytes });
+        q.mailbox().set_online(true);
+        q
+    }
+
+    #[test]
+    fn message_limit_drops_the_newest() {
+        let mut q = queue(2, 1 << 20);
+        let mb = q.mailbox().clone();
+        assert_eq!(mb.offer(delivery(QoS::AtLeastOnce, b"1")), Offer::Queued);
+        assert_eq!(mb.offer(delivery(QoS::AtLeastOnce, b"2")), Offer::Queued);
+        assert_eq!(mb.offer(delivery(QoS::AtLeastOnce, b"3")), Offer::DroppedFull);
+        assert_eq!(mb.dropped(), 1);
+        assert_eq!(&q.try_pop().unwrap().message.payload[..], b"1");
+        assert_eq!(mb.offer(delivery(QoS::AtLeastOnce, b"4")), Offer::Queued);
+        assert_eq!(&q.try_pop().unwrap().message.payload[..], b"2");
+        assert_eq!(&q.try_pop().unwrap().message.payload[..], b"4");
+        assert!(q.try_pop().is_none());
+        assert_eq!(mb.pending(), 0);
+    }
+
+    #[test]
+    fn byte_limit_counts_topic_and_payload() {
+        let q = queue(100, 5); // topic "t" (1) + payload
+        let mb = q.mailbox().clone();
+        assert_eq!(mb.offer(delivery(QoS::AtMostOnce, b"abcd")), Offer::Queued);
+        assert_eq!(mb.offer(delivery(QoS::AtMostOnce, b"x")), Offer::DroppedFull);
+    }
+
+    #[tokio::test]
+    async fn offline_sessions_keep_qos1_and_skip_qos0() {
+        let mut q = queue(10, 1 << 20);
+        let mb = q.mailbox().clone();
+        mb.offer(delivery(QoS::AtLeastOnce, b"a"));
+        mb.set_online(false);
+        assert_eq!(mb.offer(delivery(QoS::AtMostOnce, b"b")), Offer::SkippedOffline);
+        mb.offer(delivery(QoS::ExactlyOnce, b"c"));
+        assert!(q.absorb().await);
+        assert!(q.absorb().await);
+        assert_eq!(&q.try_pop().unwrap().message.payload[..], b"a");
+        assert_eq!(&q.try_pop().unwrap().message.payload[..], b"c");
+    }
+
+    #[test]
+    fn local_pushes_share_the_limit() {
+        let mut q = queue(1, 1 << 20);
+        assert_eq!(q.push(delivery(QoS::AtLeastOnce, b"r")), Offer::Queued);
+        assert_eq!(q.mailbox().offer(delivery(QoS::AtLeastOnce, b"x")), Offer::DroppedFull);
+    }
+}
