@@ -115,9 +115,10 @@ impl Connection {
         let handshake::Accepted { mut session, will, keep_alive, owner, mut control } = accepted;
         session.pending.mailbox().set_online(true);
         session.resume(&mut self.out);
-        let ending = match self.encode_out() {
-            Ok(()) => self.serve_session(&mut session, keep_alive, &mut control).await,
-            Err(e) => Ending::Protocol(e),
+        // Packets that arrived in the same read as CONNECT are handled before waiting for more.
+        let ending = match self.handle_input(&mut session) {
+            Some(ending) => ending,
+            None => self.serve_session(&mut session, keep_alive, &mut control).await,
         };
         session.pending.mailbox().set_online(false);
         self.finish(session, will, ending, owner, control).await;

@@ -1,0 +1,1 @@
+//! Shared pieces of Tern's benchmarks live in `benches/benches/`.
