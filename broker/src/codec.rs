@@ -155,7 +155,13 @@ fn check_protocol(body: &[u8]) -> Result<(), CodecError> {
     let name = body.get(2..2 + name_len).ok_or(CodecError::Malformed(DecodeError::InvalidLength))?;
     let level = *body.get(2 + name_len).ok_or(CodecError::Malformed(DecodeError::InvalidLength))?;
     match (name, level) {
-        (b"MQTT", 4) | (b"MQIsdp", 3) => Ok(()),
+        (b"MQTT", 4) | (b"MQIsdp", 3) => {
+            let flags = body.get(3 + name_len).copied().unwrap_or(0);
+            if flags & 0b0100_0000 != 0 && flags & 0b1000_0000 == 0 {
+                return Err(CodecError::Violation("password flag set without user name flag [MQTT-3.1.2-22]"));
+            }
+            Ok(())
+        }
         (b"MQTT", _) | (b"MQIsdp", _) => Err(CodecError::UnacceptableProtocolLevel(level)),
         _ => Err(CodecError::UnknownProtocolName),
     }

@@ -178,3 +178,10 @@ fn encode_round_trips_through_decode() {
         .unwrap();
     assert_eq!(&out[..], b"\x20\x02\x01\x00");
 }
+
+#[test]
+fn password_needs_a_user_name_in_311() {
+    // [MQTT-3.1.2-22]
+    let bad = b"\x10\x13\x00\x04MQTT\x04\x42\x00\x3c\x00\x03abc\x00\x02pw";
+    assert!(matches!(decode_all(bad), Err(CodecError::Violation(_))));
+}
