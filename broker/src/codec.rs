@@ -158,7 +158,9 @@ fn check_protocol(body: &[u8]) -> Result<(), CodecError> {
         (b"MQTT", 4) | (b"MQIsdp", 3) => {
             let flags = body.get(3 + name_len).copied().unwrap_or(0);
             if flags & 0b0100_0000 != 0 && flags & 0b1000_0000 == 0 {
-                return Err(CodecError::Violation("password flag set without user name flag [MQTT-3.1.2-22]"));
+                return Err(CodecError::Violation(
+                    "password flag set without user name flag [MQTT-3.1.2-22]",
+                ));
             }
             Ok(())
         }

@@ -59,37 +59,49 @@ fn main() -> ExitCode {
 }
 
 async fn serve(config: Config) -> tern::Result<()> {
+    // Handlers go in before the listeners are bound (and "listening on" is logged), so a
+    // signal sent as soon as the broker is reachable already means a graceful shutdown.
+    let signals = Signals::install();
     let server = Server::bind(config).await?;
     let shutdown = server.shutdown_token();
     tokio::spawn(async move {
-        wait_for_signal().await;
+        signals.recv().await;
         shutdown.cancel();
     });
     server.run().await;
     Ok(())
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (mut term, mut int) = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-        (Ok(term), Ok(int)) => (term, int),
-        _ => {
-            tracing::error!("cannot install signal handlers; stop tern with SIGKILL");
-            return std::future::pending().await;
+/// SIGINT and SIGTERM, listened for from the moment `install` returns.
+struct Signals(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+
+impl Signals {
+    fn install() -> Self {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+            (Ok(term), Ok(int)) => Signals(Some((term, int))),
+            _ => {
+                tracing::error!("cannot install signal handlers; stop tern with SIGKILL");
+                Signals(None)
+            }
         }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+
+    /// Resolves on the first SIGINT or SIGTERM.
+    async fn recv(self) {
+        let Some((mut term, mut int)) = self.0 else { return std::future::pending().await };
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
     }
 }
 
 /// Level from RUST_LOG if set, else `-v`, else `log.level`.
-fn init_logging(config: &Config, verbose: u8) -> Result<(), tracing_subscriber::filter::ParseError> {
+fn init_logging(config: &Config, verbose: u8) -> Result<(), String> {
     let filter = match (std::env::var("RUST_LOG"), verbose) {
-        (Ok(env), _) if !env.is_empty() => EnvFilter::try_new(env)?,
-        (_, 0) => EnvFilter::try_new(&config.log.level)?,
+        (Ok(env), _) if !env.is_empty() => EnvFilter::try_new(env).map_err(|e| e.to_string())?,
+        (_, 0) => level_filter(&config.log.level)?,
         (_, 1) => EnvFilter::new("debug"),
         _ => EnvFilter::new("trace"),
     };
@@ -99,4 +111,15 @@ fn init_logging(config: &Config, verbose: u8) -> Result<(), tracing_subscriber::
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     Ok(())
+}
+
+/// Parses `log.level`. A bare word must be a level: tracing would otherwise read a typo such
+/// as "verbose" as a module name and silently log nothing.
+fn level_filter(level: &str) -> Result<EnvFilter, String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let bare_word = !level.contains(['=', ',', '[']);
+    if bare_word && !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+        return Err(format!("\"{level}\" is not one of {}", LEVELS.join(", ")));
+    }
+    EnvFilter::try_new(level).map_err(|e| e.to_string())
 }

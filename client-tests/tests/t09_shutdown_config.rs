@@ -1,0 +1,194 @@
+//! Area 09: process behaviour: graceful shutdown on SIGTERM/SIGINT, configuration file,
+//! environment overrides and configuration errors.
+
+use std::time::Duration;
+
+use client_tests::*;
+
+const EXIT_WAIT: Duration = Duration::from_secs(10);
+
+// SIGTERM on an idle broker: exit code 0 within a few seconds.
+#[tokio::test]
+async fn sigterm_idle_exits_zero() {
+    let mut b = Broker::start();
+    b.sigterm();
+    let st = b.wait_exit(EXIT_WAIT).await.expect("still running 10 s after SIGTERM");
+    assert!(st.success(), "exit status {st:?}");
+}
+
+// SIGINT behaves the same.
+#[tokio::test]
+async fn sigint_idle_exits_zero() {
+    let mut b = Broker::start();
+    b.sigint();
+    let st = b.wait_exit(EXIT_WAIT).await.expect("still running 10 s after SIGINT");
+    assert!(st.success(), "exit status {st:?}");
+}
+
+// SIGTERM with connected clients (mid-flight QoS 2, a silent raw socket, a client that has not
+// sent CONNECT): all connections are closed and the process exits 0 within the shutdown timeout.
+#[tokio::test]
+async fn sigterm_with_clients_closes_them_and_exits_zero() {
+    let mut b = Broker::start_with("[server]\nshutdown_timeout_secs = 2\n");
+    let mut sub = Raw::connected(b.addr(), "s", true).await;
+    sub.subscribe(1, &[("sd/t", 2)]).await;
+    let mut p = Raw::connected(b.addr(), "p", true).await;
+    p.publish_flow("sd/t", 2, false, 1, b"x").await;
+    let m = sub.recv_publish().await; // never acknowledged
+    assert_eq!(m.qos, 2);
+    let mut idle = Raw::connect(b.addr()).await; // no CONNECT yet
+    let mut m = Mqtt::connect(opts(&b, "r")).await;
+
+    b.sigterm();
+    sub.expect_closed_after(EXIT_WAIT).await;
+    p.expect_closed_after(EXIT_WAIT).await;
+    idle.expect_closed_after(EXIT_WAIT).await;
+    assert!(m.wait_ended(EXIT_WAIT).await.is_some(), "rumqttc connection not closed");
+    let st = b.wait_exit(EXIT_WAIT).await.expect("still running after SIGTERM");
+    assert!(st.success(), "exit status {st:?}");
+}
+
+// After SIGTERM no new connection is accepted (the listener is closed first).
+#[tokio::test]
+async fn sigterm_stops_accepting() {
+    let mut b = Broker::start();
+    let addr = b.addr();
+    b.sigterm();
+    b.wait_exit(EXIT_WAIT).await.expect("exit");
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "still accepting after exit");
+}
+
+// The configured listener address is used (config [[listener]] with port 0, no CLI flags).
+#[tokio::test]
+async fn listener_from_config_file() {
+    let b = Broker::launch(Launch::config("[[listener]]\nbind = \"127.0.0.1:0\"\n").args(&[]));
+    assert!(b.addr().ip().is_loopback());
+    assert_broker_alive(b.addr()).await;
+}
+
+// The full example configuration is accepted.
+#[tokio::test]
+async fn full_config_accepted() {
+    let b = Broker::start_with(
+        r#"
+[log]
+level = "info"
+[mqtt]
+connect_timeout_secs = 10
+max_packet_size = 1048576
+max_inflight_messages = 20
+max_queued_messages = 1000
+max_queued_bytes = 16777216
+[server]
+shutdown_timeout_secs = 5
+"#,
+    );
+    assert_broker_alive(b.addr()).await;
+}
+
+fn assert_config_error(launch: Launch, key: &str) {
+    let e = Broker::run_to_exit(launch, EXIT_WAIT);
+    let st = e.status.unwrap_or_else(|| panic!("broker did not exit on a bad config; output:\n{}", e.logs));
+    assert!(!st.success(), "bad config must exit non-zero; output:\n{}", e.logs);
+    assert!(e.logs.contains(key), "the error must name {key:?}; output:\n{}", e.logs);
+    assert!(!e.logs.contains("listening on"), "must not start listening; output:\n{}", e.logs);
+}
+
+#[tokio::test]
+async fn config_unknown_key_rejected() {
+    assert_config_error(Launch::config("[mqtt]\nmax_pakcet_size = 10\n"), "max_pakcet_size");
+}
+
+#[tokio::test]
+async fn config_unknown_section_rejected() {
+    assert_config_error(Launch::config("[nonsense]\nx = 1\n"), "nonsense");
+}
+
+#[tokio::test]
+async fn config_bad_value_type_rejected() {
+    assert_config_error(Launch::config("[mqtt]\nmax_packet_size = \"large\"\n"), "max_packet_size");
+}
+
+#[tokio::test]
+async fn config_negative_value_rejected() {
+    assert_config_error(Launch::config("[mqtt]\nconnect_timeout_secs = -5\n"), "connect_timeout_secs");
+}
+
+#[tokio::test]
+async fn config_bad_listener_address_rejected() {
+    assert_config_error(Launch::config("[[listener]]\nbind = \"not an address\"\n").args(&[]), "bind");
+}
+
+#[tokio::test]
+async fn config_unknown_key_in_server_section_rejected() {
+    assert_config_error(Launch::config("[server]\nshutdown_timeout = 5\n"), "shutdown_timeout");
+}
+
+#[tokio::test]
+async fn config_bad_env_value_rejected() {
+    assert_config_error(Launch::config("").env("TERN__MQTT__MAX_PACKET_SIZE", "lots"), "max_packet_size");
+}
+
+#[tokio::test]
+async fn config_file_missing_rejected() {
+    let e = Broker::run_to_exit(Launch::default().args(&["-c", "/nonexistent/tern.toml"]), EXIT_WAIT);
+    let st = e.status.expect("did not exit");
+    assert!(!st.success());
+    assert!(e.logs.contains("/nonexistent/tern.toml"), "names the file; output:\n{}", e.logs);
+}
+
+#[tokio::test]
+async fn bad_command_line_rejected() {
+    let e = Broker::run_to_exit(Launch::default().args(&["--no-such-flag"]), EXIT_WAIT);
+    let st = e.status.expect("did not exit");
+    assert!(!st.success());
+    assert!(e.logs.contains("--no-such-flag"), "output:\n{}", e.logs);
+}
+
+// TERN__MQTT__MAX_PACKET_SIZE overrides the (absent) file setting: a packet over the limit
+// closes the connection, one under it passes.
+#[tokio::test]
+async fn env_override_max_packet_size() {
+    let b = Broker::launch(Launch::config("").env("TERN__MQTT__MAX_PACKET_SIZE", "200"));
+    let mut sub = Raw::connected(b.addr(), "es", true).await;
+    sub.subscribe(1, &[("e", 0)]).await;
+    let mut r = Raw::connected(b.addr(), "ep", true).await;
+    r.send(&pkt::publish("e", 0, false, false, 0, &[b'a'; 100])).await;
+    assert_eq!(sub.recv_publish().await.payload.len(), 100);
+    r.send_lenient(&pkt::publish("e", 0, false, false, 0, &[b'b'; 300])).await;
+    r.expect_closed(WAIT).await;
+    sub.expect_nothing(QUIET).await;
+}
+
+// The env var wins over the file.
+#[tokio::test]
+async fn env_overrides_file() {
+    let b = Broker::launch(
+        Launch::config("[mqtt]\nmax_packet_size = 100000\n").env("TERN__MQTT__MAX_PACKET_SIZE", "200"),
+    );
+    let mut r = Raw::connected(b.addr(), "ep", true).await;
+    r.send_lenient(&pkt::publish("e", 0, false, false, 0, &[b'b'; 300])).await;
+    r.expect_closed(WAIT).await;
+}
+
+// The -p flag picks the port (0 = ephemeral) and --bind the address.
+#[tokio::test]
+async fn cli_bind_and_port() {
+    let b = Broker::launch(Launch::default().args(&["--bind", "127.0.0.1", "--port", "0"]));
+    assert_eq!(b.addr().ip().to_string(), "127.0.0.1");
+    assert_ne!(b.port(), 0);
+    assert_broker_alive(b.addr()).await;
+}
+
+#[tokio::test]
+async fn config_bad_log_level_rejected() {
+    assert_config_error(Launch::config("[log]\nlevel = \"loudest\"\n"), "level");
+}
+
+#[tokio::test]
+async fn config_not_toml_rejected() {
+    let e = Broker::run_to_exit(Launch::config("this is = = not toml ["), EXIT_WAIT);
+    let st = e.status.unwrap_or_else(|| panic!("did not exit; output:\n{}", e.logs));
+    assert!(!st.success(), "output:\n{}", e.logs);
+    assert!(!e.logs.contains("listening on"));
+}
