@@ -10,9 +10,9 @@ use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use tern::codec::Codec;
 use tern::message::Message;
-use tern::packet::{Packet, PacketId, Publish, QoS};
+use tern::packet::{Packet, PacketId, Publish, QoS, SubscriptionOptions};
 use tern::router::trie::{for_each_matching_filter, TopicTree};
-use tern::router::{Router, Subscriber};
+use tern::router::{Router, Subscriber, Subscription};
 use tern::session::queue::{PendingQueue, QueueLimits};
 use tern::session::ClientId;
 
@@ -44,15 +44,16 @@ fn trie(c: &mut Criterion) {
 
 fn codec(c: &mut Criterion) {
     let connect = b"\x10\x0f\x00\x04MQTT\x04\x02\x00\x3c\x00\x03abc";
-    let publish = Packet::Publish(Publish {
+    let publish = Packet::Publish(Box::new(Publish {
         dup: false,
         qos: QoS::AtLeastOnce,
         retain: false,
         topic: "site/42/dev/4242/temp".into(),
         packet_id: Some(PacketId(1.try_into().unwrap())),
         payload: vec![7u8; 16].into(),
-    });
-    let mut encoder = Codec::new(1 << 20);
+        properties: Default::default(),
+    }));
+    let mut encoder = Codec::new(1 << 20, 0);
     let mut one = BytesMut::new();
     encoder.encode(publish.clone(), &mut one).unwrap();
     let mut group = c.benchmark_group("codec");
@@ -65,7 +66,7 @@ fn codec(c: &mut Criterion) {
         })
     });
     group.bench_function("decode publish 16 B", |b| {
-        let mut decoder = Codec::new(1 << 20);
+        let mut decoder = Codec::new(1 << 20, 0);
         decoder.decode(&mut BytesMut::from(&connect[..])).unwrap();
         b.iter(|| {
             let mut buf = BytesMut::from(&one[..]);
@@ -86,17 +87,18 @@ fn fan_out(c: &mut Criterion) {
             router.subscribe(
                 "fan/out",
                 id,
-                Subscriber { mailbox: queue.mailbox().clone(), qos: QoS::AtMostOnce },
+                Subscriber {
+                    mailbox: queue.mailbox().clone(),
+                    subscription: Subscription {
+                        options: SubscriptionOptions::qos(QoS::AtMostOnce),
+                        id: None,
+                    },
+                },
             );
             queue
         })
         .collect();
-    let message = Arc::new(Message {
-        topic: "fan/out".into(),
-        payload: vec![1u8; 16].into(),
-        qos: QoS::AtMostOnce,
-        retain: false,
-    });
+    let message = Arc::new(Message::new("fan/out", vec![1u8; 16], QoS::AtMostOnce));
     let mut group = c.benchmark_group("router");
     group.throughput(Throughput::Elements(50));
     group.bench_function("publish to 50 subscribers and drain", |b| {

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::packet::QoS;
 use crate::session::queue::QueueLimits;
 use crate::session::SessionLimits;
 
@@ -57,6 +58,14 @@ pub struct MqttConfig {
     pub max_inflight_messages: u32,
     pub max_queued_messages: usize,
     pub max_queued_bytes: usize,
+    pub receive_maximum: u16,
+    pub topic_alias_maximum: u16,
+    pub max_keep_alive_secs: u16,
+    pub maximum_qos: u8,
+    pub retain_available: bool,
+    pub wildcard_subscription_available: bool,
+    pub subscription_identifiers_available: bool,
+    pub shared_subscription_available: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -126,6 +135,12 @@ impl Config {
         if mqtt.max_queued_bytes < mqtt.max_packet_size as usize {
             return invalid("mqtt.max_queued_bytes", "must be at least mqtt.max_packet_size");
         }
+        if mqtt.receive_maximum == 0 {
+            return invalid("mqtt.receive_maximum", "must be between 1 and 65535");
+        }
+        if mqtt.maximum_qos > 2 {
+            return invalid("mqtt.maximum_qos", "must be 0, 1 or 2");
+        }
         Ok(())
     }
 
@@ -135,6 +150,15 @@ impl Config {
 
     pub fn shutdown_timeout(&self) -> Duration {
         Duration::from_secs(self.server.shutdown_timeout_secs)
+    }
+
+    /// The highest QoS accepted and granted.
+    pub fn maximum_qos(&self) -> QoS {
+        match self.mqtt.maximum_qos {
+            0 => QoS::AtMostOnce,
+            1 => QoS::AtLeastOnce,
+            _ => QoS::ExactlyOnce,
+        }
     }
 
     pub fn session_limits(&self) -> SessionLimits {
@@ -168,6 +192,8 @@ mod tests {
         assert!(err.contains("max_packet_size"), "{err}");
         let err = Config::from_toml("[mqtt]\nmax_inflight_messages = 0").unwrap_err().to_string();
         assert!(err.contains("mqtt.max_inflight_messages"), "{err}");
+        let err = Config::from_toml("[mqtt]\nmaximum_qos = 3").unwrap_err().to_string();
+        assert!(err.contains("mqtt.maximum_qos"), "{err}");
         let err = Config::from_toml("[[listener]]\nbind = \"nowhere\"").unwrap_err().to_string();
         assert!(err.contains("bind"), "{err}");
     }

@@ -38,7 +38,7 @@ pub use config::Config;
 pub use error::{Error, Result};
 pub use server::Server;
 
-use auth::Authenticator;
+use auth::{Authenticator, EnhancedAuthenticator};
 use router::Router;
 use storage::Store;
 
@@ -49,6 +49,8 @@ pub struct Broker {
     pub router: Router,
     pub store: Arc<dyn Store>,
     pub auth: Arc<dyn Authenticator>,
+    /// MQTT 5 enhanced authentication methods, by name.
+    pub enhanced_auth: Vec<Arc<dyn EnhancedAuthenticator>>,
     /// Cancelled to shut down: listeners stop, connections close.
     pub shutdown: CancellationToken,
     /// Every connection and session task, so shutdown can wait for them.
@@ -68,10 +70,22 @@ impl Broker {
             router: Router::default(),
             store,
             auth,
+            enhanced_auth: Vec::new(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             assigned_ids: AtomicU64::new(seed),
         }
+    }
+
+    /// Registers an MQTT 5 Authentication Method.
+    pub fn with_enhanced_auth(mut self, method: Arc<dyn EnhancedAuthenticator>) -> Self {
+        self.enhanced_auth.push(method);
+        self
+    }
+
+    /// The authenticator for an Authentication Method, if one is registered.
+    pub fn enhanced_auth(&self, method: &str) -> Option<&Arc<dyn EnhancedAuthenticator>> {
+        self.enhanced_auth.iter().find(|a| a.method() == method)
     }
 
     /// A client identifier for a client that sent an empty one [MQTT-3.1.3-6].

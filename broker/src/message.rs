@@ -1,14 +1,18 @@
 //! Application messages as they travel through the broker.
 //!
 //! A PUBLISH is turned into one `Arc<Message>` that every matching session shares; per-subscriber
-//! facts (granted QoS, retain flag on this delivery, packet id) live beside it, never in it.
+//! facts (granted QoS, retain flag on this delivery, subscription identifiers, packet id) live
+//! beside it in a `Delivery`, never in it.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use bytestring::ByteString;
+use tokio::time::Instant;
 
-use crate::packet::{PacketId, Publish, QoS, Will};
+use crate::packet::{PacketId, Publish, PublishProperties, QoS, Will};
+use crate::session::ClientId;
 
 /// An application message, stored once however many subscribers receive it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,21 +22,82 @@ pub struct Message {
     /// The QoS the publisher used: the ceiling for every delivery.
     pub qos: QoS,
     pub retain: bool,
+    /// Forwarded MQTT 5 properties (never a topic alias or subscription identifiers: those
+    /// belong to one connection and one subscriber).
+    pub properties: PublishProperties,
+    /// When the broker took the message, for Message Expiry [MQTT-3.3.2-6].
+    pub received: Instant,
+    /// The publishing client, for No Local [MQTT-3.8.3-3]; `None` for messages the broker made.
+    pub origin: Option<ClientId>,
 }
 
 impl Message {
-    pub fn from_publish(p: &Publish) -> Self {
-        Message { topic: p.topic.clone(), payload: p.payload.clone(), qos: p.qos, retain: p.retain }
+    /// A message without properties, received now, from no client (tests, benchmarks).
+    pub fn new(topic: impl Into<ByteString>, payload: impl Into<Bytes>, qos: QoS) -> Self {
+        Message {
+            topic: topic.into(),
+            payload: payload.into(),
+            qos,
+            retain: false,
+            properties: PublishProperties::default(),
+            received: Instant::now(),
+            origin: None,
+        }
     }
 
-    pub fn from_will(w: &Will) -> Self {
-        Message { topic: w.topic.clone(), payload: w.payload.clone(), qos: w.qos, retain: w.retain }
+    pub fn from_publish(p: &Publish, origin: &ClientId) -> Self {
+        let mut properties = p.properties.clone();
+        properties.topic_alias = None;
+        properties.subscription_ids.clear();
+        Message {
+            topic: p.topic.clone(),
+            payload: p.payload.clone(),
+            qos: p.qos,
+            retain: p.retain,
+            properties,
+            received: Instant::now(),
+            origin: Some(origin.clone()),
+        }
+    }
+
+    pub fn from_will(w: &Will, origin: &ClientId) -> Self {
+        Message {
+            topic: w.topic.clone(),
+            payload: w.payload.clone(),
+            qos: w.qos,
+            retain: w.retain,
+            properties: w.properties.clone(),
+            received: Instant::now(),
+            origin: Some(origin.clone()),
+        }
     }
 
     /// Bytes this message costs a queue: what the limits in `[mqtt]` count.
     pub fn weight(&self) -> usize {
         self.topic.len() + self.payload.len()
     }
+
+    /// Seconds of life left at `now`: `None` without an expiry, `Some(0)` once expired.
+    pub fn remaining_expiry(&self, now: Instant) -> Option<u32> {
+        let interval = self.properties.message_expiry?;
+        let waited = now.saturating_duration_since(self.received);
+        let left = Duration::from_secs(u64::from(interval)).saturating_sub(waited);
+        // Rounded up, so a message with life left is never forwarded with an interval of 0.
+        Some(left.as_secs_f64().ceil() as u32)
+    }
+
+    /// True once the Message Expiry Interval has passed [MQTT-3.3.2-5].
+    pub fn is_expired(&self, now: Instant) -> bool {
+        self.remaining_expiry(now) == Some(0)
+    }
+}
+
+/// Identifies the shared subscription a delivery came through, so it can be handed to another
+/// member of the group if this one leaves with it unacknowledged.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SharedRoute {
+    /// The full `$share/{group}/{filter}` string.
+    pub share: ByteString,
 }
 
 /// One message on its way to one session.
@@ -41,14 +106,25 @@ pub struct Delivery {
     pub message: Arc<Message>,
     /// min(publish QoS, subscription QoS) [MQTT-3.8.4-6].
     pub qos: QoS,
-    /// Set only for retained messages sent because of a new subscription [MQTT-3.3.1-8];
-    /// normal forwarding clears it [MQTT-3.3.1-9].
+    /// Retained messages sent because of a new subscription carry 1 [MQTT-3.3.1-8]; normal
+    /// forwarding clears it [MQTT-3.3.1-9] unless Retain As Published [MQTT-3.3.1-12].
     pub retain: bool,
+    /// Identifiers of every matching subscription of the receiver [MQTT-3.3.4-3].
+    pub subscription_ids: Vec<u32>,
+    pub shared: Option<SharedRoute>,
 }
 
 impl Delivery {
-    /// The PUBLISH that carries this delivery.
-    pub fn to_publish(&self, packet_id: Option<PacketId>, dup: bool) -> Publish {
+    /// A delivery to a single subscription.
+    pub fn new(message: Arc<Message>, qos: QoS, retain: bool) -> Self {
+        Delivery { message, qos, retain, subscription_ids: Vec::new(), shared: None }
+    }
+
+    /// The PUBLISH that carries this delivery at `now` (expiry decremented [MQTT-3.3.2-6]).
+    pub fn to_publish(&self, packet_id: Option<PacketId>, dup: bool, now: Instant) -> Publish {
+        let mut properties = self.message.properties.clone();
+        properties.message_expiry = self.message.remaining_expiry(now);
+        properties.subscription_ids.clone_from(&self.subscription_ids);
         Publish {
             dup,
             qos: self.qos,
@@ -56,6 +132,44 @@ impl Delivery {
             topic: self.message.topic.clone(),
             packet_id,
             payload: self.message.payload.clone(),
+            properties,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(expiry: Option<u32>) -> Message {
+        Message {
+            topic: "t".into(),
+            payload: "p".into(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: PublishProperties { message_expiry: expiry, ..Default::default() },
+            received: Instant::now(),
+            origin: None,
+        }
+    }
+
+    #[test]
+    fn expiry_counts_down_from_receipt() {
+        let m = message(Some(10));
+        assert_eq!(m.remaining_expiry(m.received), Some(10));
+        assert_eq!(m.remaining_expiry(m.received + Duration::from_millis(2500)), Some(8));
+        assert!(!m.is_expired(m.received + Duration::from_millis(9999)));
+        assert!(m.is_expired(m.received + Duration::from_secs(10)));
+        assert_eq!(message(None).remaining_expiry(Instant::now()), None);
+    }
+
+    #[test]
+    fn publish_carries_remaining_expiry_and_subscription_ids() {
+        let m = Arc::new(message(Some(60)));
+        let mut d = Delivery::new(m.clone(), QoS::AtLeastOnce, false);
+        d.subscription_ids = vec![3, 9];
+        let p = d.to_publish(None, false, m.received + Duration::from_secs(15));
+        assert_eq!(p.properties.message_expiry, Some(45));
+        assert_eq!(p.properties.subscription_ids, vec![3, 9]);
     }
 }

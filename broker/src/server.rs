@@ -28,8 +28,13 @@ impl Server {
 
     /// As `bind`, with the given store (whose contents are restored first).
     pub async fn bind_with_store(config: Config, store: Arc<dyn Store>) -> Result<Server> {
-        let config = Arc::new(config);
-        let broker = Arc::new(Broker::new(config.clone(), store, Arc::new(AllowAll)));
+        Self::bind_broker(Broker::new(Arc::new(config), store, Arc::new(AllowAll))).await
+    }
+
+    /// Binds the listeners of a fully assembled broker.
+    pub async fn bind_broker(broker: Broker) -> Result<Server> {
+        let broker = Arc::new(broker);
+        let config = broker.config.clone();
         connection::restore(&broker)?;
         let mut listeners = Vec::new();
         for listener in &config.listener {

@@ -179,14 +179,16 @@ async fn rumqttc_to_mosquitto_sub() {
     assert_eq!(out.lines().collect::<Vec<_>>(), (0..N).map(|i| i.to_string()).collect::<Vec<_>>());
 }
 
-// MQTT 5 clients are refused (not supported yet): mosquitto_pub -V mqttv5 fails promptly and
-// the broker keeps serving 3.1.1 clients.
+// MQTT 5 and 3.1.1 clients share the listener: mosquitto_pub -V mqttv5 publishes QoS 1 to a
+// 3.1.1 subscriber.
 #[tokio::test]
-async fn mosquitto_v5_client_refused() {
+async fn mosquitto_v5_publisher_reaches_v311_subscriber() {
     let b = Broker::start();
-    let (ok, _, _) = run("mosquitto_pub", &b, &["-V", "mqttv5", "-t", "v5/t", "-m", "x", "-q", "1"]).await;
-    assert!(!ok, "an MQTT 5 publish must not succeed");
-    assert_broker_alive(b.addr()).await;
+    let mut s = Mqtt::connect(opts(&b, "v311-sub")).await;
+    s.subscribe("v5/t", 1).await;
+    let (ok, _, err) = run("mosquitto_pub", &b, &["-V", "mqttv5", "-t", "v5/t", "-m", "x", "-q", "1"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(&s.recv().await.payload[..], b"x");
 }
 
 // mosquitto_sub's will (--will-*) is published when it is killed.

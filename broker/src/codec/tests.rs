@@ -2,12 +2,15 @@
 
 use bytes::BytesMut;
 
+use std::num::NonZeroU16;
+
 use super::*;
+use crate::packet::{ConnAck, Disconnect, PacketId, Publish, PublishProperties, QoS};
 
 const CONNECT_311: &[u8] = b"\x10\x0f\x00\x04MQTT\x04\x02\x00\x3c\x00\x03abc";
 
 fn decode_all(bytes: &[u8]) -> Result<Vec<Packet>, CodecError> {
-    let mut codec = Codec::new(1024);
+    let mut codec = Codec::new(1024, 4);
     let mut buf = BytesMut::from(bytes);
     let mut packets = Vec::new();
     while let Some(p) = codec.decode(&mut buf)? {
@@ -27,7 +30,7 @@ fn connect_311_and_31_decode() {
     let packets = decode_all(CONNECT_311).unwrap();
     let Packet::Connect(c) = &packets[0] else { panic!("{packets:?}") };
     assert_eq!(
-        (c.version, c.client_id.as_ref(), c.keep_alive, c.clean_session),
+        (c.version, c.client_id.as_ref(), c.keep_alive, c.clean_start),
         (ProtocolVersion::V311, "abc", 60, true)
     );
     let packets = decode_all(b"\x10\x11\x00\x06MQIsdp\x03\x02\x00\x3c\x00\x03abc").unwrap();
@@ -37,7 +40,7 @@ fn connect_311_and_31_decode() {
 
 #[test]
 fn partial_input_waits_for_more() {
-    let mut codec = Codec::new(1024);
+    let mut codec = Codec::new(1024, 4);
     let mut buf = BytesMut::new();
     for byte in CONNECT_311 {
         assert!(matches!(codec.decode(&mut buf), Ok(None)));
@@ -55,8 +58,6 @@ fn first_packet_must_be_connect() {
 #[test]
 fn unknown_levels_and_names_are_told_apart() {
     // [MQTT-3.1.2-2]: a known name with another level gets CONNACK 0x01.
-    let v5 = b"\x10\x10\x00\x04MQTT\x05\x02\x00\x3c\x00\x00\x03abc";
-    assert!(matches!(decode_all(v5), Err(CodecError::UnacceptableProtocolLevel(5))));
     let level6 = b"\x10\x0f\x00\x04MQTT\x06\x02\x00\x3c\x00\x03abc";
     assert!(matches!(decode_all(level6), Err(CodecError::UnacceptableProtocolLevel(6))));
     let other = b"\x10\x0f\x00\x04MQTX\x04\x02\x00\x3c\x00\x03abc";
@@ -82,7 +83,7 @@ fn connect_reserved_flag_is_malformed() {
 
 #[test]
 fn size_limit_is_checked_from_the_fixed_header() {
-    let mut codec = Codec::new(1024);
+    let mut codec = Codec::new(1024, 4);
     let mut buf = BytesMut::from(CONNECT_311);
     codec.decode(&mut buf).unwrap();
     // PUBLISH announcing 2000 bytes; only the header has arrived.
@@ -100,7 +101,10 @@ fn remaining_length_over_four_bytes_is_malformed() {
 
 #[test]
 fn pingreq_and_disconnect_must_be_empty() {
-    assert_eq!(after_connect(b"\xc0\x00\xe0\x00").unwrap(), vec![Packet::PingReq, Packet::Disconnect]);
+    assert_eq!(
+        after_connect(b"\xc0\x00\xe0\x00").unwrap(),
+        vec![Packet::PingReq, Packet::Disconnect(Disconnect::default())]
+    );
     assert!(matches!(after_connect(b"\xc0\x01\x00"), Err(CodecError::Violation(_))));
     assert!(matches!(after_connect(b"\xe0\x01\x00"), Err(CodecError::Violation(_))));
 }
@@ -159,24 +163,19 @@ fn invalid_utf8_topic_is_malformed() {
 
 #[test]
 fn encode_round_trips_through_decode() {
-    let publish = Publish {
-        dup: true,
-        qos: QoS::ExactlyOnce,
-        retain: true,
-        topic: "a/b".into(),
-        packet_id: Some(PacketId(NonZeroU16::new(9).unwrap())),
-        payload: "hello".into(),
-    };
-    let mut codec = Codec::new(1024);
+    let publish = publish("a/b", "hello");
+    let mut codec = Codec::new(1024, 4);
     let mut buf = BytesMut::from(CONNECT_311);
     codec.decode(&mut buf).unwrap();
-    codec.encode(Packet::Publish(publish.clone()), &mut buf).unwrap();
-    assert_eq!(codec.decode(&mut buf).unwrap(), Some(Packet::Publish(publish)));
+    codec.encode(Packet::Publish(Box::new(publish.clone())), &mut buf).unwrap();
+    assert_eq!(codec.decode(&mut buf).unwrap(), Some(Packet::Publish(Box::new(publish))));
     let mut out = BytesMut::new();
-    codec
-        .encode(Packet::ConnAck { session_present: true, code: ConnectReturnCode::Accepted }, &mut out)
-        .unwrap();
+    let ack = ConnAck { session_present: true, ..ConnAck::refuse(ReasonCode::SUCCESS) };
+    codec.encode(Packet::ConnAck(Box::new(ack)), &mut out).unwrap();
     assert_eq!(&out[..], b"\x20\x02\x01\x00");
+    // 3.1.1 servers never send DISCONNECT: nothing is written.
+    codec.encode(Packet::Disconnect(Disconnect::default()), &mut out).unwrap();
+    assert_eq!(out.len(), 4);
 }
 
 #[test]
@@ -184,4 +183,111 @@ fn password_needs_a_user_name_in_311() {
     // [MQTT-3.1.2-22]
     let bad = b"\x10\x13\x00\x04MQTT\x04\x42\x00\x3c\x00\x03abc\x00\x02pw";
     assert!(matches!(decode_all(bad), Err(CodecError::Violation(_))));
+}
+
+fn publish(topic: &str, payload: &'static str) -> Publish {
+    Publish {
+        dup: true,
+        qos: QoS::ExactlyOnce,
+        retain: true,
+        topic: topic.into(),
+        packet_id: Some(PacketId(NonZeroU16::new(9).unwrap())),
+        payload: payload.into(),
+        properties: PublishProperties::default(),
+    }
+}
+
+/// MQTT 5 CONNECT: client id "v5", clean start, keep-alive 60, properties: session expiry 120,
+/// receive maximum 5, topic alias maximum 3.
+const CONNECT_5: &[u8] =
+    b"\x10\x1a\x00\x04MQTT\x05\x02\x00\x3c\x0b\x11\x00\x00\x00\x78\x21\x00\x05\x22\x00\x03\x00\x02v5";
+
+fn after_connect_5(bytes: &[u8]) -> Result<Vec<Packet>, CodecError> {
+    let mut all = CONNECT_5.to_vec();
+    all.extend_from_slice(bytes);
+    decode_all(&all).map(|mut v| v.split_off(1))
+}
+
+#[test]
+fn connect_5_properties_decode() {
+    let packets = decode_all(CONNECT_5).unwrap();
+    let Packet::Connect(c) = &packets[0] else { panic!("{packets:?}") };
+    assert_eq!(c.version, ProtocolVersion::V5);
+    assert_eq!((c.session_expiry, c.receive_maximum, c.topic_alias_maximum), (120, 5, 3));
+    assert_eq!(c.client_id, "v5");
+}
+
+#[test]
+fn v5_disconnect_short_form_is_accepted() {
+    // E0 00: normal disconnection with no reason code byte, as mosquitto clients send it.
+    assert_eq!(after_connect_5(b"\xe0\x00").unwrap(), vec![Packet::Disconnect(Disconnect::default())]);
+    let with_will = after_connect_5(b"\xe0\x01\x04").unwrap();
+    assert_eq!(
+        with_will,
+        vec![Packet::Disconnect(Disconnect {
+            reason: ReasonCode::DISCONNECT_WITH_WILL,
+            ..Default::default()
+        })]
+    );
+}
+
+#[test]
+fn v5_topic_alias_is_learned_and_resolved() {
+    // PUBLISH QoS 0 "a/b" with alias 2, then "" with alias 2.
+    let packets =
+        after_connect_5(b"\x30\x09\x00\x03a/b\x03\x23\x00\x02\x30\x06\x00\x00\x03\x23\x00\x02").unwrap();
+    for p in &packets {
+        let Packet::Publish(p) = p else { panic!("{p:?}") };
+        assert_eq!((p.topic.as_ref(), p.properties.topic_alias), ("a/b", None));
+    }
+}
+
+#[test]
+fn v5_topic_alias_above_our_maximum_is_invalid() {
+    // [MQTT-3.3.2-9]: our maximum is 4.
+    let err = after_connect_5(b"\x30\x09\x00\x03a/b\x03\x23\x00\x05").unwrap_err();
+    assert!(matches!(err, CodecError::TopicAliasInvalid(5)));
+    assert_eq!(err.reason_code(), ReasonCode::TOPIC_ALIAS_INVALID);
+    let err = after_connect_5(b"\x30\x06\x00\x00\x03\x23\x00\x01").unwrap_err();
+    assert!(matches!(err, CodecError::TopicAliasInvalid(1)), "unknown alias");
+}
+
+#[test]
+fn v5_empty_topic_without_alias_is_a_protocol_error() {
+    assert!(matches!(after_connect_5(b"\x30\x03\x00\x00\x00"), Err(CodecError::Violation(_))));
+}
+
+#[test]
+fn v5_auth_decodes() {
+    // AUTH 0x19 (re-authenticate), method "M", data "d".
+    let packets = after_connect_5(b"\xf0\x0a\x19\x08\x15\x00\x01M\x16\x00\x01d").unwrap();
+    let Packet::Auth(auth) = &packets[0] else { panic!("{packets:?}") };
+    assert_eq!(auth.reason, ReasonCode::REAUTHENTICATE);
+    assert_eq!(auth.method.as_deref(), Some("M"));
+}
+
+#[test]
+fn v5_encoding_respects_the_clients_maximum_packet_size() {
+    let mut codec = Codec::new(1024, 4);
+    codec.decode(&mut BytesMut::from(CONNECT_5)).unwrap();
+    codec.set_client_limits(Some(20), 0);
+    let mut out = BytesMut::new();
+    let small = Packet::Publish(Box::new(publish("t", "x")));
+    assert_eq!(codec.encode(small, &mut out).unwrap(), Encoded::Written);
+    let written = out.len();
+    let large = Packet::Publish(Box::new(publish("t", "0123456789abcdef")));
+    assert_eq!(codec.encode(large, &mut out).unwrap(), Encoded::TooLargeForClient);
+    assert_eq!(out.len(), written, "nothing of the oversized packet is written");
+}
+
+#[test]
+fn v5_outbound_aliases_replace_repeated_topics() {
+    let mut codec = Codec::new(1024, 4);
+    codec.decode(&mut BytesMut::from(CONNECT_5)).unwrap();
+    codec.set_client_limits(None, 1);
+    let mut first = BytesMut::new();
+    codec.encode(Packet::Publish(Box::new(publish("long/topic", "x"))), &mut first).unwrap();
+    let mut second = BytesMut::new();
+    codec.encode(Packet::Publish(Box::new(publish("long/topic", "x"))), &mut second).unwrap();
+    assert_eq!(first.len() - second.len(), "long/topic".len(), "second PUBLISH sends the alias only");
 }

@@ -1,5 +1,6 @@
-//! The CONNECT handshake: read CONNECT under the connect timeout, check it, authenticate,
-//! claim (or take over) the session, answer CONNACK.
+//! The CONNECT handshake: read CONNECT under the connect timeout, check it, authenticate
+//! (password hook, or an MQTT 5 enhanced-authentication exchange), claim or take over the
+//! session, answer CONNACK with the limits this broker enforces.
 
 use std::time::Duration;
 
@@ -9,9 +10,9 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::{offline, Connection};
-use crate::auth::{AuthDecision, Credentials};
+use crate::auth::{AuthDecision, AuthStep, Credentials};
 use crate::codec::CodecError;
-use crate::packet::{Connect, ConnectReturnCode, Packet, Will};
+use crate::packet::{Auth, ConnAck, Connect, Packet, QoS, ReasonCode, Will};
 use crate::router::topic;
 use crate::session::registry::{Control, OwnerId};
 use crate::session::{ClientId, Session};
@@ -23,10 +24,22 @@ const CONTROL_QUEUE: usize = 4;
 pub(super) struct Accepted {
     pub session: Session,
     pub will: Option<Will>,
-    /// 1.5 × the client's keep-alive; `None` when the client disabled it.
+    /// 1.5 × the keep-alive in force; `None` when it is 0 (disabled).
     pub keep_alive: Option<Duration>,
+    /// The client's Receive Maximum.
+    pub receive_maximum: u16,
+    /// The Authentication Method, when the client used enhanced authentication.
+    pub auth_method: Option<ByteString>,
     pub owner: OwnerId,
     pub control: mpsc::Receiver<Control>,
+}
+
+/// Why a handshake did not complete.
+pub(super) enum Refusal {
+    /// Answer with CONNACK and this reason code, then close [MQTT-3.2.2-5].
+    Code(ReasonCode, String),
+    /// Close without CONNACK (malformed CONNECT, not MQTT, lost connection).
+    Close(String),
 }
 
 impl Connection {
@@ -34,18 +47,19 @@ impl Connection {
     /// a refusing CONNACK already sent where the spec calls for one).
     pub(super) async fn handshake(&mut self) -> Option<Accepted> {
         let timeout = self.broker.config.connect_timeout();
-        let connect = match tokio::time::timeout(timeout, self.read_connect()).await {
+        // The whole exchange, enhanced authentication included, fits in the connect timeout.
+        let result = match tokio::time::timeout(timeout, self.connect_and_authenticate()).await {
             Err(_) => {
                 info!("no CONNECT within {}s: closing", timeout.as_secs());
                 return None;
             }
-            Ok(Err(refusal)) => {
-                self.refuse(refusal).await;
-                return None;
-            }
-            Ok(Ok(connect)) => connect,
+            Ok(result) => result,
         };
-        match self.accept(*connect).await {
+        let outcome = match result {
+            Ok((connect, auth_data)) => self.accept(*connect, auth_data).await,
+            Err(refusal) => Err(refusal),
+        };
+        match outcome {
             Ok(accepted) => Some(accepted),
             Err(refusal) => {
                 self.refuse(refusal).await;
@@ -54,92 +68,211 @@ impl Connection {
         }
     }
 
-    async fn read_connect(&mut self) -> Result<Box<Connect>, Refusal> {
+    /// Reads CONNECT and, for MQTT 5 enhanced authentication, runs the AUTH exchange. Returns
+    /// the CONNECT and the data for CONNACK's Authentication Data.
+    async fn connect_and_authenticate(&mut self) -> Result<(Box<Connect>, Option<bytes::Bytes>), Refusal> {
+        let connect = match self.read_packet().await? {
+            Packet::Connect(connect) => connect,
+            other => unreachable!("the codec only yields CONNECT first, got {}", other.name()),
+        };
+        self.version = connect.version;
+        let Some(method) = connect.auth_method.clone() else { return Ok((connect, None)) };
+        let Some(authenticator) = self.broker.enhanced_auth(&method).cloned() else {
+            return Err(Refusal::Code(
+                ReasonCode::BAD_AUTHENTICATION_METHOD,
+                format!("unsupported authentication method {method:?}"),
+            ));
+        };
+        let client_id = ClientId(connect.client_id.clone());
+        let mut exchange = authenticator.start(&client_id, connect.username.as_ref());
+        let mut data = connect.auth_data.clone();
         loop {
-            match self.codec.decode(&mut self.rbuf) {
-                Ok(Some(Packet::Connect(connect))) => return Ok(connect),
-                Ok(Some(other)) => unreachable!("the codec only yields CONNECT first, got {}", other.name()),
-                Ok(None) => {}
-                Err(CodecError::UnacceptableProtocolLevel(level)) => {
-                    return Err(Refusal::Code(
-                        ConnectReturnCode::UnacceptableProtocolVersion,
-                        format!("unacceptable protocol level {level} [MQTT-3.1.2-2]"),
-                    ))
+            match exchange.step(data.as_ref()) {
+                AuthStep::Success(server_data) => return Ok((connect, server_data)),
+                AuthStep::Failure(reason) => {
+                    return Err(Refusal::Code(reason, "authentication failed".into()))
                 }
-                Err(CodecError::IdentifierRejected) => {
-                    return Err(Refusal::Code(
-                        ConnectReturnCode::IdentifierRejected,
-                        CodecError::IdentifierRejected.to_string(),
-                    ))
+                AuthStep::Continue(server_data) => {
+                    let challenge = Auth {
+                        reason: ReasonCode::CONTINUE_AUTHENTICATION,
+                        method: Some(method.clone()),
+                        data: server_data,
+                    };
+                    self.out.push(Packet::Auth(challenge));
+                    self.write_out()
+                        .await
+                        .map_err(|e| Refusal::Close(format!("write failed during AUTH: {e}")))?;
+                    data = self.read_auth_continue(&method).await?;
                 }
-                Err(e) => return Err(Refusal::Close(e.to_string())),
-            }
-            match self.reader.read_buf(&mut self.rbuf).await {
-                Ok(0) => return Err(Refusal::Close("connection closed before CONNECT".into())),
-                Ok(_) => {}
-                Err(e) => return Err(Refusal::Close(format!("read failed before CONNECT: {e}"))),
             }
         }
     }
 
-    async fn accept(&mut self, connect: Connect) -> Result<Accepted, Refusal> {
+    /// The client's next AUTH during the CONNECT exchange: reason 0x18, same method [MQTT-4.12.0-5].
+    async fn read_auth_continue(&mut self, method: &ByteString) -> Result<Option<bytes::Bytes>, Refusal> {
+        match self.read_packet().await? {
+            Packet::Auth(auth)
+                if auth.reason == ReasonCode::CONTINUE_AUTHENTICATION
+                    && auth.method.as_ref() == Some(method) =>
+            {
+                Ok(auth.data)
+            }
+            other => Err(Refusal::Code(
+                ReasonCode::PROTOCOL_ERROR,
+                format!("expected AUTH 0x18 during authentication, got {} [MQTT-4.12.0-5]", other.name()),
+            )),
+        }
+    }
+
+    /// The next packet of the handshake.
+    async fn read_packet(&mut self) -> Result<Packet, Refusal> {
+        loop {
+            match self.codec.decode(&mut self.rbuf) {
+                Ok(Some(packet)) => return Ok(packet),
+                Ok(None) => {}
+                Err(e @ (CodecError::UnacceptableProtocolLevel(_) | CodecError::IdentifierRejected)) => {
+                    return Err(Refusal::Code(e.reason_code(), e.to_string()))
+                }
+                Err(e) => return Err(Refusal::Close(e.to_string())),
+            }
+            match self.reader.read_buf(&mut self.rbuf).await {
+                Ok(0) => return Err(Refusal::Close("connection closed during CONNECT".into())),
+                Ok(_) => {}
+                Err(e) => return Err(Refusal::Close(format!("read failed during CONNECT: {e}"))),
+            }
+        }
+    }
+
+    async fn accept(
+        &mut self,
+        connect: Connect,
+        auth_data: Option<bytes::Bytes>,
+    ) -> Result<Accepted, Refusal> {
+        let config = &self.broker.config;
         if let Some(will) = &connect.will {
             topic::validate_topic_name(&will.topic)
-                .map_err(|e| Refusal::Close(format!("invalid will topic: {e} [MQTT-3.1.3-10]")))?;
+                .map_err(|e| Refusal::Close(format!("invalid will topic: {e} [MQTT-3.1.3-11]")))?;
+            if will.qos > config.maximum_qos() {
+                return Err(Refusal::Code(
+                    ReasonCode::QOS_NOT_SUPPORTED,
+                    "will QoS above maximum_qos".into(),
+                ));
+            }
+            if will.retain && !config.mqtt.retain_available {
+                return Err(Refusal::Code(
+                    ReasonCode::RETAIN_NOT_SUPPORTED,
+                    "retained will not supported".into(),
+                ));
+            }
         }
-        let client_id = if connect.client_id.is_empty() {
-            // Empty id with clean session 1: the broker names the client [MQTT-3.1.3-6].
-            ClientId(ByteString::from(self.broker.assign_client_id()))
-        } else {
-            ClientId(connect.client_id.clone())
-        };
+        let keep_alive = self.negotiate_keep_alive(&connect)?;
+        // An empty id gets one assigned: 3.1.1 only with clean session (the decoder refused the
+        // rest), MQTT 5 always, reported in CONNACK [MQTT-3.1.3-6], [MQTT-3.2.2-16].
+        let assigned = connect.client_id.is_empty().then(|| ByteString::from(self.broker.assign_client_id()));
+        let client_id = ClientId(assigned.clone().unwrap_or_else(|| connect.client_id.clone()));
         tracing::Span::current().record("client_id", tracing::field::display(&client_id));
-        let credentials = Credentials {
-            client_id: &client_id,
-            username: connect.username.as_ref(),
-            password: connect.password.as_ref(),
-        };
-        if let AuthDecision::Deny(code) = self.broker.auth.authenticate(&credentials) {
-            return Err(Refusal::Code(code, "authentication failed".into()));
+        if connect.auth_method.is_none() {
+            let credentials = Credentials {
+                client_id: &client_id,
+                username: connect.username.as_ref(),
+                password: connect.password.as_ref(),
+            };
+            if let AuthDecision::Deny(code) = self.broker.auth.authenticate(&credentials) {
+                return Err(Refusal::Code(code, "authentication failed".into()));
+            }
         }
 
         let owner = self.broker.router.registry.new_owner_id();
         let (control_tx, control) = mpsc::channel(CONTROL_QUEUE);
         let previous = self.broker.router.registry.claim(&client_id, owner, control_tx).await;
-        let persistent = !connect.clean_session;
-        let limits = self.broker.config.session_limits();
+        let limits = config.session_limits();
         let (mut session, session_present) = match previous {
             // Resume: same subscriptions, queue and in-flight state [MQTT-3.1.2-4].
-            Some(previous) if persistent => (previous, true),
-            // Clean session: whatever was stored ends now [MQTT-3.1.2-6].
+            Some(previous) if !connect.clean_start => (previous, true),
+            // Clean start: whatever was kept ends now [MQTT-3.1.2-6].
             Some(previous) => {
                 offline::discard(&self.broker, previous);
-                (Session::new(client_id.clone(), connect.version, false, limits), false)
+                (Session::new(client_id.clone(), connect.version, connect.session_expiry, limits), false)
             }
-            None => (Session::new(client_id.clone(), connect.version, persistent, limits), false),
+            None => (Session::new(client_id.clone(), connect.version, connect.session_expiry, limits), false),
         };
         session.version = connect.version;
+        session.expiry = connect.session_expiry;
+        self.codec.set_client_limits(connect.max_packet_size, connect.topic_alias_maximum);
         // [MQTT-3.2.2-1..3]: session present only when resuming.
-        self.out.push(Packet::ConnAck { session_present, code: ConnectReturnCode::Accepted });
+        let mut connack = self.connack_properties(session_present);
+        connack.assigned_client_id = assigned;
+        connack.server_keep_alive = keep_alive.server_keep_alive;
+        connack.auth_method = connect.auth_method.clone();
+        connack.auth_data = auth_data;
+        self.out.push(Packet::ConnAck(Box::new(connack)));
         info!(
             version = %connect.version,
-            clean_session = connect.clean_session,
-            keep_alive = connect.keep_alive,
+            clean_start = connect.clean_start,
+            session_expiry = connect.session_expiry,
+            keep_alive = keep_alive.seconds,
             session_present,
             "client connected"
         );
-        let keep_alive =
-            (connect.keep_alive > 0).then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
-        Ok(Accepted { session, will: connect.will, keep_alive, owner, control })
+        Ok(Accepted {
+            session,
+            will: connect.will,
+            keep_alive: (keep_alive.seconds > 0)
+                .then(|| Duration::from_millis(u64::from(keep_alive.seconds) * 1500)),
+            receive_maximum: connect.receive_maximum,
+            auth_method: connect.auth_method,
+            owner,
+            control,
+        })
+    }
+
+    /// The CONNACK of an accepted connection: what this broker supports and enforces, all
+    /// from config [MQTT-3.2.2].
+    fn connack_properties(&self, session_present: bool) -> ConnAck {
+        let mqtt = &self.broker.config.mqtt;
+        let maximum_qos = self.broker.config.maximum_qos();
+        ConnAck {
+            session_present,
+            reason: ReasonCode::SUCCESS,
+            receive_maximum: Some(mqtt.receive_maximum),
+            maximum_qos: (maximum_qos < QoS::ExactlyOnce).then_some(maximum_qos),
+            retain_available: mqtt.retain_available,
+            maximum_packet_size: Some(mqtt.max_packet_size),
+            topic_alias_maximum: mqtt.topic_alias_maximum,
+            wildcard_subscription_available: mqtt.wildcard_subscription_available,
+            subscription_identifiers_available: mqtt.subscription_identifiers_available,
+            shared_subscription_available: mqtt.shared_subscription_available,
+            ..ConnAck::default()
+        }
+    }
+
+    /// Applies `mqtt.max_keep_alive_secs`: MQTT 5 clients are told the value in force as Server
+    /// Keep Alive [MQTT-3.2.2-21]; 3.1.1 clients asking for more are refused (0x02).
+    fn negotiate_keep_alive(&self, connect: &Connect) -> Result<KeepAlive, Refusal> {
+        let cap = self.broker.config.mqtt.max_keep_alive_secs;
+        let asked = connect.keep_alive;
+        if cap == 0 || (asked != 0 && asked <= cap) {
+            return Ok(KeepAlive { seconds: asked, server_keep_alive: None });
+        }
+        if connect.version.is_v5() {
+            return Ok(KeepAlive { seconds: cap, server_keep_alive: Some(cap) });
+        }
+        if asked == 0 {
+            return Ok(KeepAlive { seconds: 0, server_keep_alive: None });
+        }
+        Err(Refusal::Code(
+            ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+            format!("keep-alive {asked}s above max_keep_alive_secs {cap}"),
+        ))
     }
 
     /// Logs why the handshake failed and sends the refusing CONNACK where there is one.
     async fn refuse(&mut self, refusal: Refusal) {
         match refusal {
-            Refusal::Code(code, why) => {
-                warn!("refusing connection: {why}");
-                // [MQTT-3.2.2-4]: session present is 0 with a non-zero return code.
-                self.out.push(Packet::ConnAck { session_present: false, code });
+            Refusal::Code(reason, why) => {
+                warn!("refusing connection ({reason}): {why}");
+                // [MQTT-3.2.2-6]: session present 0 with a non-zero reason code.
+                self.out.push(Packet::ConnAck(Box::new(ConnAck::refuse(reason))));
                 self.flush_final().await;
             }
             Refusal::Close(why) => info!("closing before CONNECT completed: {why}"),
@@ -147,10 +280,9 @@ impl Connection {
     }
 }
 
-/// Why a handshake did not complete.
-pub(super) enum Refusal {
-    /// Answer with this CONNACK return code, then close [MQTT-3.2.2-5].
-    Code(ConnectReturnCode, String),
-    /// Close without CONNACK (malformed CONNECT, not MQTT, lost connection).
-    Close(String),
+/// The keep-alive in force for a connection.
+struct KeepAlive {
+    seconds: u16,
+    /// Sent in CONNACK when it differs from what an MQTT 5 client asked for.
+    server_keep_alive: Option<u16>,
 }

@@ -7,6 +7,7 @@
 //! that does not read cannot make the broker buffer without bound.
 
 mod handshake;
+mod inbound;
 mod offline;
 
 use std::io;
@@ -15,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
+use bytestring::ByteString;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -22,15 +24,15 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
 
-use crate::codec::{Codec, CodecError};
-use crate::message::{Delivery, Message};
-use crate::packet::{Packet, Publish, QoS, SubscribeReturnCode, Will};
+use crate::auth::AuthExchange;
+use crate::codec::{Codec, CodecError, Encoded};
+use crate::message::Message;
+use crate::packet::{Disconnect, Packet, ProtocolVersion, ReasonCode, Will};
 use crate::router::retain::RetainChange;
-use crate::router::topic::{self, TopicError};
-use crate::router::Subscriber;
+use crate::router::topic::TopicError;
 use crate::session::registry::{Control, OwnerId};
-use crate::session::Session;
-use crate::storage::{Op, SessionRecord, StoreError};
+use crate::session::{ClientId, Session};
+use crate::storage::{Op, StoreError};
 use crate::Broker;
 
 pub use offline::restore;
@@ -39,27 +41,49 @@ pub use offline::restore;
 const WRITE_HIGH_WATER: usize = 256 * 1024;
 /// Initial read buffer; grows to the largest packet in flight.
 const READ_BUFFER: usize = 4096;
-/// Best-effort time to flush a final packet (e.g. a refusing CONNACK) before closing.
+/// Best-effort time to flush a final packet (a refusing CONNACK, a DISCONNECT) before closing.
 const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Why a network connection ended. Everything but `ClientDisconnect` publishes the will
-/// [MQTT-3.1.2-8], [MQTT-3.14.4-3].
+/// Why a network connection ended. The will is published unless the client sent DISCONNECT
+/// with reason 0x00 [MQTT-3.1.2-8], [MQTT-3.14.4-3].
 #[derive(Debug)]
 enum Ending {
-    /// The client sent DISCONNECT.
-    ClientDisconnect,
+    /// The client sent DISCONNECT; `with_will` for reason 0x04 [MQTT-3.14.2].
+    ClientDisconnect {
+        with_will: bool,
+    },
     /// The socket reached end of file without DISCONNECT.
     PeerClosed,
     Io(io::Error),
-    /// Nothing received for 1.5 × keep-alive [MQTT-3.1.2-24].
+    /// Nothing received for 1.5 × keep-alive [MQTT-3.1.2-24]: DISCONNECT 0x8D.
     KeepAliveTimeout,
+    /// A protocol violation: DISCONNECT with its reason code (MQTT 5), then close.
     Protocol(ProtocolError),
-    /// Another connection claimed the client id [MQTT-3.1.4-2].
+    /// Another connection claimed the client id [MQTT-3.1.4-3]: DISCONNECT 0x8E.
     TakenOver(oneshot::Sender<Option<Session>>),
+    /// Broker shutdown: DISCONNECT 0x8B.
     Shutdown,
 }
 
-/// A client broke the protocol; the connection is closed (3.1.1 has no reason codes).
+impl Ending {
+    fn publishes_will(&self) -> bool {
+        !matches!(self, Ending::ClientDisconnect { with_will: false })
+    }
+
+    /// The reason code of the DISCONNECT the broker sends (MQTT 5 only), if it sends one.
+    fn server_disconnect(&self) -> Option<ReasonCode> {
+        match self {
+            Ending::KeepAliveTimeout => Some(ReasonCode::KEEP_ALIVE_TIMEOUT),
+            Ending::Protocol(e) => Some(e.reason_code()),
+            Ending::TakenOver(_) => Some(ReasonCode::SESSION_TAKEN_OVER),
+            Ending::Shutdown => Some(ReasonCode::SERVER_SHUTTING_DOWN),
+            Ending::ClientDisconnect { .. } | Ending::PeerClosed | Ending::Io(_) => None,
+        }
+    }
+}
+
+/// A client broke the protocol (or a limit); the connection is closed, after a DISCONNECT
+/// carrying `reason_code()` for MQTT 5 clients.
 #[derive(Debug, thiserror::Error)]
 pub enum ProtocolError {
     #[error(transparent)]
@@ -68,9 +92,42 @@ pub enum ProtocolError {
     Topic(#[from] TopicError),
     #[error("second CONNECT on one connection [MQTT-3.1.0-2]")]
     SecondConnect,
+    #[error("more unacknowledged QoS 2 PUBLISH than receive_maximum [MQTT-3.3.4-7]")]
+    ReceiveMaximumExceeded,
+    #[error("retained PUBLISH while retain_available is false [MQTT-3.3.1-14]")]
+    RetainNotSupported,
+    #[error("PUBLISH QoS above maximum_qos [MQTT-3.3.1-13]")]
+    QosNotSupported,
+    #[error("No Local on a shared subscription [MQTT-3.8.3-4]")]
+    NoLocalOnSharedSubscription,
+    #[error("session expiry set in DISCONNECT after CONNECT set 0 [MQTT-3.14.2-2]")]
+    SessionExpiryAfterZero,
+    #[error("unexpected AUTH packet [MQTT-4.12.0-1]")]
+    UnexpectedAuth,
+    #[error("re-authentication failed")]
+    ReauthenticationFailed(ReasonCode),
     /// Not the client's fault: storing failed, so nothing may be acknowledged.
     #[error("cannot store state: {0}")]
     Store(#[from] StoreError),
+}
+
+impl ProtocolError {
+    /// The MQTT 5 DISCONNECT reason code for this error.
+    pub fn reason_code(&self) -> ReasonCode {
+        match self {
+            ProtocolError::Codec(e) => e.reason_code(),
+            ProtocolError::Topic(_) => ReasonCode::TOPIC_NAME_INVALID,
+            ProtocolError::ReceiveMaximumExceeded => ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
+            ProtocolError::RetainNotSupported => ReasonCode::RETAIN_NOT_SUPPORTED,
+            ProtocolError::QosNotSupported => ReasonCode::QOS_NOT_SUPPORTED,
+            ProtocolError::ReauthenticationFailed(reason) => *reason,
+            ProtocolError::Store(_) => ReasonCode::UNSPECIFIED_ERROR,
+            ProtocolError::SecondConnect
+            | ProtocolError::NoLocalOnSharedSubscription
+            | ProtocolError::SessionExpiryAfterZero
+            | ProtocolError::UnexpectedAuth => ReasonCode::PROTOCOL_ERROR,
+        }
+    }
 }
 
 /// Entry point of a connection task.
@@ -85,36 +142,62 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
     .await
 }
 
+/// Enhanced authentication state of a connection that used it.
+struct AuthState {
+    method: ByteString,
+    client_id: ClientId,
+    /// A re-authentication in progress [MQTT-4.12.1].
+    exchange: Option<Box<dyn AuthExchange>>,
+}
+
 struct Connection {
     broker: Arc<Broker>,
     reader: OwnedReadHalf,
     writer: OwnedWriteHalf,
     codec: Codec,
+    version: ProtocolVersion,
     rbuf: BytesMut,
     wbuf: BytesMut,
     /// Packets produced by the session, encoded into `wbuf` after each event.
     out: Vec<Packet>,
+    auth: Option<AuthState>,
 }
 
 impl Connection {
     fn new(reader: OwnedReadHalf, writer: OwnedWriteHalf, broker: Arc<Broker>) -> Self {
-        let codec = Codec::new(broker.config.mqtt.max_packet_size);
+        let mqtt = &broker.config.mqtt;
+        let codec = Codec::new(mqtt.max_packet_size, mqtt.topic_alias_maximum);
         Connection {
             broker,
             reader,
             writer,
             codec,
+            version: ProtocolVersion::V311,
             rbuf: BytesMut::with_capacity(READ_BUFFER),
             wbuf: BytesMut::new(),
             out: Vec::new(),
+            auth: None,
         }
     }
 
     async fn run(&mut self) {
         let Some(accepted) = self.handshake().await else { return };
-        let handshake::Accepted { mut session, will, keep_alive, owner, mut control } = accepted;
+        let handshake::Accepted {
+            mut session,
+            will,
+            keep_alive,
+            receive_maximum,
+            auth_method,
+            owner,
+            mut control,
+        } = accepted;
+        self.auth = auth_method.map(|method| AuthState {
+            method,
+            client_id: session.client_id.clone(),
+            exchange: None,
+        });
         session.pending.mailbox().set_online(true);
-        session.resume(&mut self.out);
+        session.resume(receive_maximum, &mut self.out, Instant::now());
         // Packets that arrived in the same read as CONNECT are handled before waiting for more.
         let ending = match self.handle_input(&mut session) {
             Some(ending) => ending,
@@ -159,11 +242,12 @@ impl Connection {
                     Err(e) => return Ending::Io(e),
                 },
                 delivery = session.pending.pop(), if writable && session.can_deliver() => {
+                    let now = Instant::now();
                     if let Some(delivery) = delivery {
-                        session.handle_deliver(delivery, &mut self.out);
-                        session.pump(&mut self.out);
+                        session.handle_deliver(delivery, &mut self.out, now);
+                        session.pump(&mut self.out, now);
                     }
-                    if let Err(e) = self.encode_out() {
+                    if let Err(e) = self.encode_out(session) {
                         return Ending::Protocol(e);
                     }
                 }
@@ -186,116 +270,39 @@ impl Connection {
                 Err(e) => return Some(Ending::Protocol(e)),
             }
         }
-        self.encode_out().err().map(Ending::Protocol)
+        self.encode_out(session).err().map(Ending::Protocol)
     }
 
-    fn handle_packet(
-        &mut self,
-        session: &mut Session,
-        packet: Packet,
-    ) -> Result<Option<Ending>, ProtocolError> {
-        match packet {
-            Packet::Publish(publish) => self.handle_publish(session, publish)?,
-            ack @ (Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_)) => {
-                if let Err(unexpected) = session.handle_ack(&ack, &mut self.out) {
-                    debug!("{unexpected}");
-                }
-            }
-            Packet::PubRel(id) => self.out.push(session.handle_pubrel(id)),
-            Packet::Subscribe { packet_id, filters } => {
-                let mut codes = Vec::with_capacity(filters.len());
-                for (filter, qos) in filters {
-                    topic::validate_topic_filter(&filter)?;
-                    codes.push(self.subscribe(session, filter, qos));
-                }
-                // SUBACK first, then the retained messages the new subscriptions selected.
-                self.out.push(Packet::SubAck { packet_id, codes });
-                self.persist_subscriptions(session)?;
-                session.pump(&mut self.out);
-            }
-            Packet::Unsubscribe { packet_id, filters } => {
-                for filter in &filters {
-                    topic::validate_topic_filter(filter)?;
-                    self.broker.router.unsubscribe(filter, &session.client_id);
-                    session.subscriptions.remove(filter);
-                }
-                self.persist_subscriptions(session)?;
-                self.out.push(Packet::UnsubAck(packet_id));
-            }
-            Packet::PingReq => self.out.push(Packet::PingResp),
-            Packet::Disconnect => return Ok(Some(Ending::ClientDisconnect)),
-            Packet::Connect(_) => return Err(ProtocolError::SecondConnect),
-            // The codec refuses server-only packets from a client.
-            other => unreachable!("codec returned server-only packet {}", other.name()),
-        }
-        Ok(None)
-    }
-
-    fn handle_publish(&mut self, session: &mut Session, publish: Publish) -> Result<(), ProtocolError> {
-        topic::validate_topic_name(&publish.topic)?;
-        let message = Arc::new(Message::from_publish(&publish));
-        match (publish.qos, publish.packet_id) {
-            (QoS::AtMostOnce, _) => route(&self.broker, &message)?,
-            (QoS::AtLeastOnce, Some(id)) => {
-                route(&self.broker, &message)?;
-                self.out.push(Packet::PubAck(id));
-            }
-            (QoS::ExactlyOnce, Some(id)) => {
-                // Routed on first receipt; a re-send before PUBREL only gets PUBREC again.
-                if session.handle_inbound_qos2(id) {
-                    route(&self.broker, &message)?;
-                }
-                self.out.push(Packet::PubRec(id));
-            }
-            (_, None) => unreachable!("the decoder requires a packet id for QoS 1 and 2"),
-        }
-        Ok(())
-    }
-
-    /// Adds or replaces one subscription and queues the retained messages it selects
-    /// [MQTT-3.8.4-3].
-    fn subscribe(
-        &mut self,
-        session: &mut Session,
-        filter: bytestring::ByteString,
-        qos: QoS,
-    ) -> SubscribeReturnCode {
-        let subscriber = Subscriber { mailbox: session.pending.mailbox().clone(), qos };
-        self.broker.router.subscribe(&filter, session.client_id.clone(), subscriber);
-        for message in self.broker.router.retained.matching(&filter) {
-            let qos = qos.min(message.qos);
-            session.pending.push(Delivery { message, qos, retain: true });
-        }
-        session.subscriptions.insert(filter, qos);
-        SubscribeReturnCode::Granted(qos)
-    }
-
-    fn persist_subscriptions(&self, session: &Session) -> Result<(), StoreError> {
-        if !session.persistent {
-            return Ok(());
-        }
-        let record = SessionRecord {
-            client_id: session.client_id.clone(),
-            subscriptions: session.subscriptions.iter().map(|(f, q)| (f.clone(), *q)).collect(),
-        };
-        self.broker.store.apply(vec![Op::PutSession(record)])
-    }
-
-    /// Encodes the packets the session produced.
-    fn encode_out(&mut self) -> Result<(), ProtocolError> {
+    /// Encodes the packets the session produced. A PUBLISH larger than the client's Maximum
+    /// Packet Size is not sent and counts as delivered [MQTT-3.1.2-25].
+    fn encode_out(&mut self, session: &mut Session) -> Result<(), ProtocolError> {
         for packet in self.out.drain(..) {
-            self.codec.encode(packet, &mut self.wbuf)?;
+            let packet_id = match &packet {
+                Packet::Publish(p) => Some(p.packet_id),
+                _ => None,
+            };
+            if self.codec.encode(packet, &mut self.wbuf)? == Encoded::TooLargeForClient {
+                debug!("message larger than the client's maximum packet size: not sent");
+                if let Some(Some(id)) = packet_id {
+                    session.forget(id);
+                }
+            }
         }
         Ok(())
     }
 
-    /// Writes what is left in the buffer, briefly; used when closing.
-    async fn flush_final(&mut self) {
-        if self.encode_out().is_err() || self.wbuf.is_empty() {
-            return;
+    /// Writes the output now (used during the handshake, outside the select loop).
+    async fn write_out(&mut self) -> io::Result<()> {
+        for packet in self.out.drain(..) {
+            self.codec.encode(packet, &mut self.wbuf).map_err(io::Error::other)?;
         }
+        self.writer.write_all_buf(&mut self.wbuf).await
+    }
+
+    /// Writes what is left, briefly, then closes the socket; used when closing.
+    async fn flush_final(&mut self) {
         let write = async {
-            self.writer.write_all_buf(&mut self.wbuf).await?;
+            self.write_out().await?;
             self.writer.shutdown().await
         };
         if let Ok(Err(e)) = tokio::time::timeout(FINAL_FLUSH_TIMEOUT, write).await {
@@ -303,17 +310,18 @@ impl Connection {
         }
     }
 
-    /// Closes the connection: will, then hand-off, offline life or end of the session.
+    /// Closes the connection: DISCONNECT (MQTT 5), will, then hand-off, offline life or end
+    /// of the session.
     async fn finish(
         &mut self,
-        session: Session,
+        mut session: Session,
         will: Option<Will>,
         ending: Ending,
         owner: OwnerId,
         control: mpsc::Receiver<Control>,
     ) {
         match &ending {
-            Ending::ClientDisconnect => debug!("client disconnected"),
+            Ending::ClientDisconnect { .. } => debug!("client disconnected"),
             Ending::PeerClosed => info!("connection closed by client without DISCONNECT"),
             Ending::Io(e) => info!("connection lost: {e}"),
             Ending::KeepAliveTimeout => info!("keep-alive timeout: closing"),
@@ -321,36 +329,51 @@ impl Connection {
             Ending::TakenOver(_) => info!("session taken over by a new connection"),
             Ending::Shutdown => debug!("closing for shutdown"),
         }
-        if !matches!(ending, Ending::ClientDisconnect | Ending::Protocol(_) | Ending::Io(_)) {
-            self.flush_final().await;
+        if let Some(reason) = ending.server_disconnect() {
+            // The codec writes nothing for 3.1.1, where servers never send DISCONNECT.
+            self.out.push(Packet::Disconnect(Disconnect { reason, ..Disconnect::default() }));
         }
-        drop(self.writer.shutdown().await);
-        if let Some(will) = will.filter(|_| !matches!(ending, Ending::ClientDisconnect)) {
-            publish_will(&self.broker, &will);
-        }
+        self.flush_final().await;
+
+        let will = will.filter(|_| ending.publishes_will());
+        // A delayed will waits in the offline session, and a reconnect within the delay
+        // cancels it [MQTT-3.1.3-9]; otherwise it goes now.
+        let delayed_will = match will {
+            Some(will) if will.delay > 0 && session.is_persistent() => Some(will),
+            Some(will) => {
+                publish_will(&self.broker, &will, &session.client_id);
+                None
+            }
+            None => None,
+        };
         match ending {
             Ending::TakenOver(reply) => {
-                let handed = if session.persistent {
+                let handed = if session.is_persistent() {
                     Some(session)
                 } else {
                     offline::end_session(&self.broker, session, owner);
                     None
                 };
                 // The new owner may have given up waiting; the session then ends with us.
-                drop(reply.send(handed));
+                let _ = reply.send(handed);
             }
-            _ if session.persistent => offline::run(self.broker.clone(), session, owner, control).await,
             _ => {
-                offline::end_session(&self.broker, session, owner);
-                // Dropped only now: a concurrent claim waits for this cleanup to finish.
-                drop(control);
+                // Unacknowledged shared-subscription messages go to other members [MQTT-4.8.2-6].
+                offline::redistribute_shared(&self.broker, &mut session);
+                if session.is_persistent() {
+                    offline::run(self.broker.clone(), session, owner, control, delayed_will).await;
+                } else {
+                    offline::end_session(&self.broker, session, owner);
+                    // Dropped only now: a concurrent claim waits for this cleanup to finish.
+                    drop(control);
+                }
             }
         }
     }
 }
 
 /// Routes an inbound message: retained store first, then every matching session.
-fn route(broker: &Broker, message: &Arc<Message>) -> Result<(), StoreError> {
+fn route(broker: &Broker, message: &Arc<Message>) -> Result<crate::router::RouteOutcome, StoreError> {
     if message.retain {
         let op = match broker.router.retained.apply(message) {
             RetainChange::Stored => Op::PutRetained(message.clone()),
@@ -362,12 +385,12 @@ fn route(broker: &Broker, message: &Arc<Message>) -> Result<(), StoreError> {
     if outcome.dropped > 0 {
         debug!(topic = %message.topic, dropped = outcome.dropped, "message dropped for sessions with full queues");
     }
-    Ok(())
+    Ok(outcome)
 }
 
-fn publish_will(broker: &Broker, will: &Will) {
+fn publish_will(broker: &Broker, will: &Will, client_id: &ClientId) {
     debug!(topic = %will.topic, "publishing will");
-    if let Err(e) = route(broker, &Arc::new(Message::from_will(will))) {
+    if let Err(e) = route(broker, &Arc::new(Message::from_will(will, client_id))) {
         warn!("will not published: {e}");
     }
 }

@@ -1,14 +1,19 @@
-//! Routing: the subscription index, the retained store and the session registry.
+//! Routing: the subscription index, shared-subscription groups, the retained store and the
+//! session registry.
 //!
 //! The publisher's own task routes its messages: it matches the topic under a read lock,
 //! de-duplicates the matches per session and offers the message to each mailbox, which never
-//! blocks. There is no router task and no global lock held across an `.await`.
+//! blocks. There is no router task and no lock held across an `.await`.
 //!
-//! Overlapping subscriptions of one client yield a single delivery at the highest QoS among the
-//! matching subscriptions (MQTT 3.1.1 section 3.3.5 allows one copy at the maximum QoS; MQTT 5
-//! requires it [MQTT-3.3.4-2]).
+//! Overlapping subscriptions of one client yield a single delivery [MQTT-3.3.4-2]: at the
+//! highest QoS among the matching subscriptions, carrying every matching Subscription
+//! Identifier [MQTT-3.3.4-3]. No Local removes a subscription from the match before that
+//! merge, so another matching subscription without it still delivers; Retain As Published
+//! applies when any of the remaining matching subscriptions has it. Shared subscriptions are
+//! routed separately (one member per group) and are not merged with the client's own.
 
 pub mod retain;
+pub mod shared;
 pub mod topic;
 pub mod trie;
 
@@ -17,151 +22,167 @@ use std::sync::{Arc, RwLock};
 
 use bytestring::ByteString;
 
-use crate::message::{Delivery, Message};
-use crate::packet::QoS;
+use crate::message::{Delivery, Message, SharedRoute};
+use crate::packet::SubscriptionOptions;
 use crate::session::queue::{Mailbox, Offer};
 use crate::session::registry::Registry;
 use crate::session::ClientId;
 use retain::RetainedStore;
+use shared::Group;
 use trie::TopicTree;
+
+/// What a session subscribed with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subscription {
+    pub options: SubscriptionOptions,
+    /// Subscription Identifier (MQTT 5).
+    pub id: Option<u32>,
+}
 
 /// One session's subscription to one filter.
 #[derive(Debug, Clone)]
 pub struct Subscriber {
     pub mailbox: Arc<Mailbox>,
-    pub qos: QoS,
+    pub subscription: Subscription,
 }
 
 type SubscriberSet = HashMap<ClientId, Subscriber>;
+type GroupSet = HashMap<ByteString, Group>;
 
-/// Counts of what happened to one routed message.
+/// What happened to one routed message.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct RouteOutcome {
+    /// Sessions whose subscriptions matched (after No Local).
+    pub matched: usize,
     /// Sessions that got the message queued.
     pub queued: usize,
     /// Sessions whose queue was full (dropped by policy).
     pub dropped: usize,
 }
 
+impl RouteOutcome {
+    fn count(&mut self, offer: Offer) {
+        self.matched += 1;
+        match offer {
+            Offer::Queued => self.queued += 1,
+            Offer::DroppedFull => self.dropped += 1,
+            Offer::SkippedOffline | Offer::Closed => {}
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Router {
     subscriptions: RwLock<TopicTree<SubscriberSet>>,
+    shared: RwLock<TopicTree<GroupSet>>,
     pub retained: RetainedStore,
     pub registry: Registry,
 }
 
 impl Router {
-    /// Adds or replaces `client`'s subscription to `filter` (already validated).
-    pub fn subscribe(&self, filter: &str, client: ClientId, subscriber: Subscriber) {
+    /// Adds or replaces `client`'s subscription to `filter` (already validated). Returns true
+    /// when it replaced an existing one.
+    pub fn subscribe(&self, filter: &str, client: ClientId, subscriber: Subscriber) -> bool {
+        if let Ok(Some(share)) = shared::parse(filter) {
+            let mut tree = self.shared.write().unwrap_or_else(|e| e.into_inner());
+            let groups = tree.entry(share.filter);
+            let group = groups.entry(share.group.into()).or_insert_with(|| Group::new(filter.into()));
+            let existed = group.remove(&client);
+            group.insert(client, subscriber);
+            return existed;
+        }
         let mut tree = self.subscriptions.write().unwrap_or_else(|e| e.into_inner());
-        tree.entry(filter).insert(client, subscriber);
+        tree.entry(filter).insert(client, subscriber).is_some()
     }
 
     /// Removes `client`'s subscription to `filter`; true if there was one.
     pub fn unsubscribe(&self, filter: &str, client: &ClientId) -> bool {
+        if let Ok(Some(share)) = shared::parse(filter) {
+            let mut tree = self.shared.write().unwrap_or_else(|e| e.into_inner());
+            return tree
+                .update(share.filter, |groups| {
+                    let removed = groups.get_mut(share.group).is_some_and(|g| g.remove(client));
+                    groups.retain(|_, g| !g.is_empty());
+                    removed
+                })
+                .unwrap_or(false);
+        }
         let mut tree = self.subscriptions.write().unwrap_or_else(|e| e.into_inner());
         tree.update(filter, |set| set.remove(client).is_some()).unwrap_or(false)
     }
 
     /// Removes every subscription in `filters` held by `client` (session end).
     pub fn unsubscribe_all<'a>(&self, filters: impl Iterator<Item = &'a ByteString>, client: &ClientId) {
-        let mut tree = self.subscriptions.write().unwrap_or_else(|e| e.into_inner());
         for filter in filters {
-            tree.update(filter, |set| set.remove(client));
+            self.unsubscribe(filter, client);
         }
     }
 
-    /// Routes `message` to every matching session, once per session.
+    /// Routes `message` to every matching session, once per session, and to one member of
+    /// every matching share group.
     pub fn publish(&self, message: &Arc<Message>) -> RouteOutcome {
+        let mut outcome = RouteOutcome::default();
+        self.publish_direct(message, &mut outcome);
+        self.publish_shared(message, &mut outcome);
+        outcome
+    }
+
+    fn publish_direct(&self, message: &Arc<Message>, outcome: &mut RouteOutcome) {
         let tree = self.subscriptions.read().unwrap_or_else(|e| e.into_inner());
         let mut matches: Vec<&Subscriber> = Vec::new();
         trie::for_each_matching_filter(&tree, &message.topic, &mut |set: &SubscriberSet| {
             matches.extend(set.values());
         });
-        // One delivery per session at the highest matching QoS: sort by mailbox, keep the max.
-        matches.sort_unstable_by_key(|s| (Arc::as_ptr(&s.mailbox), std::cmp::Reverse(s.qos)));
-        matches.dedup_by_key(|s| Arc::as_ptr(&s.mailbox));
-        let mut outcome = RouteOutcome::default();
-        for subscriber in matches {
-            let delivery =
-                Delivery { message: message.clone(), qos: subscriber.qos.min(message.qos), retain: false };
-            match subscriber.mailbox.offer(delivery) {
-                Offer::Queued => outcome.queued += 1,
-                Offer::DroppedFull => outcome.dropped += 1,
-                Offer::SkippedOffline | Offer::Closed => {}
-            }
+        // [MQTT-3.8.3-3]: No Local subscriptions do not get the client's own messages.
+        if let Some(origin) = &message.origin {
+            matches.retain(|s| !(s.subscription.options.no_local && s.mailbox.client_id() == origin));
         }
-        outcome
+        // Group the matches of each session together.
+        matches.sort_unstable_by_key(|s| Arc::as_ptr(&s.mailbox));
+        for same_session in matches.chunk_by(|a, b| Arc::ptr_eq(&a.mailbox, &b.mailbox)) {
+            let best = same_session.iter().map(|s| s.subscription.options.qos).max().unwrap_or(message.qos);
+            let retain =
+                message.retain && same_session.iter().any(|s| s.subscription.options.retain_as_published);
+            let mut delivery = Delivery::new(message.clone(), best.min(message.qos), retain);
+            delivery.subscription_ids = same_session.iter().filter_map(|s| s.subscription.id).collect();
+            delivery.subscription_ids.sort_unstable();
+            outcome.count(same_session[0].mailbox.offer(delivery));
+        }
     }
+
+    fn publish_shared(&self, message: &Arc<Message>, outcome: &mut RouteOutcome) {
+        let tree = self.shared.read().unwrap_or_else(|e| e.into_inner());
+        trie::for_each_matching_filter(&tree, &message.topic, &mut |groups: &GroupSet| {
+            for group in groups.values() {
+                if let Some(member) = group.pick(None) {
+                    outcome.count(member.mailbox.offer(shared_delivery(message.clone(), member, group)));
+                }
+            }
+        });
+    }
+
+    /// Hands a delivery that came through `route` to another member of its group (the member
+    /// that had it is leaving). False when no other member exists: the message is dropped.
+    pub fn redistribute(&self, delivery: &Delivery, route: &SharedRoute, leaving: &ClientId) -> bool {
+        let Ok(Some(share)) = shared::parse(&route.share) else { return false };
+        let tree = self.shared.read().unwrap_or_else(|e| e.into_inner());
+        let Some(group) = tree.get(share.filter).and_then(|groups| groups.get(share.group)) else {
+            return false;
+        };
+        let Some(member) = group.pick(Some(leaving)) else { return false };
+        member.mailbox.offer(shared_delivery(delivery.message.clone(), member, group)) == Offer::Queued
+    }
+}
+
+fn shared_delivery(message: Arc<Message>, member: &Subscriber, group: &Group) -> Delivery {
+    let options = member.subscription.options;
+    let retain = message.retain && options.retain_as_published;
+    let qos = options.qos.min(message.qos);
+    let mut delivery = Delivery::new(message, qos, retain);
+    delivery.subscription_ids.extend(member.subscription.id);
+    delivery.shared = Some(SharedRoute { share: group.share.clone() });
+    delivery
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::session::queue::{PendingQueue, QueueLimits};
-
-    fn queue(id: &str) -> PendingQueue {
-        let q = PendingQueue::new(ClientId::from(id), QueueLimits { max_messages: 100, max_bytes: 1 << 20 });
-        q.mailbox().set_online(true);
-        q
-    }
-
-    fn message(topic: &str, qos: QoS) -> Arc<Message> {
-        Arc::new(Message { topic: topic.into(), payload: "p".into(), qos, retain: false })
-    }
-
-    #[test]
-    fn overlapping_subscriptions_deliver_once_at_highest_qos() {
-        let router = Router::default();
-        let mut a = queue("a");
-        let id = ClientId::from("a");
-        router.subscribe(
-            "x/#",
-            id.clone(),
-            Subscriber { mailbox: a.mailbox().clone(), qos: QoS::AtMostOnce },
-        );
-        router.subscribe(
-            "x/+",
-            id.clone(),
-            Subscriber { mailbox: a.mailbox().clone(), qos: QoS::ExactlyOnce },
-        );
-        router.subscribe("x/y", id, Subscriber { mailbox: a.mailbox().clone(), qos: QoS::AtLeastOnce });
-        let outcome = router.publish(&message("x/y", QoS::ExactlyOnce));
-        assert_eq!(outcome.queued, 1);
-        let d = a.try_pop().unwrap();
-        assert_eq!(d.qos, QoS::ExactlyOnce);
-        assert!(a.try_pop().is_none());
-    }
-
-    #[test]
-    fn delivery_qos_is_downgraded_to_the_subscription() {
-        // [MQTT-3.8.4-6]
-        let router = Router::default();
-        let mut a = queue("a");
-        router.subscribe(
-            "t",
-            ClientId::from("a"),
-            Subscriber { mailbox: a.mailbox().clone(), qos: QoS::AtLeastOnce },
-        );
-        router.publish(&message("t", QoS::ExactlyOnce));
-        router.publish(&message("t", QoS::AtMostOnce));
-        assert_eq!(a.try_pop().unwrap().qos, QoS::AtLeastOnce);
-        assert_eq!(a.try_pop().unwrap().qos, QoS::AtMostOnce);
-    }
-
-    #[test]
-    fn unsubscribe_stops_delivery_and_reports_existence() {
-        let router = Router::default();
-        let mut a = queue("a");
-        let id = ClientId::from("a");
-        router.subscribe(
-            "t/+",
-            id.clone(),
-            Subscriber { mailbox: a.mailbox().clone(), qos: QoS::AtMostOnce },
-        );
-        assert!(router.unsubscribe("t/+", &id));
-        assert!(!router.unsubscribe("t/+", &id));
-        assert_eq!(router.publish(&message("t/1", QoS::AtMostOnce)).queued, 0);
-        assert!(a.try_pop().is_none());
-    }
-}
+mod tests;

@@ -50,12 +50,10 @@ mod tests {
     use crate::packet::QoS;
 
     fn retained(topic: &str, payload: &'static str) -> Arc<Message> {
-        Arc::new(Message {
-            topic: topic.into(),
-            payload: payload.into(),
-            qos: QoS::AtLeastOnce,
-            retain: true,
-        })
+        let mut m = Message::new(topic, &b""[..], QoS::AtLeastOnce);
+        m.payload = bytes::Bytes::copy_from_slice(payload.as_bytes());
+        m.retain = true;
+        Arc::new(m)
     }
 
     #[test]

@@ -18,6 +18,9 @@ pub enum TopicError {
     /// `+` must occupy a whole level [MQTT-4.7.1-3].
     #[error("'+' not alone in its level [MQTT-4.7.1-3]")]
     MisplacedSingleLevelWildcard,
+    /// `$share/` must be followed by a share name without wildcards and a filter [MQTT-4.8.2-2].
+    #[error("invalid shared subscription [MQTT-4.8.2-2]")]
+    InvalidShareName,
 }
 
 /// Checks a topic name as found in PUBLISH or a will.

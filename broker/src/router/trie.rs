@@ -63,6 +63,15 @@ impl<T: NodeValue> TopicTree<T> {
         update_at(&mut self.root, &levels, f)
     }
 
+    /// The value at exactly `path`, if its node exists.
+    pub fn get(&self, path: &str) -> Option<&T> {
+        let mut node = &self.root;
+        for level in path.split('/') {
+            node = node.child(level)?;
+        }
+        Some(&node.value)
+    }
+
     pub fn root(&self) -> &Node<T> {
         &self.root
     }

@@ -14,8 +14,11 @@ use std::fmt;
 
 use bytestring::ByteString;
 
+use tokio::time::Instant;
+
 use crate::message::Delivery;
 use crate::packet::{Packet, PacketId, ProtocolVersion, QoS};
+use crate::router::Subscription;
 use qos::{InboundQos2, OutboundWindow, UnexpectedAck};
 use queue::{PendingQueue, QueueLimits};
 
@@ -47,36 +50,43 @@ pub struct SessionLimits {
 /// small messages.
 const DELIVERY_BATCH: usize = 64;
 
+/// Session Expiry Interval meaning "never expires".
+pub const NEVER_EXPIRES: u32 = u32::MAX;
+
 #[derive(Debug)]
 pub struct Session {
     pub client_id: ClientId,
     /// Protocol of the connection that last used the session.
     pub version: ProtocolVersion,
-    /// Clean session 0: the session outlives the network connection [MQTT-3.1.2-4].
-    pub persistent: bool,
-    /// Topic filter -> granted QoS.
-    pub subscriptions: HashMap<ByteString, QoS>,
+    /// Session Expiry Interval in seconds: 0 ends the session with its network connection,
+    /// `NEVER_EXPIRES` keeps it until a clean start (3.1.1 clean session 0 maps to that).
+    pub expiry: u32,
+    /// Topic filter (as subscribed, `$share/...` included) -> subscription.
+    pub subscriptions: HashMap<ByteString, Subscription>,
     pub pending: PendingQueue,
     pub outbound: OutboundWindow,
     pub inbound: InboundQos2,
+    /// The configured in-flight window; a client's Receive Maximum may lower it.
+    max_inflight: usize,
 }
 
 impl Session {
-    pub fn new(
-        client_id: ClientId,
-        version: ProtocolVersion,
-        persistent: bool,
-        limits: SessionLimits,
-    ) -> Self {
+    pub fn new(client_id: ClientId, version: ProtocolVersion, expiry: u32, limits: SessionLimits) -> Self {
         Session {
             pending: PendingQueue::new(client_id.clone(), limits.queue),
             client_id,
             version,
-            persistent,
+            expiry,
             subscriptions: HashMap::new(),
             outbound: OutboundWindow::new(limits.max_inflight),
             inbound: InboundQos2::default(),
+            max_inflight: limits.max_inflight,
         }
+    }
+
+    /// The session outlives its network connection [MQTT-3.1.2-4], [MQTT-3.1.2-23].
+    pub fn is_persistent(&self) -> bool {
+        self.expiry > 0
     }
 
     /// True when another delivery can be taken from the pending queue.
@@ -85,41 +95,75 @@ impl Session {
     }
 
     /// Sends one delivery: QoS 0 goes straight out, QoS 1/2 enters the in-flight window.
-    pub fn handle_deliver(&mut self, delivery: Delivery, out: &mut Vec<Packet>) {
+    /// A message whose expiry passed while it was queued is dropped [MQTT-3.3.2-5].
+    pub fn handle_deliver(&mut self, delivery: Delivery, out: &mut Vec<Packet>, now: Instant) {
+        if delivery.message.is_expired(now) {
+            tracing::debug!(topic = %delivery.message.topic, "message expired before delivery");
+            return;
+        }
         if delivery.qos == QoS::AtMostOnce {
-            out.push(Packet::Publish(delivery.to_publish(None, false)));
+            out.push(Packet::Publish(Box::new(delivery.to_publish(None, false, now))));
         } else {
-            out.push(self.outbound.send(delivery));
+            out.push(self.outbound.send(delivery, now));
+            self.publish_window();
         }
     }
 
     /// Moves pending deliveries to the wire while the window has room, at most one batch.
-    pub fn pump(&mut self, out: &mut Vec<Packet>) {
+    pub fn pump(&mut self, out: &mut Vec<Packet>, now: Instant) {
         for _ in 0..DELIVERY_BATCH {
             if !self.can_deliver() {
                 break;
             }
             let Some(delivery) = self.pending.try_pop() else { break };
-            self.handle_deliver(delivery, out);
+            self.handle_deliver(delivery, out, now);
         }
     }
 
-    /// On reconnect of a persistent session: the unacknowledged window first, in order.
-    pub fn resume(&mut self, out: &mut Vec<Packet>) {
-        self.outbound.resend_all(out);
-        self.pump(out);
+    /// On (re)connect: the window follows the client's Receive Maximum [MQTT-3.3.4-9]; the
+    /// unacknowledged window is re-sent first, in order, then the queue.
+    pub fn resume(&mut self, receive_maximum: u16, out: &mut Vec<Packet>, now: Instant) {
+        self.outbound.set_capacity(self.max_inflight.min(usize::from(receive_maximum)));
+        self.publish_window();
+        self.outbound.resend_all(out, now);
+        self.pump(out, now);
     }
 
     /// PUBACK, PUBREC or PUBCOMP from the client.
-    pub fn handle_ack(&mut self, packet: &Packet, out: &mut Vec<Packet>) -> Result<(), UnexpectedAck> {
+    pub fn handle_ack(
+        &mut self,
+        packet: &Packet,
+        out: &mut Vec<Packet>,
+        now: Instant,
+    ) -> Result<(), UnexpectedAck> {
         match *packet {
-            Packet::PubAck(id) => self.outbound.handle_puback(id)?,
-            Packet::PubRec(id) => out.push(self.outbound.handle_pubrec(id)?),
-            Packet::PubComp(id) => self.outbound.handle_pubcomp(id)?,
+            Packet::PubAck(ack) => self.outbound.handle_puback(ack.packet_id)?,
+            Packet::PubRec(ack) => out.extend(self.outbound.handle_pubrec(ack)?),
+            Packet::PubComp(ack) => self.outbound.handle_pubcomp(ack.packet_id)?,
             _ => unreachable!("handle_ack takes PUBACK, PUBREC and PUBCOMP only"),
         }
-        self.pump(out);
+        self.publish_window();
+        self.pump(out, now);
         Ok(())
+    }
+
+    /// The PUBLISH with this id was not sent (too large for the client): as if acknowledged.
+    pub fn forget(&mut self, packet_id: PacketId) {
+        self.outbound.forget(packet_id);
+        self.publish_window();
+    }
+
+    /// Everything pending or unacknowledged that came through shared subscriptions, removed
+    /// from this session so another group member can have it.
+    pub fn take_shared(&mut self) -> Vec<Delivery> {
+        let mut taken = self.outbound.take_shared();
+        taken.extend(self.pending.take_shared());
+        self.publish_window();
+        taken
+    }
+
+    fn publish_window(&self) {
+        self.pending.mailbox().set_inflight(self.outbound.len(), self.outbound.capacity());
     }
 
     /// QoS 2 PUBLISH from the client: true when it is new and must be routed.
@@ -129,5 +173,11 @@ impl Session {
 
     pub fn handle_pubrel(&mut self, packet_id: PacketId) -> Packet {
         self.inbound.handle_pubrel(packet_id)
+    }
+
+    /// Inbound QoS 2 messages awaiting PUBREL: what counts against our Receive Maximum
+    /// (QoS 1 is acknowledged as soon as it is routed).
+    pub fn inbound_unacknowledged(&self) -> usize {
+        self.inbound.len()
     }
 }

@@ -12,8 +12,10 @@
 use std::collections::{HashSet, VecDeque};
 use std::num::NonZeroU16;
 
+use tokio::time::Instant;
+
 use crate::message::Delivery;
-use crate::packet::{Packet, PacketId, QoS};
+use crate::packet::{Ack, Packet, PacketId, QoS, ReasonCode};
 
 /// Where one outbound QoS 1/2 message stands.
 #[derive(Debug, Clone)]
@@ -53,6 +55,16 @@ impl OutboundWindow {
         self.entries.len() < self.capacity
     }
 
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// A new connection may allow a different number in flight (its Receive Maximum); entries
+    /// already in flight stay, new ones wait until the window is below the new capacity.
+    pub fn set_capacity(&mut self, capacity: usize) {
+        self.capacity = capacity.max(1);
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }
@@ -63,16 +75,39 @@ impl OutboundWindow {
 
     /// Starts delivering a QoS 1/2 message: allocates a packet id and returns the PUBLISH.
     /// The caller checks `has_credit` first.
-    pub fn send(&mut self, delivery: Delivery) -> Packet {
+    pub fn send(&mut self, delivery: Delivery, now: Instant) -> Packet {
         let packet_id = self.allocate_id();
-        let publish = delivery.to_publish(Some(packet_id), false);
+        let publish = delivery.to_publish(Some(packet_id), false, now);
         let state = match delivery.qos {
             QoS::AtLeastOnce => Outbound::AwaitingPubAck(delivery),
             QoS::ExactlyOnce => Outbound::AwaitingPubRec(delivery),
             QoS::AtMostOnce => unreachable!("QoS 0 never enters the window"),
         };
         self.entries.push_back((packet_id, state));
-        Packet::Publish(publish)
+        Packet::Publish(Box::new(publish))
+    }
+
+    /// Drops an entry without an acknowledgement: its PUBLISH could not be sent to this
+    /// client (larger than its Maximum Packet Size), which counts as delivered [MQTT-3.1.2-25].
+    pub fn forget(&mut self, packet_id: PacketId) {
+        if let Some(at) = self.position(packet_id) {
+            self.entries.remove(at);
+        }
+    }
+
+    /// Removes the unacknowledged PUBLISHes that came through shared subscriptions, for
+    /// another member of the group [MQTT-4.8.2-6]. Released QoS 2 messages (awaiting PUBCOMP)
+    /// were received by this client and stay.
+    pub fn take_shared(&mut self) -> Vec<Delivery> {
+        let mut taken = Vec::new();
+        self.entries.retain(|(_, state)| match state {
+            Outbound::AwaitingPubAck(d) | Outbound::AwaitingPubRec(d) if d.shared.is_some() => {
+                taken.push(d.clone());
+                false
+            }
+            _ => true,
+        });
+        taken
     }
 
     /// Next id after the last one handed out, skipping ids still in flight. The window holds
@@ -104,12 +139,18 @@ impl OutboundWindow {
     }
 
     /// PUBREC: the client has the message; answer with PUBREL [MQTT-4.3.3-1]. A repeated
-    /// PUBREC for a message already released is answered with PUBREL again.
-    pub fn handle_pubrec(&mut self, packet_id: PacketId) -> Result<Packet, UnexpectedAck> {
+    /// PUBREC for a message already released is answered with PUBREL again. A PUBREC with an
+    /// error reason (MQTT 5) ends the exchange: no PUBREL, the packet id is free [MQTT-4.3.3-4].
+    pub fn handle_pubrec(&mut self, ack: Ack) -> Result<Option<Packet>, UnexpectedAck> {
+        let packet_id = ack.packet_id;
         match self.position(packet_id) {
             Some(at) if !matches!(self.entries[at].1, Outbound::AwaitingPubAck(_)) => {
+                if !ack.reason.is_success() {
+                    self.entries.remove(at);
+                    return Ok(None);
+                }
                 self.entries[at].1 = Outbound::AwaitingPubComp;
-                Ok(Packet::PubRel(packet_id))
+                Ok(Some(Packet::PubRel(Ack::success(packet_id))))
             }
             _ => Err(UnexpectedAck { packet: "PUBREC", packet_id }),
         }
@@ -127,14 +168,15 @@ impl OutboundWindow {
     }
 
     /// On resuming a session: everything unacknowledged, again, in the original order, PUBLISH
-    /// with DUP set [MQTT-3.3.1-1] and PUBREL as it was [MQTT-4.4.0-1].
-    pub fn resend_all(&self, out: &mut Vec<Packet>) {
+    /// with DUP set [MQTT-3.3.1-1] and PUBREL as it was [MQTT-4.4.0-1]. Delivery of these has
+    /// started, so they are re-sent even if their Message Expiry has passed [MQTT-3.3.2-5].
+    pub fn resend_all(&self, out: &mut Vec<Packet>, now: Instant) {
         for (packet_id, state) in &self.entries {
             out.push(match state {
                 Outbound::AwaitingPubAck(d) | Outbound::AwaitingPubRec(d) => {
-                    Packet::Publish(d.to_publish(Some(*packet_id), true))
+                    Packet::Publish(Box::new(d.to_publish(Some(*packet_id), true, now)))
                 }
-                Outbound::AwaitingPubComp => Packet::PubRel(*packet_id),
+                Outbound::AwaitingPubComp => Packet::PubRel(Ack::success(*packet_id)),
             });
         }
     }
@@ -154,10 +196,20 @@ impl InboundQos2 {
     }
 
     /// PUBREL: forget the id and answer PUBCOMP, also for an id already forgotten (the
-    /// client re-sends PUBREL until it sees PUBCOMP) [MQTT-4.3.3-1].
+    /// client re-sends PUBREL until it sees PUBCOMP) [MQTT-4.3.3-1]; MQTT 5 clients then see
+    /// reason 0x92, Packet Identifier not found.
     pub fn handle_pubrel(&mut self, packet_id: PacketId) -> Packet {
-        self.awaiting_pubrel.remove(&packet_id);
-        Packet::PubComp(packet_id)
+        let reason = if self.awaiting_pubrel.remove(&packet_id) {
+            ReasonCode::SUCCESS
+        } else {
+            ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
+        };
+        Packet::PubComp(Ack { packet_id, reason })
+    }
+
+    /// True while `packet_id`'s PUBLISH was routed and its PUBREL has not come.
+    pub fn contains(&self, packet_id: PacketId) -> bool {
+        self.awaiting_pubrel.contains(&packet_id)
     }
 
     pub fn len(&self) -> usize {
@@ -177,9 +229,20 @@ mod tests {
     use crate::message::Message;
     use crate::packet::Publish;
 
+    impl OutboundWindow {
+        fn send_now(&mut self, d: Delivery) -> Packet {
+            self.send(d, Instant::now())
+        }
+    }
+
     fn delivery(qos: QoS, n: u8) -> Delivery {
-        let message = Message { topic: "t".into(), payload: vec![n].into(), qos, retain: false };
-        Delivery { message: Arc::new(message), qos, retain: false }
+        let mut message = Message::new("t", &b""[..], qos);
+        message.payload = vec![n].into();
+        Delivery::new(Arc::new(message), qos, false)
+    }
+
+    fn ok(id: PacketId) -> Ack {
+        Ack::success(id)
     }
 
     fn pid(n: u16) -> PacketId {
@@ -188,7 +251,7 @@ mod tests {
 
     fn publish_of(p: &Packet) -> &Publish {
         match p {
-            Packet::Publish(p) => p,
+            Packet::Publish(p) => p.as_ref(),
             other => panic!("expected PUBLISH, got {other:?}"),
         }
     }
@@ -196,10 +259,10 @@ mod tests {
     #[test]
     fn qos1_publish_then_puback_frees_the_slot() {
         let mut w = OutboundWindow::new(1);
-        let p = w.send(delivery(QoS::AtLeastOnce, 1));
+        let p = w.send_now(delivery(QoS::AtLeastOnce, 1));
         let id = publish_of(&p).packet_id.unwrap();
         assert!(!w.has_credit());
-        assert_eq!(w.handle_pubrec(id), Err(UnexpectedAck { packet: "PUBREC", packet_id: id }));
+        assert_eq!(w.handle_pubrec(ok(id)), Err(UnexpectedAck { packet: "PUBREC", packet_id: id }));
         assert_eq!(w.handle_puback(id), Ok(()));
         assert!(w.has_credit());
         assert!(w.handle_puback(id).is_err(), "a second PUBACK matches nothing");
@@ -208,11 +271,15 @@ mod tests {
     #[test]
     fn qos2_walks_pubrec_pubrel_pubcomp() {
         let mut w = OutboundWindow::new(4);
-        let id = publish_of(&w.send(delivery(QoS::ExactlyOnce, 1))).packet_id.unwrap();
+        let id = publish_of(&w.send_now(delivery(QoS::ExactlyOnce, 1))).packet_id.unwrap();
         assert!(w.handle_pubcomp(id).is_err(), "PUBCOMP before PUBREC");
         assert!(w.handle_puback(id).is_err(), "PUBACK for a QoS 2 message");
-        assert_eq!(w.handle_pubrec(id), Ok(Packet::PubRel(id)));
-        assert_eq!(w.handle_pubrec(id), Ok(Packet::PubRel(id)), "repeated PUBREC is answered again");
+        assert_eq!(w.handle_pubrec(ok(id)), Ok(Some(Packet::PubRel(ok(id)))));
+        assert_eq!(
+            w.handle_pubrec(ok(id)),
+            Ok(Some(Packet::PubRel(ok(id)))),
+            "repeated PUBREC is answered again"
+        );
         assert_eq!(w.handle_pubcomp(id), Ok(()));
         assert!(w.is_empty());
     }
@@ -221,33 +288,55 @@ mod tests {
     fn resend_keeps_order_sets_dup_and_repeats_pubrel() {
         // [MQTT-4.4.0-1], [MQTT-3.3.1-1]
         let mut w = OutboundWindow::new(8);
-        let a = publish_of(&w.send(delivery(QoS::AtLeastOnce, 1))).packet_id.unwrap();
-        let b = publish_of(&w.send(delivery(QoS::ExactlyOnce, 2))).packet_id.unwrap();
-        let c = publish_of(&w.send(delivery(QoS::ExactlyOnce, 3))).packet_id.unwrap();
-        w.handle_pubrec(b).unwrap();
+        let a = publish_of(&w.send_now(delivery(QoS::AtLeastOnce, 1))).packet_id.unwrap();
+        let b = publish_of(&w.send_now(delivery(QoS::ExactlyOnce, 2))).packet_id.unwrap();
+        let c = publish_of(&w.send_now(delivery(QoS::ExactlyOnce, 3))).packet_id.unwrap();
+        w.handle_pubrec(ok(b)).unwrap();
         let mut out = Vec::new();
-        w.resend_all(&mut out);
+        w.resend_all(&mut out, Instant::now());
         assert_eq!(out.len(), 3);
         let first = publish_of(&out[0]);
         assert!(first.dup && first.packet_id == Some(a) && first.payload[..] == [1]);
-        assert_eq!(out[1], Packet::PubRel(b));
+        assert_eq!(out[1], Packet::PubRel(ok(b)));
         let third = publish_of(&out[2]);
         assert!(third.dup && third.packet_id == Some(c) && third.qos == QoS::ExactlyOnce);
+    }
+
+    #[test]
+    fn pubrec_with_an_error_reason_ends_the_exchange() {
+        // [MQTT-4.3.3-4]
+        let mut w = OutboundWindow::new(1);
+        let id = publish_of(&w.send_now(delivery(QoS::ExactlyOnce, 1))).packet_id.unwrap();
+        let refused = Ack { packet_id: id, reason: ReasonCode::QUOTA_EXCEEDED };
+        assert_eq!(w.handle_pubrec(refused), Ok(None));
+        assert!(w.is_empty());
+    }
+
+    #[test]
+    fn shared_entries_leave_with_take_shared() {
+        let mut w = OutboundWindow::new(4);
+        let mut shared = delivery(QoS::AtLeastOnce, 1);
+        shared.shared = Some(crate::message::SharedRoute { share: "$share/g/t".into() });
+        w.send_now(shared);
+        w.send_now(delivery(QoS::AtLeastOnce, 2));
+        let taken = w.take_shared();
+        assert_eq!(taken.len(), 1);
+        assert_eq!(w.len(), 1);
     }
 
     #[test]
     fn packet_ids_skip_ids_in_flight_and_wrap() {
         let mut w = OutboundWindow::new(3);
         w.last_id = 65_533;
-        let first = publish_of(&w.send(delivery(QoS::AtLeastOnce, 0))).packet_id.unwrap();
+        let first = publish_of(&w.send_now(delivery(QoS::AtLeastOnce, 0))).packet_id.unwrap();
         assert_eq!(first, pid(65_534));
-        let second = publish_of(&w.send(delivery(QoS::AtLeastOnce, 0))).packet_id.unwrap();
+        let second = publish_of(&w.send_now(delivery(QoS::AtLeastOnce, 0))).packet_id.unwrap();
         assert_eq!(second, pid(65_535));
-        let third = publish_of(&w.send(delivery(QoS::AtLeastOnce, 0))).packet_id.unwrap();
+        let third = publish_of(&w.send_now(delivery(QoS::AtLeastOnce, 0))).packet_id.unwrap();
         assert_eq!(third, pid(1), "wraps past 65535 and never yields 0");
         w.handle_puback(second).unwrap();
         w.last_id = 65_533; // next candidates: 65534 (in use), 65535 (free)
-        let fourth = publish_of(&w.send(delivery(QoS::AtLeastOnce, 0))).packet_id.unwrap();
+        let fourth = publish_of(&w.send_now(delivery(QoS::AtLeastOnce, 0))).packet_id.unwrap();
         assert_eq!(fourth, pid(65_535));
     }
 
@@ -257,9 +346,10 @@ mod tests {
         let mut inbound = InboundQos2::default();
         assert!(inbound.handle_publish(pid(7)));
         assert!(!inbound.handle_publish(pid(7)));
-        assert_eq!(inbound.handle_pubrel(pid(7)), Packet::PubComp(pid(7)));
+        assert_eq!(inbound.handle_pubrel(pid(7)), Packet::PubComp(ok(pid(7))));
         assert!(inbound.is_empty());
-        assert_eq!(inbound.handle_pubrel(pid(7)), Packet::PubComp(pid(7)));
+        let unknown = Ack { packet_id: pid(7), reason: ReasonCode::PACKET_IDENTIFIER_NOT_FOUND };
+        assert_eq!(inbound.handle_pubrel(pid(7)), Packet::PubComp(unknown));
         assert!(inbound.handle_publish(pid(7)), "after PUBREL the id starts a new message");
     }
 }

@@ -33,6 +33,10 @@ pub struct Mailbox {
     messages: AtomicUsize,
     bytes: AtomicUsize,
     online: AtomicBool,
+    /// In-flight count and window of the owning session, so shared-subscription routing can
+    /// skip members whose window is full.
+    inflight: AtomicUsize,
+    window: AtomicUsize,
     overflowing: AtomicBool,
     dropped: AtomicU64,
 }
@@ -74,6 +78,21 @@ impl Mailbox {
 
     pub fn set_online(&self, online: bool) {
         self.online.store(online, Ordering::Relaxed);
+    }
+
+    pub fn is_online(&self) -> bool {
+        self.online.load(Ordering::Relaxed)
+    }
+
+    /// Published by the session as its in-flight window changes.
+    pub fn set_inflight(&self, inflight: usize, window: usize) {
+        self.inflight.store(inflight, Ordering::Relaxed);
+        self.window.store(window, Ordering::Relaxed);
+    }
+
+    /// True when the session is online with room in its in-flight window.
+    pub fn has_credit(&self) -> bool {
+        self.is_online() && self.inflight.load(Ordering::Relaxed) < self.window.load(Ordering::Relaxed)
     }
 
     /// Counts a message against the limits; false (and the drop is counted) when over.
@@ -145,6 +164,8 @@ impl PendingQueue {
             messages: AtomicUsize::new(0),
             bytes: AtomicUsize::new(0),
             online: AtomicBool::new(false),
+            inflight: AtomicUsize::new(0),
+            window: AtomicUsize::new(0),
             overflowing: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
         });
@@ -191,6 +212,18 @@ impl PendingQueue {
         true
     }
 
+    /// Removes and returns every pending delivery that came through a shared subscription
+    /// (the session is leaving; another member of the group takes them).
+    pub fn take_shared(&mut self) -> Vec<Delivery> {
+        while let Ok(delivery) = self.rx.try_recv() {
+            self.local.push_back(delivery);
+        }
+        let (shared, own): (VecDeque<_>, VecDeque<_>) =
+            self.local.drain(..).partition(|d| d.shared.is_some());
+        self.local = own;
+        shared.into_iter().map(|d| self.released(d)).collect()
+    }
+
     fn released(&self, delivery: Delivery) -> Delivery {
         self.mailbox.release(delivery.message.weight());
         self.mailbox.note_drained();
@@ -204,8 +237,7 @@ mod tests {
     use crate::message::Message;
 
     fn delivery(qos: QoS, payload: &'static [u8]) -> Delivery {
-        let message = Message { topic: "t".into(), payload: payload.into(), qos, retain: false };
-        Delivery { message: Arc::new(message), qos, retain: false }
+        Delivery::new(Arc::new(Message::new("t", payload, qos)), qos, false)
     }
 
     fn queue(max_messages: usize, max_bytes: usize) -> PendingQueue {

@@ -54,16 +54,18 @@ impl Store for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packet::QoS;
+    use crate::packet::{QoS, SubscriptionOptions};
+    use crate::router::Subscription;
 
     #[test]
     fn ops_round_trip_through_load() {
         let store = MemoryStore::default();
-        let retained =
-            Arc::new(Message { topic: "a".into(), payload: "1".into(), qos: QoS::AtLeastOnce, retain: true });
+        let retained = Arc::new(Message::new("a", &b"1"[..], QoS::AtLeastOnce));
+        let subscription = Subscription { options: SubscriptionOptions::qos(QoS::ExactlyOnce), id: Some(4) };
         let record = SessionRecord {
             client_id: ClientId::from("c"),
-            subscriptions: BTreeMap::from([(ByteString::from("x/#"), QoS::ExactlyOnce)]),
+            expiry: 300,
+            subscriptions: BTreeMap::from([(ByteString::from("x/#"), subscription)]),
         };
         store.apply(vec![Op::PutRetained(retained.clone()), Op::PutSession(record.clone())]).unwrap();
         let snapshot = store.load().unwrap();

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use bytestring::ByteString;
 
 use crate::message::Message;
-use crate::packet::QoS;
+use crate::router::Subscription;
 use crate::session::ClientId;
 
 pub use memory::MemoryStore;
@@ -30,8 +30,10 @@ pub enum StoreError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRecord {
     pub client_id: ClientId,
-    /// Topic filter -> granted QoS, in a stable order.
-    pub subscriptions: BTreeMap<ByteString, QoS>,
+    /// Session Expiry Interval in seconds.
+    pub expiry: u32,
+    /// Topic filter -> subscription, in a stable order.
+    pub subscriptions: BTreeMap<ByteString, Subscription>,
 }
 
 /// One change to stored state.

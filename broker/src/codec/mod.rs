@@ -1,0 +1,292 @@
+//! Wire codec: bytes <-> [`Packet`], for MQTT 3.1, 3.1.1 and 5.0.
+//!
+//! Decoding is delegated to `rmqtt-codec` (see docs/decisions/0001-codec.md for why); this module
+//! and its `v3`/`v5` converters are the only places that name it. On top of it Tern adds what
+//! that decoder leaves to the broker:
+//! - the first packet must be CONNECT, and its protocol name/level pick the decoder (an unknown
+//!   level is answered with CONNACK 0x01/0x84 by the caller, not a silent close) [MQTT-3.1.2-2];
+//! - the maximum packet size is checked from the fixed header, before the body is buffered;
+//! - reserved bits of SUBSCRIBE options must be zero in 3.1.1 [MQTT-3.8.3-4];
+//! - PINGREQ (and 3.1.1 DISCONNECT) have remaining length 0;
+//! - DUP must be 0 on a QoS 0 PUBLISH [MQTT-3.3.1-2];
+//! - MQTT 5 topic aliases, both ways: inbound aliases are resolved here, so the broker only
+//!   ever sees full topic names; outbound topics get aliases while the client allows more;
+//! - the client's Maximum Packet Size: a packet that would exceed it is not written.
+//!
+//! One `Codec` per connection: the decoder and the alias tables are per-connection state.
+
+mod alias;
+mod v3;
+mod v5;
+
+use bytes::BytesMut;
+use rmqtt_codec::error::{DecodeError, EncodeError};
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::packet::{Packet, ProtocolVersion, ReasonCode};
+use alias::{InboundAliases, OutboundAliases};
+
+const CONNECT_HEADER: u8 = 0x10;
+const SUBSCRIBE_HEADER: u8 = 0x82;
+const PINGREQ_HEADER: u8 = 0xC0;
+const DISCONNECT_HEADER: u8 = 0xE0;
+
+/// Why a byte stream could not be turned into packets. Every variant closes the connection.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// The first packet of a connection was not CONNECT [MQTT-3.1.0-1].
+    #[error("first packet is not CONNECT [MQTT-3.1.0-1]")]
+    ExpectedConnect,
+    /// The protocol name is neither "MQTT" nor "MQIsdp" [MQTT-3.1.2-1].
+    #[error("unknown protocol name [MQTT-3.1.2-1]")]
+    UnknownProtocolName,
+    /// A known protocol name with a level Tern does not speak [MQTT-3.1.2-2].
+    #[error("unacceptable protocol level {0} [MQTT-3.1.2-2]")]
+    UnacceptableProtocolLevel(u8),
+    /// Empty client identifier with clean session 0 in 3.1.1 [MQTT-3.1.3-8].
+    #[error("empty client identifier requires clean session [MQTT-3.1.3-8]")]
+    IdentifierRejected,
+    /// The fixed header announced more than the configured maximum.
+    #[error("packet of {size} bytes exceeds max_packet_size {max}")]
+    PacketTooLarge { size: u64, max: u32 },
+    /// The bytes do not form a valid packet.
+    #[error("malformed packet: {0}")]
+    Malformed(DecodeError),
+    /// A well-formed packet that breaks a rule the decoder does not check.
+    #[error("protocol violation: {0}")]
+    Violation(&'static str),
+    /// A topic alias of 0, above our maximum, or unknown [MQTT-3.3.2-8], [MQTT-3.3.2-9].
+    #[error("invalid topic alias {0} [MQTT-3.3.2-9]")]
+    TopicAliasInvalid(u16),
+    /// The outbound packet could not be encoded (a broker bug, never peer input).
+    #[error("encode failed: {0}")]
+    Encode(#[from] EncodeError),
+}
+
+impl CodecError {
+    /// The MQTT 5 reason code for a DISCONNECT (or CONNACK) reporting this error.
+    pub fn reason_code(&self) -> ReasonCode {
+        match self {
+            CodecError::Malformed(_) => ReasonCode::MALFORMED_PACKET,
+            CodecError::PacketTooLarge { .. } => ReasonCode::PACKET_TOO_LARGE,
+            CodecError::TopicAliasInvalid(_) => ReasonCode::TOPIC_ALIAS_INVALID,
+            CodecError::UnacceptableProtocolLevel(_) => ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
+            CodecError::IdentifierRejected => ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+            CodecError::Encode(_) => ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR,
+            CodecError::ExpectedConnect | CodecError::UnknownProtocolName | CodecError::Violation(_) => {
+                ReasonCode::PROTOCOL_ERROR
+            }
+        }
+    }
+}
+
+/// What became of a packet handed to `encode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoded {
+    Written,
+    /// Larger than the client's Maximum Packet Size: not written [MQTT-3.1.2-24].
+    TooLargeForClient,
+}
+
+enum State {
+    /// No CONNECT yet: the protocol level decides which decoder follows.
+    AwaitingConnect,
+    V3(rmqtt_codec::v3::Codec),
+    V5(rmqtt_codec::v5::Codec),
+}
+
+/// Per-connection MQTT codec.
+pub struct Codec {
+    state: State,
+    max_packet_size: u32,
+    /// Largest packet the client accepts (MQTT 5 CONNECT); 0 = no limit.
+    client_max_packet_size: u32,
+    inbound_aliases: InboundAliases,
+    outbound_aliases: OutboundAliases,
+}
+
+/// A decoded fixed header: first byte, remaining length, header length in bytes.
+struct FixedHeader {
+    first_byte: u8,
+    remaining: u32,
+    header_len: usize,
+}
+
+impl FixedHeader {
+    fn total_len(&self) -> usize {
+        self.header_len + self.remaining as usize
+    }
+}
+
+impl Codec {
+    /// `max_packet_size` counts the whole packet, fixed header included (as MQTT 5 defines it);
+    /// `topic_alias_maximum` is the most inbound aliases we accept (0 = none).
+    pub fn new(max_packet_size: u32, topic_alias_maximum: u16) -> Self {
+        Codec {
+            state: State::AwaitingConnect,
+            max_packet_size,
+            client_max_packet_size: 0,
+            inbound_aliases: InboundAliases::new(topic_alias_maximum),
+            outbound_aliases: OutboundAliases::new(0),
+        }
+    }
+
+    /// The client's limits from its CONNECT: packet size and how many topic aliases it takes.
+    pub fn set_client_limits(&mut self, max_packet_size: Option<u32>, topic_alias_maximum: u16) {
+        self.client_max_packet_size = max_packet_size.unwrap_or(0);
+        self.outbound_aliases = OutboundAliases::new(topic_alias_maximum);
+    }
+
+    /// Decodes the next packet from `src`, or `Ok(None)` when more bytes are needed.
+    pub fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Packet>, CodecError> {
+        let Some(header) = self.peek_header(src)? else { return Ok(None) };
+        let whole_frame = src.len() >= header.total_len();
+        if let State::AwaitingConnect = self.state {
+            if header.first_byte != CONNECT_HEADER {
+                return Err(CodecError::ExpectedConnect);
+            }
+            if !whole_frame {
+                return Ok(None);
+            }
+            // The underlying limits count the remaining length only; ours is checked above.
+            self.state = match check_protocol(&src[header.header_len..header.total_len()])? {
+                ProtocolVersion::V5 => State::V5(rmqtt_codec::v5::Codec::new(self.max_packet_size, 0)),
+                _ => State::V3(rmqtt_codec::v3::Codec::new(self.max_packet_size)),
+            };
+        }
+        let packet = match &mut self.state {
+            State::V3(inner) => {
+                if whole_frame && header.first_byte == SUBSCRIBE_HEADER {
+                    check_subscribe_options(&src[header.header_len..header.total_len()])?;
+                }
+                let Some((packet, _)) = inner.decode(src).map_err(map_decode_error)? else { return Ok(None) };
+                if header.first_byte == DISCONNECT_HEADER && header.remaining != 0 {
+                    return Err(CodecError::Violation("DISCONNECT with a non-zero remaining length"));
+                }
+                v3::from_wire(packet)?
+            }
+            State::V5(inner) => {
+                let Some((packet, _)) = inner.decode(src).map_err(map_decode_error)? else { return Ok(None) };
+                v5::from_wire(packet)?
+            }
+            State::AwaitingConnect => unreachable!("state chosen above"),
+        };
+        if header.first_byte == PINGREQ_HEADER && header.remaining != 0 {
+            return Err(CodecError::Violation("PINGREQ with a non-zero remaining length"));
+        }
+        match packet {
+            Packet::Publish(mut publish) => {
+                if publish.dup && publish.qos == crate::packet::QoS::AtMostOnce {
+                    return Err(CodecError::Violation("DUP set on a QoS 0 PUBLISH [MQTT-3.3.1-2]"));
+                }
+                self.inbound_aliases.resolve(&mut publish)?;
+                Ok(Some(Packet::Publish(publish)))
+            }
+            other => Ok(Some(other)),
+        }
+    }
+
+    /// Appends the encoding of `packet` to `dst`, unless it exceeds the client's maximum.
+    pub fn encode(&mut self, packet: Packet, dst: &mut BytesMut) -> Result<Encoded, CodecError> {
+        let start = dst.len();
+        let mut new_alias = None;
+        match &mut self.state {
+            State::V5(inner) => {
+                let packet = match packet {
+                    Packet::Publish(mut publish) => {
+                        new_alias = self.outbound_aliases.apply(&mut publish);
+                        Packet::Publish(publish)
+                    }
+                    other => other,
+                };
+                inner.encode(v5::to_wire(packet), dst)?
+            }
+            // Replies to a refused CONNECT are encoded before a version was chosen: 3.1.1 format.
+            State::V3(_) | State::AwaitingConnect => {
+                if let Some(packet) = v3::to_wire(packet) {
+                    rmqtt_codec::v3::Codec::new(0).encode(packet, dst)?
+                }
+            }
+        }
+        let limit = self.client_max_packet_size as usize;
+        if limit != 0 && dst.len() - start > limit {
+            dst.truncate(start);
+            if let Some(topic) = new_alias {
+                self.outbound_aliases.unassign(&topic);
+            }
+            return Ok(Encoded::TooLargeForClient);
+        }
+        Ok(Encoded::Written)
+    }
+
+    /// Parses the fixed header at the front of `src` and enforces the size limit.
+    fn peek_header(&self, src: &[u8]) -> Result<Option<FixedHeader>, CodecError> {
+        let Some(&first_byte) = src.first() else { return Ok(None) };
+        let mut remaining: u32 = 0;
+        for i in 0..4 {
+            let Some(&byte) = src.get(1 + i) else { return Ok(None) };
+            remaining |= u32::from(byte & 0x7F) << (7 * i);
+            if byte & 0x80 == 0 {
+                let header = FixedHeader { first_byte, remaining, header_len: 2 + i };
+                let size = header.total_len() as u64;
+                if self.max_packet_size != 0 && size > u64::from(self.max_packet_size) {
+                    return Err(CodecError::PacketTooLarge { size, max: self.max_packet_size });
+                }
+                return Ok(Some(header));
+            }
+        }
+        // A remaining length longer than four bytes [MQTT-1.5.5-1].
+        Err(CodecError::Malformed(DecodeError::InvalidLength))
+    }
+}
+
+fn map_decode_error(e: DecodeError) -> CodecError {
+    match e {
+        DecodeError::InvalidClientId => CodecError::IdentifierRejected,
+        other => CodecError::Malformed(other),
+    }
+}
+
+/// Validates the protocol name and level of a CONNECT body and returns the version.
+fn check_protocol(body: &[u8]) -> Result<ProtocolVersion, CodecError> {
+    let truncated = || CodecError::Malformed(DecodeError::InvalidLength);
+    let name_len = match body {
+        [hi, lo, ..] => usize::from(u16::from_be_bytes([*hi, *lo])),
+        _ => return Err(truncated()),
+    };
+    let name = body.get(2..2 + name_len).ok_or_else(truncated)?;
+    let level = *body.get(2 + name_len).ok_or_else(truncated)?;
+    let version = match (name, level) {
+        (b"MQTT", 5) => return Ok(ProtocolVersion::V5),
+        (b"MQTT", 4) => ProtocolVersion::V311,
+        (b"MQIsdp", 3) => ProtocolVersion::V31,
+        (b"MQTT", _) | (b"MQIsdp", _) => return Err(CodecError::UnacceptableProtocolLevel(level)),
+        _ => return Err(CodecError::UnknownProtocolName),
+    };
+    // 3.x only: MQTT 5 allows a password without a user name.
+    let flags = body.get(3 + name_len).copied().unwrap_or(0);
+    if flags & 0b0100_0000 != 0 && flags & 0b1000_0000 == 0 {
+        return Err(CodecError::Violation("password flag set without user name flag [MQTT-3.1.2-22]"));
+    }
+    Ok(version)
+}
+
+/// Rejects 3.1.1 SUBSCRIBE option bytes with reserved bits set [MQTT-3.8.3-4]. Framing errors
+/// are left to the decoder, which reports them as malformed.
+fn check_subscribe_options(body: &[u8]) -> Result<(), CodecError> {
+    let mut at = 2; // packet identifier
+    while let Some(len) = body.get(at..at + 2) {
+        let option_at = at + 2 + usize::from(u16::from_be_bytes([len[0], len[1]]));
+        match body.get(option_at) {
+            Some(options) if options & 0b1111_1100 != 0 => {
+                return Err(CodecError::Violation("reserved bits set in SUBSCRIBE options [MQTT-3.8.3-4]"))
+            }
+            Some(_) => at = option_at + 1,
+            None => break,
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

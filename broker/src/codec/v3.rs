@@ -1,0 +1,164 @@
+//! MQTT 3.1/3.1.1 <-> Tern's packet model. Properties do not exist here: they are dropped on
+//! the way out [v3/v5 interop] and empty on the way in; reason codes map to return codes.
+
+use rmqtt_codec::types::{Protocol, Publish as WirePublish};
+use rmqtt_codec::v3::{self, ConnectAckReason, SubscribeReturnCode};
+
+use super::CodecError;
+use crate::packet::{
+    Ack, Connect, Disconnect, Packet, PacketId, ProtocolVersion, Publish, PublishProperties, ReasonCode,
+    SubscriptionOptions, Will,
+};
+
+pub(super) use super::v5::{qos_from_wire, qos_to_wire};
+
+pub(super) fn from_wire(packet: v3::Packet) -> Result<Packet, CodecError> {
+    Ok(match packet {
+        v3::Packet::Connect(c) => {
+            let version = if c.protocol.level() == 3 { ProtocolVersion::V31 } else { ProtocolVersion::V311 };
+            Packet::Connect(Box::new(Connect {
+                version,
+                clean_start: c.clean_session,
+                keep_alive: c.keep_alive,
+                client_id: c.client_id,
+                will: c.last_will.map(|w| Will {
+                    topic: w.topic,
+                    payload: w.message,
+                    qos: qos_from_wire(w.qos),
+                    retain: w.retain,
+                    delay: 0,
+                    properties: PublishProperties::default(),
+                }),
+                username: c.username,
+                password: c.password,
+                // 3.1.1 semantics expressed in MQTT 5 terms: clean session 0 never expires.
+                session_expiry: if c.clean_session { 0 } else { u32::MAX },
+                receive_maximum: u16::MAX,
+                max_packet_size: None,
+                topic_alias_maximum: 0,
+                request_response_info: false,
+                request_problem_info: true,
+                user_properties: Vec::new(),
+                auth_method: None,
+                auth_data: None,
+            }))
+        }
+        v3::Packet::Publish(p) => Packet::Publish(Box::new(Publish {
+            dup: p.dup,
+            qos: qos_from_wire(p.qos),
+            retain: p.retain,
+            topic: p.topic,
+            packet_id: p.packet_id.map(PacketId),
+            payload: p.payload,
+            properties: PublishProperties::default(),
+        })),
+        v3::Packet::PublishAck { packet_id } => Packet::PubAck(Ack::success(PacketId(packet_id))),
+        v3::Packet::PublishReceived { packet_id } => Packet::PubRec(Ack::success(PacketId(packet_id))),
+        v3::Packet::PublishRelease { packet_id } => Packet::PubRel(Ack::success(PacketId(packet_id))),
+        v3::Packet::PublishComplete { packet_id } => Packet::PubComp(Ack::success(PacketId(packet_id))),
+        v3::Packet::Subscribe { packet_id, topic_filters } => Packet::Subscribe {
+            packet_id: PacketId(packet_id),
+            subscription_id: None,
+            filters: topic_filters
+                .into_iter()
+                .map(|(f, q)| (f, SubscriptionOptions::qos(qos_from_wire(q))))
+                .collect(),
+        },
+        v3::Packet::Unsubscribe { packet_id, topic_filters } => {
+            Packet::Unsubscribe { packet_id: PacketId(packet_id), filters: topic_filters }
+        }
+        v3::Packet::PingRequest => Packet::PingReq,
+        v3::Packet::Disconnect => Packet::Disconnect(Disconnect::default()),
+        // Packets only a server sends are a protocol error from a client.
+        v3::Packet::ConnectAck(_)
+        | v3::Packet::SubscribeAck { .. }
+        | v3::Packet::UnsubscribeAck { .. }
+        | v3::Packet::PingResponse => {
+            return Err(CodecError::Violation("client sent a packet only a server may send"))
+        }
+    })
+}
+
+/// The 3.1.1 CONNACK return code for an MQTT 5 reason code (MQTT 5 table 3-1, mapped as
+/// Mosquitto does).
+fn connack_return_code(reason: ReasonCode) -> ConnectAckReason {
+    match reason {
+        ReasonCode::SUCCESS => ConnectAckReason::ConnectionAccepted,
+        ReasonCode::UNSUPPORTED_PROTOCOL_VERSION => ConnectAckReason::UnacceptableProtocolVersion,
+        ReasonCode::CLIENT_IDENTIFIER_NOT_VALID => ConnectAckReason::IdentifierRejected,
+        ReasonCode::SERVER_UNAVAILABLE | ReasonCode::SERVER_BUSY | ReasonCode::SERVER_SHUTTING_DOWN => {
+            ConnectAckReason::ServiceUnavailable
+        }
+        ReasonCode::BAD_USER_NAME_OR_PASSWORD => ConnectAckReason::BadUserNameOrPassword,
+        _ => ConnectAckReason::NotAuthorized,
+    }
+}
+
+/// Converts an outbound packet. DISCONNECT and AUTH have no 3.1.1 form from a server: they
+/// yield `None` and are not written, so the caller can close every connection the same way.
+pub(super) fn to_wire(packet: Packet) -> Option<v3::Packet> {
+    Some(match packet {
+        Packet::ConnAck(ack) => v3::Packet::ConnectAck(v3::ConnectAck {
+            session_present: ack.session_present,
+            return_code: connack_return_code(ack.reason),
+        }),
+        Packet::Publish(p) => v3::Packet::Publish(Box::new(WirePublish {
+            dup: p.dup,
+            retain: p.retain,
+            qos: qos_to_wire(p.qos),
+            topic: p.topic,
+            packet_id: p.packet_id.map(|i| i.0),
+            payload: p.payload,
+            properties: None,
+        })),
+        Packet::PubAck(a) => v3::Packet::PublishAck { packet_id: a.packet_id.0 },
+        Packet::PubRec(a) => v3::Packet::PublishReceived { packet_id: a.packet_id.0 },
+        Packet::PubRel(a) => v3::Packet::PublishRelease { packet_id: a.packet_id.0 },
+        Packet::PubComp(a) => v3::Packet::PublishComplete { packet_id: a.packet_id.0 },
+        Packet::SubAck { packet_id, reasons } => v3::Packet::SubscribeAck {
+            packet_id: packet_id.0,
+            status: reasons
+                .into_iter()
+                .map(|r| match r.0 {
+                    0..=2 => SubscribeReturnCode::Success(qos_to_wire(qos_from_code(r.0))),
+                    _ => SubscribeReturnCode::Failure,
+                })
+                .collect(),
+        },
+        Packet::UnsubAck { packet_id, .. } => v3::Packet::UnsubscribeAck { packet_id: packet_id.0 },
+        Packet::PingResp => v3::Packet::PingResponse,
+        // Client-to-server packets: encoded for completeness (tests, a future bridge).
+        Packet::Connect(c) => v3::Packet::Connect(Box::new(v3::Connect {
+            protocol: Protocol(if c.version == ProtocolVersion::V31 { 3 } else { 4 }),
+            clean_session: c.clean_start,
+            keep_alive: c.keep_alive,
+            last_will: c.will.map(|w| v3::LastWill {
+                qos: qos_to_wire(w.qos),
+                retain: w.retain,
+                topic: w.topic,
+                message: w.payload,
+            }),
+            client_id: c.client_id,
+            username: c.username,
+            password: c.password,
+            cert: None,
+        })),
+        Packet::Subscribe { packet_id, filters, .. } => v3::Packet::Subscribe {
+            packet_id: packet_id.0,
+            topic_filters: filters.into_iter().map(|(f, o)| (f, qos_to_wire(o.qos))).collect(),
+        },
+        Packet::Unsubscribe { packet_id, filters } => {
+            v3::Packet::Unsubscribe { packet_id: packet_id.0, topic_filters: filters }
+        }
+        Packet::PingReq => v3::Packet::PingRequest,
+        Packet::Disconnect(_) | Packet::Auth(_) => return None,
+    })
+}
+
+fn qos_from_code(code: u8) -> crate::packet::QoS {
+    match code {
+        0 => crate::packet::QoS::AtMostOnce,
+        1 => crate::packet::QoS::AtLeastOnce,
+        _ => crate::packet::QoS::ExactlyOnce,
+    }
+}

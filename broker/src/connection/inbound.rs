@@ -1,0 +1,266 @@
+//! Handling of each packet a connected client sends.
+
+use std::sync::Arc;
+
+use bytestring::ByteString;
+use tokio::time::Instant;
+use tracing::debug;
+
+use super::{route, Connection, Ending, ProtocolError};
+use crate::auth::AuthStep;
+use crate::message::{Delivery, Message};
+use crate::packet::{
+    Ack, Auth, Disconnect, Packet, PacketId, Publish, QoS, ReasonCode, RetainHandling, SubscriptionOptions,
+};
+use crate::router::{shared, topic, Subscriber, Subscription};
+use crate::session::Session;
+use crate::storage::{Op, SessionRecord, StoreError};
+
+impl Connection {
+    pub(super) fn handle_packet(
+        &mut self,
+        session: &mut Session,
+        packet: Packet,
+    ) -> Result<Option<Ending>, ProtocolError> {
+        let now = Instant::now();
+        match packet {
+            Packet::Publish(publish) => self.handle_publish(session, *publish)?,
+            ack @ (Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_)) => {
+                if let Err(unexpected) = session.handle_ack(&ack, &mut self.out, now) {
+                    debug!("{unexpected}");
+                }
+            }
+            Packet::PubRel(ack) => self.out.push(session.handle_pubrel(ack.packet_id)),
+            Packet::Subscribe { packet_id, subscription_id, filters } => {
+                self.handle_subscribe(session, packet_id, subscription_id, filters)?;
+                session.pump(&mut self.out, now);
+            }
+            Packet::Unsubscribe { packet_id, filters } => {
+                self.handle_unsubscribe(session, packet_id, filters)?
+            }
+            Packet::PingReq => self.out.push(Packet::PingResp),
+            Packet::Disconnect(disconnect) => return self.handle_disconnect(session, disconnect).map(Some),
+            Packet::Auth(auth) => self.handle_auth(auth)?,
+            Packet::Connect(_) => return Err(ProtocolError::SecondConnect),
+            // The codec refuses server-only packets from a client.
+            other => unreachable!("codec returned server-only packet {}", other.name()),
+        }
+        Ok(None)
+    }
+
+    fn handle_publish(&mut self, session: &mut Session, publish: Publish) -> Result<(), ProtocolError> {
+        let config = &self.broker.config;
+        topic::validate_topic_name(&publish.topic)?;
+        if publish.retain && !config.mqtt.retain_available {
+            return Err(ProtocolError::RetainNotSupported);
+        }
+        if publish.qos > config.maximum_qos() {
+            return Err(ProtocolError::QosNotSupported);
+        }
+        let message = Arc::new(Message::from_publish(&publish, &session.client_id));
+        match (publish.qos, publish.packet_id) {
+            (QoS::AtMostOnce, _) => {
+                route(&self.broker, &message)?;
+            }
+            (QoS::AtLeastOnce, Some(id)) => {
+                let reason = publish_reason(route(&self.broker, &message)?);
+                self.out.push(Packet::PubAck(Ack { packet_id: id, reason }));
+            }
+            (QoS::ExactlyOnce, Some(id)) => {
+                // Routed on first receipt; a re-send before PUBREL only gets PUBREC again.
+                let mut reason = ReasonCode::SUCCESS;
+                if !session.inbound.contains(id) {
+                    if session.inbound_unacknowledged() >= usize::from(config.mqtt.receive_maximum) {
+                        return Err(ProtocolError::ReceiveMaximumExceeded);
+                    }
+                    reason = publish_reason(route(&self.broker, &message)?);
+                    // An error reason ends the exchange: no PUBREL follows [MQTT-4.3.3-4].
+                    if reason.is_success() {
+                        session.handle_inbound_qos2(id);
+                    }
+                }
+                self.out.push(Packet::PubRec(Ack { packet_id: id, reason }));
+            }
+            (_, None) => unreachable!("the decoder requires a packet id for QoS 1 and 2"),
+        }
+        Ok(())
+    }
+
+    fn handle_subscribe(
+        &mut self,
+        session: &mut Session,
+        packet_id: PacketId,
+        subscription_id: Option<u32>,
+        filters: Vec<(ByteString, SubscriptionOptions)>,
+    ) -> Result<(), ProtocolError> {
+        let mut reasons = Vec::with_capacity(filters.len());
+        for (filter, options) in filters {
+            reasons.push(self.subscribe_one(session, filter, options, subscription_id)?);
+        }
+        // SUBACK first, then the retained messages the new subscriptions selected.
+        self.out.push(Packet::SubAck { packet_id, reasons });
+        self.persist_session(session)?;
+        Ok(())
+    }
+
+    /// One SUBSCRIBE entry: its SUBACK reason code. MQTT 5 reports refusals per filter;
+    /// 3.1.1 has no code for an invalid filter, so the connection closes.
+    fn subscribe_one(
+        &mut self,
+        session: &mut Session,
+        filter: ByteString,
+        mut options: SubscriptionOptions,
+        id: Option<u32>,
+    ) -> Result<ReasonCode, ProtocolError> {
+        let mqtt = &self.broker.config.mqtt;
+        let share = match shared::parse(&filter).and_then(|share| {
+            topic::validate_topic_filter(share.map_or(&filter, |s| s.filter))?;
+            Ok(share)
+        }) {
+            Ok(share) => share,
+            Err(e) if self.version.is_v5() => {
+                debug!(%filter, "refusing subscription: {e}");
+                return Ok(ReasonCode::TOPIC_FILTER_INVALID);
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if share.is_some() && options.no_local {
+            return Err(ProtocolError::NoLocalOnSharedSubscription);
+        }
+        let refusal = if share.is_some() && !mqtt.shared_subscription_available {
+            Some(ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED)
+        } else if id.is_some() && !mqtt.subscription_identifiers_available {
+            Some(ReasonCode::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED)
+        } else if filter.contains(['+', '#']) && !mqtt.wildcard_subscription_available {
+            Some(ReasonCode::WILDCARD_SUBSCRIPTIONS_NOT_SUPPORTED)
+        } else {
+            None
+        };
+        if let Some(reason) = refusal {
+            return Ok(reason);
+        }
+        options.qos = options.qos.min(self.broker.config.maximum_qos());
+        let subscription = Subscription { options, id };
+        let subscriber = Subscriber { mailbox: session.pending.mailbox().clone(), subscription };
+        let existed = self.broker.router.subscribe(&filter, session.client_id.clone(), subscriber);
+        // Retained messages: never for shared subscriptions [MQTT-3.8.4-4]; per Retain Handling
+        // otherwise [MQTT-3.3.1-9..11]; always with RETAIN set [MQTT-3.3.1-8].
+        let send_retained = share.is_none()
+            && match options.retain_handling {
+                RetainHandling::OnSubscribe => true,
+                RetainHandling::OnNewSubscribe => !existed,
+                RetainHandling::Never => false,
+            };
+        if send_retained {
+            for message in self.broker.router.retained.matching(&filter) {
+                let qos = options.qos.min(message.qos);
+                let mut delivery = Delivery::new(message, qos, true);
+                delivery.subscription_ids.extend(id);
+                session.pending.push(delivery);
+            }
+        }
+        session.subscriptions.insert(filter, subscription);
+        Ok(ReasonCode::granted(options.qos))
+    }
+
+    fn handle_unsubscribe(
+        &mut self,
+        session: &mut Session,
+        packet_id: PacketId,
+        filters: Vec<ByteString>,
+    ) -> Result<(), ProtocolError> {
+        let mut reasons = Vec::with_capacity(filters.len());
+        for filter in &filters {
+            let valid = shared::parse(filter)
+                .and_then(|share| topic::validate_topic_filter(share.map_or(filter, |s| s.filter)));
+            if let Err(e) = valid {
+                if !self.version.is_v5() {
+                    return Err(e.into());
+                }
+                reasons.push(ReasonCode::TOPIC_FILTER_INVALID);
+                continue;
+            }
+            let existed = self.broker.router.unsubscribe(filter, &session.client_id);
+            session.subscriptions.remove(filter);
+            reasons.push(if existed { ReasonCode::SUCCESS } else { ReasonCode::NO_SUBSCRIPTION_EXISTED });
+        }
+        self.persist_session(session)?;
+        self.out.push(Packet::UnsubAck { packet_id, reasons });
+        Ok(())
+    }
+
+    /// DISCONNECT from the client; it may update the Session Expiry Interval, except from 0
+    /// [MQTT-3.14.2-2].
+    fn handle_disconnect(
+        &mut self,
+        session: &mut Session,
+        disconnect: Disconnect,
+    ) -> Result<Ending, ProtocolError> {
+        if let Some(expiry) = disconnect.session_expiry {
+            if session.expiry == 0 && expiry != 0 {
+                return Err(ProtocolError::SessionExpiryAfterZero);
+            }
+            session.expiry = expiry;
+        }
+        Ok(Ending::ClientDisconnect { with_will: disconnect.reason == ReasonCode::DISCONNECT_WITH_WILL })
+    }
+
+    /// AUTH after CONNECT: re-authentication with the method the connection started with
+    /// [MQTT-4.12.1-1].
+    fn handle_auth(&mut self, auth: Auth) -> Result<(), ProtocolError> {
+        let Some(state) = self.auth.as_mut() else { return Err(ProtocolError::UnexpectedAuth) };
+        if auth.method.as_ref() != Some(&state.method) {
+            return Err(ProtocolError::UnexpectedAuth);
+        }
+        let exchange = match (auth.reason, state.exchange.as_mut()) {
+            (ReasonCode::REAUTHENTICATE, None) => {
+                let authenticator =
+                    self.broker.enhanced_auth(&state.method).ok_or(ProtocolError::UnexpectedAuth)?;
+                state.exchange.insert(authenticator.start(&state.client_id, None))
+            }
+            (ReasonCode::CONTINUE_AUTHENTICATION, Some(exchange)) => exchange,
+            _ => return Err(ProtocolError::UnexpectedAuth),
+        };
+        let method = Some(state.method.clone());
+        match exchange.step(auth.data.as_ref()) {
+            AuthStep::Continue(data) => {
+                self.out.push(Packet::Auth(Auth {
+                    reason: ReasonCode::CONTINUE_AUTHENTICATION,
+                    method,
+                    data,
+                }));
+            }
+            AuthStep::Success(data) => {
+                state.exchange = None;
+                self.out.push(Packet::Auth(Auth { reason: ReasonCode::SUCCESS, method, data }));
+            }
+            AuthStep::Failure(reason) => return Err(ProtocolError::ReauthenticationFailed(reason)),
+        }
+        Ok(())
+    }
+
+    /// Writes a persistent session's record (its subscriptions) to the store.
+    pub(super) fn persist_session(&self, session: &Session) -> Result<(), StoreError> {
+        if !session.is_persistent() {
+            return Ok(());
+        }
+        let record = SessionRecord {
+            client_id: session.client_id.clone(),
+            expiry: session.expiry,
+            subscriptions: session.subscriptions.iter().map(|(f, s)| (f.clone(), *s)).collect(),
+        };
+        self.broker.store.apply(vec![Op::PutSession(record)])
+    }
+}
+
+/// The PUBACK/PUBREC reason for a routed message: 0x10 when no subscription matched, 0x97 when
+/// every matching session's queue was full [MQTT-3.4.2.1].
+fn publish_reason(outcome: crate::router::RouteOutcome) -> ReasonCode {
+    if outcome.matched == 0 {
+        ReasonCode::NO_MATCHING_SUBSCRIBERS
+    } else if outcome.queued == 0 && outcome.dropped > 0 {
+        ReasonCode::QUOTA_EXCEEDED
+    } else {
+        ReasonCode::SUCCESS
+    }
+}
