@@ -99,11 +99,12 @@ fn fan_out(c: &mut Criterion) {
         })
         .collect();
     let message = Arc::new(Message::new("fan/out", vec![1u8; 16], QoS::AtMostOnce));
+    let ids = std::sync::atomic::AtomicU64::new(1);
     let mut group = c.benchmark_group("router");
     group.throughput(Throughput::Elements(50));
     group.bench_function("publish to 50 subscribers and drain", |b| {
         b.iter(|| {
-            router.publish(&message);
+            router.route(&message, &ids).deliver();
             for q in &mut queues {
                 black_box(q.try_pop());
             }

@@ -35,7 +35,28 @@ pub struct Config {
     pub log: LogConfig,
     pub listener: Vec<ListenerConfig>,
     pub mqtt: MqttConfig,
+    pub storage: StorageConfig,
     pub server: ServerConfig,
+}
+
+/// What an acknowledged message survives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// In memory only: lost when the process exits.
+    Memory,
+    /// Written to RocksDB's write-ahead log before the acknowledgement: survives a crash of
+    /// the broker process.
+    Wal,
+    /// As `wal`, and the log is fsynced before the acknowledgement: survives power loss.
+    Fsync,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    pub durability: Durability,
+    pub dir: std::path::PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]

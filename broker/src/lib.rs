@@ -56,6 +56,8 @@ pub struct Broker {
     /// Every connection and session task, so shutdown can wait for them.
     pub tasks: TaskTracker,
     assigned_ids: AtomicU64,
+    /// Next storage id for a message (continues after the largest stored one).
+    pub message_ids: AtomicU64,
 }
 
 impl Broker {
@@ -74,6 +76,7 @@ impl Broker {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             assigned_ids: AtomicU64::new(seed),
+            message_ids: AtomicU64::new(1),
         }
     }
 

@@ -4,6 +4,7 @@
 //! facts (granted QoS, retain flag on this delivery, subscription identifiers, packet id) live
 //! beside it in a `Delivery`, never in it.
 
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,6 +30,66 @@ pub struct Message {
     pub received: Instant,
     /// The publishing client, for No Local [MQTT-3.8.3-3]; `None` for messages the broker made.
     pub origin: Option<ClientId>,
+    /// Storage identity and the number of stored deliveries that reference it.
+    pub durable: Durable,
+}
+
+/// A message is stored once, when the first persistent session receives it, and deleted when
+/// the last stored delivery referencing it is.
+#[derive(Debug, Default)]
+pub struct Durable {
+    id: AtomicU64,
+    refs: AtomicUsize,
+}
+
+impl Clone for Durable {
+    /// A copy of a message is a different message: not stored.
+    fn clone(&self) -> Self {
+        Durable::default()
+    }
+}
+
+impl PartialEq for Durable {
+    /// Storage identity does not make two messages different.
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for Durable {}
+
+impl Durable {
+    /// The stored id (0 when not stored).
+    pub fn id(&self) -> u64 {
+        self.id.load(Ordering::Acquire)
+    }
+
+    /// Adds `n` references; returns the id to store the message under when this made it
+    /// stored (it had no id yet). `allocate` provides a fresh id.
+    pub fn acquire(&self, n: usize, allocate: impl FnOnce() -> u64) -> Option<u64> {
+        self.refs.fetch_add(n, Ordering::AcqRel);
+        if self.id.load(Ordering::Acquire) != 0 {
+            return None;
+        }
+        let id = allocate();
+        self.id.compare_exchange(0, id, Ordering::AcqRel, Ordering::Acquire).ok().map(|_| id)
+    }
+
+    /// Takes the stored id of a message loaded at start, with its reference count.
+    pub fn restore(&self, id: u64, refs: usize) {
+        self.id.store(id, Ordering::Release);
+        self.refs.store(refs, Ordering::Release);
+    }
+
+    /// Drops one reference; returns the id to delete when it was the last.
+    pub fn release(&self) -> Option<u64> {
+        let before = self.refs.fetch_sub(1, Ordering::AcqRel);
+        (before == 1).then(|| self.id())
+    }
+
+    pub fn refs(&self) -> usize {
+        self.refs.load(Ordering::Acquire)
+    }
 }
 
 impl Message {
@@ -42,6 +103,7 @@ impl Message {
             properties: PublishProperties::default(),
             received: Instant::now(),
             origin: None,
+            durable: Durable::default(),
         }
     }
 
@@ -57,6 +119,7 @@ impl Message {
             properties,
             received: Instant::now(),
             origin: Some(origin.clone()),
+            durable: Durable::default(),
         }
     }
 
@@ -69,6 +132,7 @@ impl Message {
             properties: w.properties.clone(),
             received: Instant::now(),
             origin: Some(origin.clone()),
+            durable: Durable::default(),
         }
     }
 
@@ -112,12 +176,14 @@ pub struct Delivery {
     /// Identifiers of every matching subscription of the receiver [MQTT-3.3.4-3].
     pub subscription_ids: Vec<u32>,
     pub shared: Option<SharedRoute>,
+    /// Key of the stored delivery in the receiving session (persistent sessions, QoS 1/2).
+    pub seq: Option<u64>,
 }
 
 impl Delivery {
     /// A delivery to a single subscription.
     pub fn new(message: Arc<Message>, qos: QoS, retain: bool) -> Self {
-        Delivery { message, qos, retain, subscription_ids: Vec::new(), shared: None }
+        Delivery { message, qos, retain, subscription_ids: Vec::new(), shared: None, seq: None }
     }
 
     /// The PUBLISH that carries this delivery at `now` (expiry decremented [MQTT-3.3.2-6]).
@@ -150,6 +216,7 @@ mod tests {
             properties: PublishProperties { message_expiry: expiry, ..Default::default() },
             received: Instant::now(),
             origin: None,
+            durable: Durable::default(),
         }
     }
 

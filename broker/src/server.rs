@@ -8,7 +8,8 @@ use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
 use crate::auth::AllowAll;
-use crate::storage::{MemoryStore, Store};
+use crate::config::Durability;
+use crate::storage::{MemoryStore, RocksStore, Store};
 use crate::{connection, Broker, Config, Error, Result};
 
 /// Back-off after a failed `accept` (e.g. out of file descriptors), so the loop does not spin.
@@ -21,9 +22,14 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds every configured listener and restores stored state, using an in-memory store.
+    /// Opens the configured store, restores its state and binds every configured listener.
     pub async fn bind(config: Config) -> Result<Server> {
-        Self::bind_with_store(config, Arc::new(MemoryStore::default())).await
+        let store: Arc<dyn Store> = match config.storage.durability {
+            Durability::Memory => Arc::new(MemoryStore::default()),
+            Durability::Wal => Arc::new(RocksStore::open(&config.storage.dir, false)?),
+            Durability::Fsync => Arc::new(RocksStore::open(&config.storage.dir, true)?),
+        };
+        Self::bind_with_store(config, store).await
     }
 
     /// As `bind`, with the given store (whose contents are restored first).
@@ -35,7 +41,7 @@ impl Server {
     pub async fn bind_broker(broker: Broker) -> Result<Server> {
         let broker = Arc::new(broker);
         let config = broker.config.clone();
-        connection::restore(&broker)?;
+        connection::restore(&broker).await?;
         let mut listeners = Vec::new();
         for listener in &config.listener {
             let bound = TcpListener::bind(listener.bind)
@@ -71,6 +77,8 @@ impl Server {
         if tokio::time::timeout(broker.config.shutdown_timeout(), broker.tasks.wait()).await.is_err() {
             warn!("connections still open after the shutdown timeout; exiting anyway");
         }
+        // Everything acknowledged is already stored; this flushes and releases the directory.
+        broker.store.close();
     }
 }
 

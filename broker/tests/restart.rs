@@ -73,8 +73,10 @@ async fn restart_on_the_same_store_restores_sessions_and_retained() {
     })
     .await;
     assert!(present, "restored session must be reported present [MQTT-3.2.2-2]");
+    // "t/r" may come first: if its PUBACK had not arrived before the disconnect, it is
+    // redelivered (at least once), which is correct.
     let queued = until(&mut sub_events, |p| match p {
-        Packet::Publish(p) => Some(p.clone()),
+        Packet::Publish(p) if p.topic != "t/r" => Some(p.clone()),
         _ => None,
     })
     .await;

@@ -16,6 +16,7 @@ use crate::packet::{Auth, ConnAck, Connect, Packet, QoS, ReasonCode, Will};
 use crate::router::topic;
 use crate::session::registry::{Control, OwnerId};
 use crate::session::{ClientId, Session};
+use crate::storage::Op;
 
 /// Room for a takeover request while the owner is busy; one is ever sent per claim.
 const CONTROL_QUEUE: usize = 4;
@@ -191,13 +192,24 @@ impl Connection {
             Some(previous) if !connect.clean_start => (previous, true),
             // Clean start: whatever was kept ends now [MQTT-3.1.2-6].
             Some(previous) => {
-                offline::discard(&self.broker, previous);
+                offline::discard(&self.broker, previous).await;
                 (Session::new(client_id.clone(), connect.version, connect.session_expiry, limits), false)
             }
             None => (Session::new(client_id.clone(), connect.version, connect.session_expiry, limits), false),
         };
         session.version = connect.version;
         session.expiry = connect.session_expiry;
+        session.pending.mailbox().set_persistent(session.is_persistent());
+        if session.is_persistent() {
+            // Stored before CONNACK: a session the client was told exists survives a crash.
+            if let Err(e) = self.broker.store.commit(vec![Op::PutSession(session.record(None))]).await {
+                // The registration goes with the connection; the session state is kept offline.
+                return Err(Refusal::Code(
+                    ReasonCode::SERVER_UNAVAILABLE,
+                    format!("cannot store the session: {e}"),
+                ));
+            }
+        }
         self.codec.set_client_limits(connect.max_packet_size, connect.topic_alias_maximum);
         // [MQTT-3.2.2-1..3]: session present only when resuming.
         let mut connack = self.connack_properties(session_present);

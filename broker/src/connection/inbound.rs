@@ -12,9 +12,9 @@ use crate::message::{Delivery, Message};
 use crate::packet::{
     Ack, Auth, Disconnect, Packet, PacketId, Publish, QoS, ReasonCode, RetainHandling, SubscriptionOptions,
 };
-use crate::router::{shared, topic, Subscriber, Subscription};
+use crate::router::{shared, topic, RouteOutcome, Subscriber, Subscription};
 use crate::session::Session;
-use crate::storage::{Op, SessionRecord, StoreError};
+use crate::storage::Op;
 
 impl Connection {
     pub(super) fn handle_packet(
@@ -60,10 +60,10 @@ impl Connection {
         let message = Arc::new(Message::from_publish(&publish, &session.client_id));
         match (publish.qos, publish.packet_id) {
             (QoS::AtMostOnce, _) => {
-                route(&self.broker, &message)?;
+                self.route(&message);
             }
             (QoS::AtLeastOnce, Some(id)) => {
-                let reason = publish_reason(route(&self.broker, &message)?);
+                let reason = publish_reason(self.route(&message));
                 self.out.push(Packet::PubAck(Ack { packet_id: id, reason }));
             }
             (QoS::ExactlyOnce, Some(id)) => {
@@ -73,7 +73,7 @@ impl Connection {
                     if session.inbound_unacknowledged() >= usize::from(config.mqtt.receive_maximum) {
                         return Err(ProtocolError::ReceiveMaximumExceeded);
                     }
-                    reason = publish_reason(route(&self.broker, &message)?);
+                    reason = publish_reason(self.route(&message));
                     // An error reason ends the exchange: no PUBREL follows [MQTT-4.3.3-4].
                     if reason.is_success() {
                         session.handle_inbound_qos2(id);
@@ -99,7 +99,7 @@ impl Connection {
         }
         // SUBACK first, then the retained messages the new subscriptions selected.
         self.out.push(Packet::SubAck { packet_id, reasons });
-        self.persist_session(session)?;
+        self.persist_session(session);
         Ok(())
     }
 
@@ -184,7 +184,7 @@ impl Connection {
             session.subscriptions.remove(filter);
             reasons.push(if existed { ReasonCode::SUCCESS } else { ReasonCode::NO_SUBSCRIPTION_EXISTED });
         }
-        self.persist_session(session)?;
+        self.persist_session(session);
         self.out.push(Packet::UnsubAck { packet_id, reasons });
         Ok(())
     }
@@ -239,23 +239,26 @@ impl Connection {
         Ok(())
     }
 
-    /// Writes a persistent session's record (its subscriptions) to the store.
-    pub(super) fn persist_session(&self, session: &Session) -> Result<(), StoreError> {
-        if !session.is_persistent() {
-            return Ok(());
+    /// Routes a message; it is stored and handed over at the next `settle`.
+    fn route(&mut self, message: &Arc<Message>) -> RouteOutcome {
+        let mut routed = route(&self.broker, message);
+        self.ops.append(&mut routed.ops);
+        let outcome = routed.outcome;
+        self.routed.push(routed);
+        outcome
+    }
+
+    /// Records a persistent session's record (its subscriptions) for the next `settle`.
+    pub(super) fn persist_session(&mut self, session: &Session) {
+        if session.is_persistent() {
+            self.ops.push(Op::PutSession(session.record(None)));
         }
-        let record = SessionRecord {
-            client_id: session.client_id.clone(),
-            expiry: session.expiry,
-            subscriptions: session.subscriptions.iter().map(|(f, s)| (f.clone(), *s)).collect(),
-        };
-        self.broker.store.apply(vec![Op::PutSession(record)])
     }
 }
 
 /// The PUBACK/PUBREC reason for a routed message: 0x10 when no subscription matched, 0x97 when
 /// every matching session's queue was full [MQTT-3.4.2.1].
-fn publish_reason(outcome: crate::router::RouteOutcome) -> ReasonCode {
+fn publish_reason(outcome: RouteOutcome) -> ReasonCode {
     if outcome.matched == 0 {
         ReasonCode::NO_MATCHING_SUBSCRIBERS
     } else if outcome.queued == 0 && outcome.dropped > 0 {

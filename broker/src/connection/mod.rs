@@ -30,6 +30,7 @@ use crate::message::Message;
 use crate::packet::{Disconnect, Packet, ProtocolVersion, ReasonCode, Will};
 use crate::router::retain::RetainChange;
 use crate::router::topic::TopicError;
+use crate::router::{RouteOutcome, Routed};
 use crate::session::registry::{Control, OwnerId};
 use crate::session::{ClientId, Session};
 use crate::storage::{Op, StoreError};
@@ -160,6 +161,10 @@ struct Connection {
     wbuf: BytesMut,
     /// Packets produced by the session, encoded into `wbuf` after each event.
     out: Vec<Packet>,
+    /// Storage changes of the packets handled since the last `settle`.
+    ops: Vec<Op>,
+    /// Messages routed since the last `settle`, handed to their sessions once stored.
+    routed: Vec<Routed>,
     auth: Option<AuthState>,
 }
 
@@ -176,6 +181,8 @@ impl Connection {
             rbuf: BytesMut::with_capacity(READ_BUFFER),
             wbuf: BytesMut::new(),
             out: Vec::new(),
+            ops: Vec::new(),
+            routed: Vec::new(),
             auth: None,
         }
     }
@@ -201,7 +208,16 @@ impl Connection {
         // Packets that arrived in the same read as CONNECT are handled before waiting for more.
         let ending = match self.handle_input(&mut session) {
             Some(ending) => ending,
-            None => self.serve_session(&mut session, keep_alive, &mut control).await,
+            None => match self.settle(&mut session).await {
+                Ok(()) => self.serve_session(&mut session, keep_alive, &mut control).await,
+                Err(e) => Ending::Protocol(e),
+            },
+        };
+        // What the last packets routed or changed is stored and handed over even when the
+        // connection ends with them (e.g. PUBLISH then DISCONNECT in one read).
+        let ending = match self.settle(&mut session).await {
+            Ok(()) => ending,
+            Err(e) => Ending::Protocol(e),
         };
         session.pending.mailbox().set_online(false);
         self.finish(session, will, ending, owner, control).await;
@@ -238,6 +254,9 @@ impl Connection {
                         if let Some(ending) = self.handle_input(session) {
                             return ending;
                         }
+                        if let Err(e) = self.settle(session).await {
+                            return Ending::Protocol(e);
+                        }
                     }
                     Err(e) => return Ending::Io(e),
                 },
@@ -247,7 +266,7 @@ impl Connection {
                         session.handle_deliver(delivery, &mut self.out, now);
                         session.pump(&mut self.out, now);
                     }
-                    if let Err(e) = self.encode_out(session) {
+                    if let Err(e) = self.settle(session).await {
                         return Ending::Protocol(e);
                     }
                 }
@@ -270,7 +289,22 @@ impl Connection {
                 Err(e) => return Some(Ending::Protocol(e)),
             }
         }
-        self.encode_out(session).err().map(Ending::Protocol)
+        None
+    }
+
+    /// Stores what the packets handled since the last call changed, then hands the routed
+    /// messages to their sessions and encodes the output: nothing is acknowledged, forwarded
+    /// or sent before it is stored ("acknowledge only what can be kept").
+    async fn settle(&mut self, session: &mut Session) -> Result<(), ProtocolError> {
+        let mut ops = std::mem::take(&mut self.ops);
+        ops.append(&mut session.journal);
+        if !ops.is_empty() {
+            self.broker.store.commit(ops).await?;
+        }
+        for routed in self.routed.drain(..) {
+            routed.deliver();
+        }
+        self.encode_out(session)
     }
 
     /// Encodes the packets the session produced. A PUBLISH larger than the client's Maximum
@@ -341,7 +375,7 @@ impl Connection {
         let delayed_will = match will {
             Some(will) if will.delay > 0 && session.is_persistent() => Some(will),
             Some(will) => {
-                publish_will(&self.broker, &will, &session.client_id);
+                publish_will(&self.broker, &will, &session.client_id).await;
                 None
             }
             None => None,
@@ -351,7 +385,7 @@ impl Connection {
                 let handed = if session.is_persistent() {
                     Some(session)
                 } else {
-                    offline::end_session(&self.broker, session, owner);
+                    offline::end_session(&self.broker, session, owner).await;
                     None
                 };
                 // The new owner may have given up waiting; the session then ends with us.
@@ -359,11 +393,11 @@ impl Connection {
             }
             _ => {
                 // Unacknowledged shared-subscription messages go to other members [MQTT-4.8.2-6].
-                offline::redistribute_shared(&self.broker, &mut session);
+                offline::redistribute_shared(&self.broker, &mut session).await;
                 if session.is_persistent() {
-                    offline::run(self.broker.clone(), session, owner, control, delayed_will).await;
+                    offline::go_offline(self.broker.clone(), session, owner, control, delayed_will).await;
                 } else {
-                    offline::end_session(&self.broker, session, owner);
+                    offline::end_session(&self.broker, session, owner).await;
                     // Dropped only now: a concurrent claim waits for this cleanup to finish.
                     drop(control);
                 }
@@ -372,25 +406,37 @@ impl Connection {
     }
 }
 
-/// Routes an inbound message: retained store first, then every matching session.
-fn route(broker: &Broker, message: &Arc<Message>) -> Result<crate::router::RouteOutcome, StoreError> {
+/// Matches an inbound message and prepares its storage (retained store, stored copies for
+/// persistent sessions). The caller commits `ops`, then `deliver`s.
+fn route(broker: &Broker, message: &Arc<Message>) -> Routed {
+    let mut routed = broker.router.route(message, &broker.message_ids);
     if message.retain {
         let op = match broker.router.retained.apply(message) {
             RetainChange::Stored => Op::PutRetained(message.clone()),
             RetainChange::Cleared => Op::DeleteRetained(message.topic.clone()),
         };
-        broker.store.apply(vec![op])?;
+        routed.ops.push(op);
     }
-    let outcome = broker.router.publish(message);
-    if outcome.dropped > 0 {
-        debug!(topic = %message.topic, dropped = outcome.dropped, "message dropped for sessions with full queues");
+    if routed.outcome.dropped > 0 {
+        debug!(topic = %message.topic, dropped = routed.outcome.dropped, "message dropped for sessions with full queues");
     }
-    Ok(outcome)
+    routed
 }
 
-fn publish_will(broker: &Broker, will: &Will, client_id: &ClientId) {
+/// Routes, stores and hands over a message the broker itself publishes (wills, shared
+/// redistribution) outside a connection's packet handling.
+async fn route_now(broker: &Broker, mut routed: Routed) -> Result<RouteOutcome, StoreError> {
+    let ops = std::mem::take(&mut routed.ops);
+    if !ops.is_empty() {
+        broker.store.commit(ops).await?;
+    }
+    Ok(routed.deliver())
+}
+
+async fn publish_will(broker: &Broker, will: &Will, client_id: &ClientId) {
     debug!(topic = %will.topic, "publishing will");
-    if let Err(e) = route(broker, &Arc::new(Message::from_will(will, client_id))) {
+    let routed = route(broker, &Arc::new(Message::from_will(will, client_id)));
+    if let Err(e) = route_now(broker, routed).await {
         warn!("will not published: {e}");
     }
 }

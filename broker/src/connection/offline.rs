@@ -2,6 +2,7 @@
 //! expiry and delayed will), the end of a session, shared-subscription hand-back, and
 //! restoring stored sessions at start.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -9,38 +10,71 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
 
-use super::publish_will;
-use crate::packet::{ProtocolVersion, Will};
+use super::{publish_will, route_now};
+use crate::message::{Delivery, Message, SharedRoute};
+use crate::packet::Will;
 use crate::router::Subscriber;
+use crate::session::qos::Outbound;
 use crate::session::registry::{Control, OwnerId};
 use crate::session::{Session, NEVER_EXPIRES};
-use crate::storage::{Op, StoreError};
+use crate::storage::{unix_ms, DeliveryState, Op, StoreError, StoredSession, WillRecord};
 use crate::Broker;
 
 /// Far enough away to mean "never" for a timer.
 const NEVER: Duration = Duration::from_secs(100 * 365 * 86_400);
+
+/// Takes a persistent session offline after its connection closed: stores when it left (its
+/// expiry counts from then) and its delayed will, then keeps it in `run`.
+pub(super) async fn go_offline(
+    broker: Arc<Broker>,
+    session: Session,
+    owner: OwnerId,
+    control: mpsc::Receiver<Control>,
+    will: Option<Will>,
+) {
+    let now_ms = unix_ms();
+    let mut ops = vec![Op::PutSession(session.record(Some(now_ms)))];
+    let will = will.map(|will| {
+        let delay = Duration::from_secs(u64::from(will.delay));
+        let record = WillRecord {
+            client_id: session.client_id.clone(),
+            will: will.clone(),
+            publish_at_unix_ms: now_ms + delay.as_millis() as u64,
+        };
+        ops.push(Op::PutWill(record));
+        (will, Instant::now() + delay)
+    });
+    if let Err(e) = broker.store.commit(ops).await {
+        warn!("offline session state not stored: {e}");
+    }
+    let expires_at = expiry_deadline(session.expiry, Duration::ZERO);
+    run(broker, session, owner, control, will, expires_at).await;
+}
+
+fn expiry_deadline(expiry: u32, elapsed: Duration) -> Instant {
+    match expiry {
+        NEVER_EXPIRES => Instant::now() + NEVER,
+        secs => Instant::now() + Duration::from_secs(u64::from(secs)).saturating_sub(elapsed),
+    }
+}
 
 /// Keeps a persistent session alive while its client is away: QoS 1/2 messages routed to it
 /// are queued (within the queue limits) until a connection with the same client id takes the
 /// session over [MQTT-3.1.2-5], or the Session Expiry Interval passes [MQTT-3.1.2-23]. A
 /// delayed will is published when its delay or the session ends, whichever is first, unless
 /// the client returns before [MQTT-3.1.3-9]. Ends at shutdown.
-pub(super) async fn run(
+async fn run(
     broker: Arc<Broker>,
     mut session: Session,
     owner: OwnerId,
     mut control: mpsc::Receiver<Control>,
-    mut will: Option<Will>,
+    mut will: Option<(Will, Instant)>,
+    expires_at: Instant,
 ) {
     debug!("session offline");
-    let now = Instant::now();
-    let expires_at = match session.expiry {
-        NEVER_EXPIRES => now + NEVER,
-        secs => now + Duration::from_secs(u64::from(secs)),
-    };
-    let will_at = will.as_ref().map_or(now + NEVER, |w| now + Duration::from_secs(u64::from(w.delay)));
+    let will_at = will.as_ref().map_or(expires_at, |(_, at)| (*at).min(expires_at));
     let expiry = tokio::time::sleep_until(expires_at);
-    let will_timer = tokio::time::sleep_until(will_at.min(expires_at));
+    let will_timer = tokio::time::sleep_until(will_at);
     tokio::pin!(expiry, will_timer);
     loop {
         tokio::select! {
@@ -49,23 +83,31 @@ pub(super) async fn run(
             request = control.recv() => {
                 let Some(Control::Takeover(reply)) = request else { return };
                 // The client is back: a pending delayed will is not sent.
+                if will.is_some() {
+                    if let Err(e) = broker.store.commit(vec![Op::DeleteWill(session.client_id.clone())]).await {
+                        warn!("cancelled will not deleted: {e}");
+                    }
+                }
                 if let Err(Some(session)) = reply.send(Some(session)) {
                     warn!("takeover abandoned; session ends");
-                    end_session(&broker, session, owner);
+                    end_session(&broker, session, owner).await;
                 }
                 return;
             }
             _ = &mut will_timer, if will.is_some() => {
-                if let Some(will) = will.take() {
-                    publish_will(&broker, &will, &session.client_id);
+                if let Some((will, _)) = will.take() {
+                    publish_will(&broker, &will, &session.client_id).await;
+                    if let Err(e) = broker.store.commit(vec![Op::DeleteWill(session.client_id.clone())]).await {
+                        warn!("published will not deleted: {e}");
+                    }
                 }
             }
             _ = &mut expiry => {
                 info!("session expired");
-                if let Some(will) = will.take() {
-                    publish_will(&broker, &will, &session.client_id);
+                if let Some((will, _)) = will.take() {
+                    publish_will(&broker, &will, &session.client_id).await;
                 }
-                end_session(&broker, session, owner);
+                end_session(&broker, session, owner).await;
                 drop(control);
                 return;
             }
@@ -74,64 +116,143 @@ pub(super) async fn run(
     }
 }
 
-/// Ends a session: its subscriptions leave the router, its registration and stored record go,
+/// Ends a session: its subscriptions leave the router, its registration and stored state go,
 /// and anything it held from shared subscriptions goes to other members.
-pub(super) fn end_session(broker: &Broker, mut session: Session, owner: OwnerId) {
+pub(super) async fn end_session(broker: &Broker, mut session: Session, owner: OwnerId) {
     broker.router.registry.release(&session.client_id, owner);
-    redistribute_shared(broker, &mut session);
-    discard(broker, session);
+    redistribute_shared(broker, &mut session).await;
+    discard(broker, session).await;
 }
 
-/// Drops a session's subscriptions and stored record (its registration is not touched: a new
+/// Drops a session's subscriptions and stored state (its registration is not touched: a new
 /// owner may already hold the client id).
-pub(super) fn discard(broker: &Broker, session: Session) {
+pub(super) async fn discard(broker: &Broker, mut session: Session) {
     broker.router.unsubscribe_all(session.subscriptions.keys(), &session.client_id);
-    if let Err(e) = broker.store.apply(vec![Op::DeleteSession(session.client_id.clone())]) {
+    session.pending.mailbox().set_persistent(false);
+    session.drain_stored();
+    let ops = std::mem::take(&mut session.journal);
+    if let Err(e) = broker.store.commit(ops).await {
         warn!(client_id = %session.client_id, "stored session not deleted: {e}");
     }
 }
 
 /// Hands the session's unacknowledged and queued shared-subscription messages to other members
 /// of their groups [MQTT-4.8.2-6]; with no other member they are dropped (and logged).
-pub(super) fn redistribute_shared(broker: &Broker, session: &mut Session) {
-    for delivery in session.take_shared() {
+pub(super) async fn redistribute_shared(broker: &Broker, session: &mut Session) {
+    let taken = session.take_shared();
+    let released = std::mem::take(&mut session.journal);
+    let mut ops = released;
+    let mut handed = Vec::new();
+    for delivery in taken {
         let Some(route) = &delivery.shared else { continue };
-        if !broker.router.redistribute(&delivery, route, &session.client_id) {
+        let mut routed =
+            broker.router.redistribute(&delivery, route, &session.client_id, &broker.message_ids);
+        if routed.outcome.queued == 0 {
             debug!(share = %route.share, "no other member for an unacknowledged shared message: dropped");
         }
+        ops.append(&mut routed.ops);
+        handed.push(routed);
+    }
+    if let Err(e) = broker.store.commit(ops).await {
+        warn!("shared messages not handed over: {e}");
+        return;
+    }
+    for routed in handed {
+        // Already stored above: hand over only.
+        let _ = route_now(broker, routed).await;
     }
 }
 
 /// Loads stored state at start: retained messages, and each persistent session as an offline
-/// session with its subscriptions in place, so messages published before its client returns
-/// are queued. The expiry of a restored session counts from the restart.
-pub fn restore(broker: &Arc<Broker>) -> Result<(), StoreError> {
+/// session with its subscriptions, queue, in-flight window, inbound QoS 2 ids and delayed will,
+/// so it resumes exactly where it was. Stored messages no delivery references any more (left by
+/// a crash between two writes) are deleted.
+pub async fn restore(broker: &Arc<Broker>) -> Result<(), StoreError> {
     let snapshot = broker.store.load()?;
-    for message in &snapshot.retained {
-        broker.router.retained.apply(message);
+    for stored in snapshot.retained {
+        broker.router.retained.apply(&Arc::new(stored.into_message()));
     }
+    let max_id = snapshot.messages.keys().next_back().copied().unwrap_or(0);
+    broker.message_ids.fetch_max(max_id + 1, std::sync::atomic::Ordering::Relaxed);
+    let messages: BTreeMap<u64, Arc<Message>> =
+        snapshot.messages.into_iter().map(|(id, m)| (id, Arc::new(m.into_message()))).collect();
+    let mut refs: BTreeMap<u64, usize> = BTreeMap::new();
     let restored = snapshot.sessions.len();
-    for record in snapshot.sessions {
-        // The stored record does not keep the protocol level; the next CONNECT sets it.
-        let mut session = Session::new(
-            record.client_id.clone(),
-            ProtocolVersion::V311,
-            record.expiry,
-            broker.config.session_limits(),
-        );
-        for (filter, subscription) in record.subscriptions {
-            let subscriber = Subscriber { mailbox: session.pending.mailbox().clone(), subscription };
-            broker.router.subscribe(&filter, record.client_id.clone(), subscriber);
-            session.subscriptions.insert(filter, subscription);
+    for stored in snapshot.sessions {
+        for (_, d) in &stored.deliveries {
+            if d.message != 0 && !matches!(d.state, DeliveryState::AwaitingPubComp(_)) {
+                *refs.entry(d.message).or_default() += 1;
+            }
         }
-        let owner = broker.router.registry.new_owner_id();
-        let (control_tx, control) = mpsc::channel(1);
-        broker.router.registry.register(&record.client_id, owner, control_tx);
-        let span = tracing::info_span!("session", client_id = %record.client_id);
-        broker.tasks.spawn(run(broker.clone(), session, owner, control, None).instrument(span));
+        restore_session(broker, stored, &messages);
     }
-    if restored > 0 || !snapshot.retained.is_empty() {
-        info!(sessions = restored, retained = snapshot.retained.len(), "restored stored state");
+    let mut sweep = Vec::new();
+    for (id, message) in &messages {
+        match refs.get(id) {
+            Some(n) => message.durable.restore(*id, *n),
+            None => sweep.push(Op::DeleteMessage(*id)),
+        }
+    }
+    if !sweep.is_empty() {
+        info!(messages = sweep.len(), "deleting stored messages no session references");
+        broker.store.commit(sweep).await?;
+    }
+    if restored > 0 {
+        info!(sessions = restored, messages = messages.len(), "restored stored sessions");
     }
     Ok(())
+}
+
+fn restore_session(broker: &Arc<Broker>, stored: StoredSession, messages: &BTreeMap<u64, Arc<Message>>) {
+    let record = stored.record;
+    let client_id = record.client_id.clone();
+    let mut session =
+        Session::new(client_id.clone(), record.version, record.expiry, broker.config.session_limits());
+    session.pending.mailbox().set_persistent(true);
+    for (filter, subscription) in record.subscriptions {
+        let subscriber = Subscriber { mailbox: session.pending.mailbox().clone(), subscription };
+        broker.router.subscribe(&filter, client_id.clone(), subscriber);
+        session.subscriptions.insert(filter, subscription);
+    }
+    for (seq, d) in stored.deliveries {
+        session.pending.mailbox().resume_seq_after(seq);
+        let message = messages.get(&d.message).cloned();
+        let delivery = message.map(|message| Delivery {
+            message,
+            qos: d.qos,
+            retain: d.retain,
+            subscription_ids: d.subscription_ids.clone(),
+            shared: d.shared.clone().map(|share| SharedRoute { share }),
+            seq: Some(seq),
+        });
+        match (d.state, delivery) {
+            (DeliveryState::AwaitingPubComp(id), _) => {
+                session.outbound.restore(id, Outbound::AwaitingPubComp { seq: Some(seq) })
+            }
+            (DeliveryState::Queued, Some(delivery)) => session.pending.restore(delivery),
+            (DeliveryState::AwaitingPubAck(id), Some(delivery)) => {
+                session.outbound.restore(id, Outbound::AwaitingPubAck(delivery))
+            }
+            (DeliveryState::AwaitingPubRec(id), Some(delivery)) => {
+                session.outbound.restore(id, Outbound::AwaitingPubRec(delivery))
+            }
+            (_, None) => warn!(%client_id, seq, "stored delivery references a missing message: skipped"),
+        }
+    }
+    for packet_id in stored.inbound {
+        session.inbound.handle_publish(packet_id);
+    }
+    // Time already spent offline counts against the expiry and the will delay.
+    let offline_for =
+        Duration::from_millis(unix_ms().saturating_sub(record.disconnected_unix_ms.unwrap_or_else(unix_ms)));
+    let expires_at = expiry_deadline(record.expiry, offline_for);
+    let will = stored.will.map(|w| {
+        let wait = Duration::from_millis(w.publish_at_unix_ms.saturating_sub(unix_ms()));
+        (w.will, Instant::now() + wait)
+    });
+    let owner = broker.router.registry.new_owner_id();
+    let (control_tx, control) = mpsc::channel(1);
+    broker.router.registry.register(&client_id, owner, control_tx);
+    let span = tracing::info_span!("session", %client_id);
+    broker.tasks.spawn(run(broker.clone(), session, owner, control, will, expires_at).instrument(span));
 }

@@ -18,6 +18,7 @@ pub mod topic;
 pub mod trie;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use bytestring::ByteString;
@@ -27,6 +28,7 @@ use crate::packet::SubscriptionOptions;
 use crate::session::queue::{Mailbox, Offer};
 use crate::session::registry::Registry;
 use crate::session::ClientId;
+use crate::storage::{delivery_record, DeliveryState, Op};
 use retain::RetainedStore;
 use shared::Group;
 use trie::TopicTree;
@@ -60,14 +62,55 @@ pub struct RouteOutcome {
     pub dropped: usize,
 }
 
-impl RouteOutcome {
-    fn count(&mut self, offer: Offer) {
-        self.matched += 1;
-        match offer {
-            Offer::Queued => self.queued += 1,
-            Offer::DroppedFull => self.dropped += 1,
+/// A message matched and admitted to its sessions' queues but not yet handed to them: the
+/// caller commits `ops` (the stored copy for persistent sessions) first, then `deliver`s.
+/// Handing over only after the commit was queued keeps every session's own storage writes
+/// for the message ordered after it.
+#[derive(Debug, Default)]
+pub struct Routed {
+    pub ops: Vec<Op>,
+    targets: Vec<(Arc<Mailbox>, Delivery)>,
+    pub outcome: RouteOutcome,
+}
+
+impl Routed {
+    fn admit(&mut self, mailbox: &Arc<Mailbox>, mut delivery: Delivery) {
+        self.outcome.matched += 1;
+        match mailbox.admit(&delivery) {
+            Offer::Queued => {
+                self.outcome.queued += 1;
+                if delivery.qos != crate::packet::QoS::AtMostOnce {
+                    delivery.seq = mailbox.storage_seq();
+                }
+                self.targets.push((mailbox.clone(), delivery));
+            }
+            Offer::DroppedFull => self.outcome.dropped += 1,
             Offer::SkippedOffline | Offer::Closed => {}
         }
+    }
+
+    /// Adds the storage records: the message once, a delivery per persistent session.
+    fn record(&mut self, message: &Arc<Message>, ids: &AtomicU64) {
+        let stored: Vec<_> = self.targets.iter().filter(|(_, d)| d.seq.is_some()).collect();
+        if stored.is_empty() {
+            return;
+        }
+        if let Some(id) = message.durable.acquire(stored.len(), || ids.fetch_add(1, Ordering::Relaxed)) {
+            self.ops.push(Op::PutMessage(id, message.clone()));
+        }
+        for (mailbox, delivery) in stored {
+            let record = delivery_record(delivery, DeliveryState::Queued);
+            let seq = delivery.seq.unwrap_or_else(|| unreachable!("filtered above"));
+            self.ops.push(Op::PutDelivery { client: mailbox.client_id().clone(), seq, record });
+        }
+    }
+
+    /// Hands the deliveries to their sessions.
+    pub fn deliver(self) -> RouteOutcome {
+        for (mailbox, delivery) in self.targets {
+            mailbox.deliver(delivery);
+        }
+        self.outcome
     }
 }
 
@@ -118,16 +161,17 @@ impl Router {
         }
     }
 
-    /// Routes `message` to every matching session, once per session, and to one member of
-    /// every matching share group.
-    pub fn publish(&self, message: &Arc<Message>) -> RouteOutcome {
-        let mut outcome = RouteOutcome::default();
-        self.publish_direct(message, &mut outcome);
-        self.publish_shared(message, &mut outcome);
-        outcome
+    /// Matches `message` against every subscription: once per session, and one member of every
+    /// matching share group. `ids` allocates storage ids for messages.
+    pub fn route(&self, message: &Arc<Message>, ids: &AtomicU64) -> Routed {
+        let mut routed = Routed::default();
+        self.route_direct(message, &mut routed);
+        self.route_shared(message, &mut routed);
+        routed.record(message, ids);
+        routed
     }
 
-    fn publish_direct(&self, message: &Arc<Message>, outcome: &mut RouteOutcome) {
+    fn route_direct(&self, message: &Arc<Message>, routed: &mut Routed) {
         let tree = self.subscriptions.read().unwrap_or_else(|e| e.into_inner());
         let mut matches: Vec<&Subscriber> = Vec::new();
         trie::for_each_matching_filter(&tree, &message.topic, &mut |set: &SubscriberSet| {
@@ -146,31 +190,42 @@ impl Router {
             let mut delivery = Delivery::new(message.clone(), best.min(message.qos), retain);
             delivery.subscription_ids = same_session.iter().filter_map(|s| s.subscription.id).collect();
             delivery.subscription_ids.sort_unstable();
-            outcome.count(same_session[0].mailbox.offer(delivery));
+            routed.admit(&same_session[0].mailbox, delivery);
         }
     }
 
-    fn publish_shared(&self, message: &Arc<Message>, outcome: &mut RouteOutcome) {
+    fn route_shared(&self, message: &Arc<Message>, routed: &mut Routed) {
         let tree = self.shared.read().unwrap_or_else(|e| e.into_inner());
         trie::for_each_matching_filter(&tree, &message.topic, &mut |groups: &GroupSet| {
             for group in groups.values() {
                 if let Some(member) = group.pick(None) {
-                    outcome.count(member.mailbox.offer(shared_delivery(message.clone(), member, group)));
+                    routed.admit(&member.mailbox, shared_delivery(message.clone(), member, group));
                 }
             }
         });
     }
 
-    /// Hands a delivery that came through `route` to another member of its group (the member
-    /// that had it is leaving). False when no other member exists: the message is dropped.
-    pub fn redistribute(&self, delivery: &Delivery, route: &SharedRoute, leaving: &ClientId) -> bool {
-        let Ok(Some(share)) = shared::parse(&route.share) else { return false };
+    /// Routes a delivery that came through `route` to another member of its group (the member
+    /// that had it is leaving). Nothing is admitted when no other member exists.
+    pub fn redistribute(
+        &self,
+        delivery: &Delivery,
+        route: &SharedRoute,
+        leaving: &ClientId,
+        ids: &AtomicU64,
+    ) -> Routed {
+        let mut routed = Routed::default();
+        let Ok(Some(share)) = shared::parse(&route.share) else { return routed };
         let tree = self.shared.read().unwrap_or_else(|e| e.into_inner());
         let Some(group) = tree.get(share.filter).and_then(|groups| groups.get(share.group)) else {
-            return false;
+            return routed;
         };
-        let Some(member) = group.pick(Some(leaving)) else { return false };
-        member.mailbox.offer(shared_delivery(delivery.message.clone(), member, group)) == Offer::Queued
+        if let Some(member) = group.pick(Some(leaving)) {
+            routed.admit(&member.mailbox, shared_delivery(delivery.message.clone(), member, group));
+        }
+        drop(tree);
+        routed.record(&delivery.message, ids);
+        routed
     }
 }
 

@@ -1,8 +1,17 @@
 //! Router tests: de-duplication, QoS, No Local, Retain As Published, identifiers, shares.
 
+use std::sync::atomic::AtomicU64;
+
 use super::*;
 use crate::packet::{QoS, RetainHandling};
 use crate::session::queue::{PendingQueue, QueueLimits};
+
+impl Router {
+    /// Route and hand over at once (no storage).
+    fn publish(&self, message: &Arc<Message>) -> RouteOutcome {
+        self.route(message, &AtomicU64::new(1)).deliver()
+    }
+}
 
 fn queue(id: &str) -> PendingQueue {
     let q = PendingQueue::new(ClientId::from(id), QueueLimits { max_messages: 100, max_bytes: 1 << 20 });
@@ -129,8 +138,35 @@ fn shared_groups_skip_members_without_credit_and_redistribute() {
     assert_eq!(route.share, "$share/g/t");
     assert!(b.try_pop().is_some());
     // "b" leaves with `first` unacknowledged: it goes to "a".
-    assert!(router.redistribute(&first, &route, &ClientId::from("b")));
+    let ids = AtomicU64::new(1);
+    assert_eq!(router.redistribute(&first, &route, &ClientId::from("b"), &ids).deliver().queued, 1);
     assert!(a.try_pop().is_some());
     router.unsubscribe("$share/g/t", &ClientId::from("a"));
-    assert!(!router.redistribute(&first, &route, &ClientId::from("b")), "no other member left");
+    let none = router.redistribute(&first, &route, &ClientId::from("b"), &ids).deliver();
+    assert_eq!(none.queued, 0, "no other member left");
+}
+
+#[test]
+fn persistent_sessions_get_one_stored_message_and_a_delivery_each() {
+    let router = Router::default();
+    let (a, b, c) = (queue("a"), queue("b"), queue("c"));
+    a.mailbox().set_persistent(true);
+    b.mailbox().set_persistent(true);
+    for (q, id) in [(&a, "a"), (&b, "b"), (&c, "c")] {
+        router.subscribe("t", ClientId::from(id), sub(q, QoS::AtLeastOnce));
+    }
+    let m = message("t", QoS::AtLeastOnce);
+    let routed = router.route(&m, &AtomicU64::new(40));
+    let messages = routed.ops.iter().filter(|op| matches!(op, Op::PutMessage(40, _))).count();
+    let deliveries = routed.ops.iter().filter(|op| matches!(op, Op::PutDelivery { .. })).count();
+    assert_eq!(
+        (messages, deliveries),
+        (1, 2),
+        "stored once, referenced twice; the clean session stores nothing"
+    );
+    assert_eq!((m.durable.id(), m.durable.refs()), (40, 2));
+    routed.deliver();
+    // QoS 0 deliveries are never stored.
+    let routed = router.route(&message("t", QoS::AtMostOnce), &AtomicU64::new(50));
+    assert!(routed.ops.is_empty());
 }

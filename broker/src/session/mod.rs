@@ -19,7 +19,8 @@ use tokio::time::Instant;
 use crate::message::Delivery;
 use crate::packet::{Packet, PacketId, ProtocolVersion, QoS};
 use crate::router::Subscription;
-use qos::{InboundQos2, OutboundWindow, UnexpectedAck};
+use crate::storage::{delivery_record, DeliveryState, Op, SessionRecord};
+use qos::{InboundQos2, Outbound, OutboundWindow, Settled, UnexpectedAck};
 use queue::{PendingQueue, QueueLimits};
 
 /// A client identifier. Cheap to clone.
@@ -68,6 +69,9 @@ pub struct Session {
     pub inbound: InboundQos2,
     /// The configured in-flight window; a client's Receive Maximum may lower it.
     max_inflight: usize,
+    /// Storage changes made by the methods above, for the owner to commit before it writes
+    /// the packets they produced (nothing reaches the wire before it is stored).
+    pub journal: Vec<Op>,
 }
 
 impl Session {
@@ -81,12 +85,24 @@ impl Session {
             outbound: OutboundWindow::new(limits.max_inflight),
             inbound: InboundQos2::default(),
             max_inflight: limits.max_inflight,
+            journal: Vec::new(),
         }
     }
 
     /// The session outlives its network connection [MQTT-3.1.2-4], [MQTT-3.1.2-23].
     pub fn is_persistent(&self) -> bool {
         self.expiry > 0
+    }
+
+    /// The stored form of the session.
+    pub fn record(&self, disconnected_unix_ms: Option<u64>) -> SessionRecord {
+        SessionRecord {
+            client_id: self.client_id.clone(),
+            version: self.version,
+            expiry: self.expiry,
+            disconnected_unix_ms,
+            subscriptions: self.subscriptions.iter().map(|(f, s)| (f.clone(), *s)).collect(),
+        }
     }
 
     /// True when another delivery can be taken from the pending queue.
@@ -99,14 +115,26 @@ impl Session {
     pub fn handle_deliver(&mut self, delivery: Delivery, out: &mut Vec<Packet>, now: Instant) {
         if delivery.message.is_expired(now) {
             tracing::debug!(topic = %delivery.message.topic, "message expired before delivery");
+            self.journal_done(Some(&delivery), delivery.seq);
             return;
         }
         if delivery.qos == QoS::AtMostOnce {
             out.push(Packet::Publish(Box::new(delivery.to_publish(None, false, now))));
-        } else {
-            out.push(self.outbound.send(delivery, now));
-            self.publish_window();
+            return;
         }
+        let stored = delivery.seq.map(|seq| (seq, delivery_record(&delivery, DeliveryState::Queued)));
+        let qos = delivery.qos;
+        let packet = self.outbound.send(delivery, now);
+        if let (Some((seq, mut record)), Packet::Publish(publish)) = (stored, &packet) {
+            let id = publish.packet_id.unwrap_or_else(|| unreachable!("the window assigns an id"));
+            record.state = match qos {
+                QoS::AtLeastOnce => DeliveryState::AwaitingPubAck(id),
+                _ => DeliveryState::AwaitingPubRec(id),
+            };
+            self.journal.push(Op::PutDelivery { client: self.client_id.clone(), seq, record });
+        }
+        out.push(packet);
+        self.publish_window();
     }
 
     /// Moves pending deliveries to the wire while the window has room, at most one batch.
@@ -136,11 +164,26 @@ impl Session {
         out: &mut Vec<Packet>,
         now: Instant,
     ) -> Result<(), UnexpectedAck> {
-        match *packet {
+        let settled = match *packet {
             Packet::PubAck(ack) => self.outbound.handle_puback(ack.packet_id)?,
-            Packet::PubRec(ack) => out.extend(self.outbound.handle_pubrec(ack)?),
+            Packet::PubRec(ack) => self.outbound.handle_pubrec(ack)?,
             Packet::PubComp(ack) => self.outbound.handle_pubcomp(ack.packet_id)?,
             _ => unreachable!("handle_ack takes PUBACK, PUBREC and PUBCOMP only"),
+        };
+        match settled {
+            Settled::Done { delivery, seq } => self.journal_done(delivery.as_ref(), seq),
+            Settled::Released { delivery, pubrel } => {
+                if let (Some(seq), Packet::PubRel(ack)) = (delivery.seq, &pubrel) {
+                    // Only the packet id matters from now on: the message reference goes.
+                    let mut record =
+                        delivery_record(&delivery, DeliveryState::AwaitingPubComp(ack.packet_id));
+                    record.message = 0;
+                    self.journal.push(Op::PutDelivery { client: self.client_id.clone(), seq, record });
+                    self.release_message(&delivery);
+                }
+                out.push(pubrel);
+            }
+            Settled::Repeated { pubrel } => out.push(pubrel),
         }
         self.publish_window();
         self.pump(out, now);
@@ -149,7 +192,9 @@ impl Session {
 
     /// The PUBLISH with this id was not sent (too large for the client): as if acknowledged.
     pub fn forget(&mut self, packet_id: PacketId) {
-        self.outbound.forget(packet_id);
+        if let Some(delivery) = self.outbound.forget(packet_id) {
+            self.journal_done(Some(&delivery), delivery.seq);
+        }
         self.publish_window();
     }
 
@@ -158,8 +203,44 @@ impl Session {
     pub fn take_shared(&mut self) -> Vec<Delivery> {
         let mut taken = self.outbound.take_shared();
         taken.extend(self.pending.take_shared());
+        for delivery in &taken {
+            self.journal_done(Some(delivery), delivery.seq);
+        }
         self.publish_window();
         taken
+    }
+
+    /// Ends the session: releases every stored delivery it holds (window, queue, mailbox)
+    /// and deletes its record, in the journal.
+    pub fn drain_stored(&mut self) {
+        for state in self.outbound.drain() {
+            match state {
+                Outbound::AwaitingPubAck(d) | Outbound::AwaitingPubRec(d) => self.release_message(&d),
+                Outbound::AwaitingPubComp { .. } => {}
+            }
+        }
+        while let Some(delivery) = self.pending.try_pop() {
+            if delivery.seq.is_some() {
+                self.release_message(&delivery);
+            }
+        }
+        self.journal.push(Op::DeleteSession(self.client_id.clone()));
+    }
+
+    /// A stored delivery is complete: its record goes, and the message if no other delivery
+    /// references it.
+    fn journal_done(&mut self, delivery: Option<&Delivery>, seq: Option<u64>) {
+        let Some(seq) = seq else { return };
+        self.journal.push(Op::DeleteDelivery { client: self.client_id.clone(), seq });
+        if let Some(delivery) = delivery {
+            self.release_message(delivery);
+        }
+    }
+
+    fn release_message(&mut self, delivery: &Delivery) {
+        if let Some(id) = delivery.message.durable.release() {
+            self.journal.push(Op::DeleteMessage(id));
+        }
     }
 
     fn publish_window(&self) {
@@ -168,10 +249,19 @@ impl Session {
 
     /// QoS 2 PUBLISH from the client: true when it is new and must be routed.
     pub fn handle_inbound_qos2(&mut self, packet_id: PacketId) -> bool {
-        self.inbound.handle_publish(packet_id)
+        let new = self.inbound.handle_publish(packet_id);
+        if new && self.is_persistent() {
+            self.journal.push(Op::PutInbound { client: self.client_id.clone(), packet_id });
+        }
+        new
     }
 
+    /// PUBREL: PUBCOMP, after the stored packet id is deleted (else a crash could leave it and
+    /// swallow a later message with the same id).
     pub fn handle_pubrel(&mut self, packet_id: PacketId) -> Packet {
+        if self.is_persistent() && self.inbound.contains(packet_id) {
+            self.journal.push(Op::DeleteInbound { client: self.client_id.clone(), packet_id });
+        }
         self.inbound.handle_pubrel(packet_id)
     }
 

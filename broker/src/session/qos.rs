@@ -24,8 +24,20 @@ pub enum Outbound {
     AwaitingPubAck(Delivery),
     /// QoS 2 PUBLISH sent.
     AwaitingPubRec(Delivery),
-    /// QoS 2 PUBREC received and PUBREL sent; the message itself is no longer needed.
-    AwaitingPubComp,
+    /// QoS 2 PUBREC received and PUBREL sent; the message itself is no longer needed, only
+    /// the key of its stored delivery.
+    AwaitingPubComp { seq: Option<u64> },
+}
+
+/// What an acknowledgement settled, for the session's storage journal.
+#[derive(Debug)]
+pub enum Settled {
+    /// The delivery is complete (PUBACK, PUBCOMP, or a PUBREC with an error reason).
+    Done { delivery: Option<Delivery>, seq: Option<u64> },
+    /// PUBREC: the delivery now awaits PUBCOMP; answer with this PUBREL.
+    Released { delivery: Delivery, pubrel: Packet },
+    /// A repeated PUBREC: answer with PUBREL again; nothing changed.
+    Repeated { pubrel: Packet },
 }
 
 /// An acknowledgement that does not fit the window. Logged and ignored: the client may be
@@ -89,10 +101,23 @@ impl OutboundWindow {
 
     /// Drops an entry without an acknowledgement: its PUBLISH could not be sent to this
     /// client (larger than its Maximum Packet Size), which counts as delivered [MQTT-3.1.2-25].
-    pub fn forget(&mut self, packet_id: PacketId) {
-        if let Some(at) = self.position(packet_id) {
-            self.entries.remove(at);
+    pub fn forget(&mut self, packet_id: PacketId) -> Option<Delivery> {
+        let at = self.position(packet_id)?;
+        match self.entries.remove(at)?.1 {
+            Outbound::AwaitingPubAck(d) | Outbound::AwaitingPubRec(d) => Some(d),
+            Outbound::AwaitingPubComp { .. } => None,
         }
+    }
+
+    /// Puts back an entry loaded from storage (recovery), in stored order.
+    pub fn restore(&mut self, packet_id: PacketId, state: Outbound) {
+        self.last_id = packet_id.get();
+        self.entries.push_back((packet_id, state));
+    }
+
+    /// Empties the window (the session ends); returns what it held for the journal.
+    pub fn drain(&mut self) -> Vec<Outbound> {
+        self.entries.drain(..).map(|(_, state)| state).collect()
     }
 
     /// Removes the unacknowledged PUBLISHes that came through shared subscriptions, for
@@ -128,11 +153,14 @@ impl OutboundWindow {
     }
 
     /// PUBACK: completes a QoS 1 delivery.
-    pub fn handle_puback(&mut self, packet_id: PacketId) -> Result<(), UnexpectedAck> {
+    pub fn handle_puback(&mut self, packet_id: PacketId) -> Result<Settled, UnexpectedAck> {
         match self.position(packet_id) {
             Some(at) if matches!(self.entries[at].1, Outbound::AwaitingPubAck(_)) => {
-                self.entries.remove(at);
-                Ok(())
+                let Some((_, Outbound::AwaitingPubAck(delivery))) = self.entries.remove(at) else {
+                    unreachable!("matched above")
+                };
+                let seq = delivery.seq;
+                Ok(Settled::Done { delivery: Some(delivery), seq })
             }
             _ => Err(UnexpectedAck { packet: "PUBACK", packet_id }),
         }
@@ -141,27 +169,42 @@ impl OutboundWindow {
     /// PUBREC: the client has the message; answer with PUBREL [MQTT-4.3.3-1]. A repeated
     /// PUBREC for a message already released is answered with PUBREL again. A PUBREC with an
     /// error reason (MQTT 5) ends the exchange: no PUBREL, the packet id is free [MQTT-4.3.3-4].
-    pub fn handle_pubrec(&mut self, ack: Ack) -> Result<Option<Packet>, UnexpectedAck> {
+    pub fn handle_pubrec(&mut self, ack: Ack) -> Result<Settled, UnexpectedAck> {
         let packet_id = ack.packet_id;
-        match self.position(packet_id) {
-            Some(at) if !matches!(self.entries[at].1, Outbound::AwaitingPubAck(_)) => {
-                if !ack.reason.is_success() {
-                    self.entries.remove(at);
-                    return Ok(None);
-                }
-                self.entries[at].1 = Outbound::AwaitingPubComp;
-                Ok(Some(Packet::PubRel(Ack::success(packet_id))))
+        let unexpected = UnexpectedAck { packet: "PUBREC", packet_id };
+        let at = self.position(packet_id).ok_or(unexpected)?;
+        let pubrel = Packet::PubRel(Ack::success(packet_id));
+        let seq = match &self.entries[at].1 {
+            Outbound::AwaitingPubAck(_) => return Err(unexpected),
+            Outbound::AwaitingPubRec(d) => d.seq,
+            Outbound::AwaitingPubComp { .. } if ack.reason.is_success() => {
+                return Ok(Settled::Repeated { pubrel })
             }
-            _ => Err(UnexpectedAck { packet: "PUBREC", packet_id }),
+            Outbound::AwaitingPubComp { seq } => *seq,
+        };
+        let previous = std::mem::replace(&mut self.entries[at].1, Outbound::AwaitingPubComp { seq });
+        if !ack.reason.is_success() {
+            self.entries.remove(at);
+            let delivery = match previous {
+                Outbound::AwaitingPubRec(d) => Some(d),
+                _ => None,
+            };
+            return Ok(Settled::Done { delivery, seq });
+        }
+        match previous {
+            Outbound::AwaitingPubRec(delivery) => Ok(Settled::Released { delivery, pubrel }),
+            _ => unreachable!("only AwaitingPubRec reaches here with a success reason"),
         }
     }
 
     /// PUBCOMP: completes a QoS 2 delivery.
-    pub fn handle_pubcomp(&mut self, packet_id: PacketId) -> Result<(), UnexpectedAck> {
+    pub fn handle_pubcomp(&mut self, packet_id: PacketId) -> Result<Settled, UnexpectedAck> {
         match self.position(packet_id) {
-            Some(at) if matches!(self.entries[at].1, Outbound::AwaitingPubComp) => {
-                self.entries.remove(at);
-                Ok(())
+            Some(at) if matches!(self.entries[at].1, Outbound::AwaitingPubComp { .. }) => {
+                let Some((_, Outbound::AwaitingPubComp { seq })) = self.entries.remove(at) else {
+                    unreachable!("matched above")
+                };
+                Ok(Settled::Done { delivery: None, seq })
             }
             _ => Err(UnexpectedAck { packet: "PUBCOMP", packet_id }),
         }
@@ -176,7 +219,7 @@ impl OutboundWindow {
                 Outbound::AwaitingPubAck(d) | Outbound::AwaitingPubRec(d) => {
                     Packet::Publish(Box::new(d.to_publish(Some(*packet_id), true, now)))
                 }
-                Outbound::AwaitingPubComp => Packet::PubRel(Ack::success(*packet_id)),
+                Outbound::AwaitingPubComp { .. } => Packet::PubRel(Ack::success(*packet_id)),
             });
         }
     }
@@ -262,8 +305,8 @@ mod tests {
         let p = w.send_now(delivery(QoS::AtLeastOnce, 1));
         let id = publish_of(&p).packet_id.unwrap();
         assert!(!w.has_credit());
-        assert_eq!(w.handle_pubrec(ok(id)), Err(UnexpectedAck { packet: "PUBREC", packet_id: id }));
-        assert_eq!(w.handle_puback(id), Ok(()));
+        assert_eq!(w.handle_pubrec(ok(id)).unwrap_err(), UnexpectedAck { packet: "PUBREC", packet_id: id });
+        assert!(matches!(w.handle_puback(id), Ok(Settled::Done { delivery: Some(_), .. })));
         assert!(w.has_credit());
         assert!(w.handle_puback(id).is_err(), "a second PUBACK matches nothing");
     }
@@ -274,13 +317,13 @@ mod tests {
         let id = publish_of(&w.send_now(delivery(QoS::ExactlyOnce, 1))).packet_id.unwrap();
         assert!(w.handle_pubcomp(id).is_err(), "PUBCOMP before PUBREC");
         assert!(w.handle_puback(id).is_err(), "PUBACK for a QoS 2 message");
-        assert_eq!(w.handle_pubrec(ok(id)), Ok(Some(Packet::PubRel(ok(id)))));
-        assert_eq!(
-            w.handle_pubrec(ok(id)),
-            Ok(Some(Packet::PubRel(ok(id)))),
+        let pubrel = Packet::PubRel(ok(id));
+        assert!(matches!(w.handle_pubrec(ok(id)), Ok(Settled::Released { pubrel: p, .. }) if p == pubrel));
+        assert!(
+            matches!(w.handle_pubrec(ok(id)), Ok(Settled::Repeated { pubrel: p }) if p == pubrel),
             "repeated PUBREC is answered again"
         );
-        assert_eq!(w.handle_pubcomp(id), Ok(()));
+        assert!(matches!(w.handle_pubcomp(id), Ok(Settled::Done { delivery: None, .. })));
         assert!(w.is_empty());
     }
 
@@ -308,7 +351,7 @@ mod tests {
         let mut w = OutboundWindow::new(1);
         let id = publish_of(&w.send_now(delivery(QoS::ExactlyOnce, 1))).packet_id.unwrap();
         let refused = Ack { packet_id: id, reason: ReasonCode::QUOTA_EXCEEDED };
-        assert_eq!(w.handle_pubrec(refused), Ok(None));
+        assert!(matches!(w.handle_pubrec(refused), Ok(Settled::Done { delivery: Some(_), .. })));
         assert!(w.is_empty());
     }
 

@@ -37,6 +37,9 @@ pub struct Mailbox {
     /// skip members whose window is full.
     inflight: AtomicUsize,
     window: AtomicUsize,
+    /// The session is persistent: its QoS 1/2 deliveries are stored, keyed by `next_seq`.
+    persistent: AtomicBool,
+    next_seq: AtomicU64,
     overflowing: AtomicBool,
     dropped: AtomicU64,
 }
@@ -60,19 +63,9 @@ impl Mailbox {
 
     /// Queues `delivery` if the limits allow.
     pub fn offer(&self, delivery: Delivery) -> Offer {
-        if delivery.qos == QoS::AtMostOnce && !self.online.load(Ordering::Relaxed) {
-            return Offer::SkippedOffline;
-        }
-        let weight = delivery.message.weight();
-        if !self.reserve(weight) {
-            return Offer::DroppedFull;
-        }
-        match self.tx.send(delivery) {
-            Ok(()) => Offer::Queued,
-            Err(_) => {
-                self.release(weight);
-                Offer::Closed
-            }
+        match self.admit(&delivery) {
+            Offer::Queued => self.deliver(delivery),
+            refused => refused,
         }
     }
 
@@ -88,6 +81,44 @@ impl Mailbox {
     pub fn set_inflight(&self, inflight: usize, window: usize) {
         self.inflight.store(inflight, Ordering::Relaxed);
         self.window.store(window, Ordering::Relaxed);
+    }
+
+    pub fn set_persistent(&self, persistent: bool) {
+        self.persistent.store(persistent, Ordering::Relaxed);
+    }
+
+    /// The storage key for a new QoS 1/2 delivery to this session, `None` when the session
+    /// is not persistent (nothing is stored for it).
+    pub fn storage_seq(&self) -> Option<u64> {
+        self.persistent.load(Ordering::Relaxed).then(|| self.next_seq.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// After recovery: new keys continue after the largest stored one.
+    pub fn resume_seq_after(&self, seq: u64) {
+        self.next_seq.fetch_max(seq + 1, Ordering::Relaxed);
+    }
+
+    /// Counts a delivery against the limits before it is stored and sent (see `deliver`).
+    pub fn admit(&self, delivery: &Delivery) -> Offer {
+        if delivery.qos == QoS::AtMostOnce && !self.online.load(Ordering::Relaxed) {
+            return Offer::SkippedOffline;
+        }
+        if !self.reserve(delivery.message.weight()) {
+            return Offer::DroppedFull;
+        }
+        Offer::Queued
+    }
+
+    /// Hands over a delivery that `admit` accepted.
+    pub fn deliver(&self, delivery: Delivery) -> Offer {
+        let weight = delivery.message.weight();
+        match self.tx.send(delivery) {
+            Ok(()) => Offer::Queued,
+            Err(_) => {
+                self.release(weight);
+                Offer::Closed
+            }
+        }
     }
 
     /// True when the session is online with room in its in-flight window.
@@ -166,6 +197,8 @@ impl PendingQueue {
             online: AtomicBool::new(false),
             inflight: AtomicUsize::new(0),
             window: AtomicUsize::new(0),
+            persistent: AtomicBool::new(false),
+            next_seq: AtomicU64::new(1),
             overflowing: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
         });
@@ -174,6 +207,14 @@ impl PendingQueue {
 
     pub fn mailbox(&self) -> &Arc<Mailbox> {
         &self.mailbox
+    }
+
+    /// Puts back a stored delivery at start (recovery): counted, never refused, so nothing
+    /// stored is lost even if the limits were lowered since.
+    pub fn restore(&mut self, delivery: Delivery) {
+        self.mailbox.messages.fetch_add(1, Ordering::AcqRel);
+        self.mailbox.bytes.fetch_add(delivery.message.weight(), Ordering::AcqRel);
+        self.local.push_back(delivery);
     }
 
     /// Appends a delivery produced by the session itself, under the same limits.
