@@ -2,13 +2,15 @@
 //!
 //! [`Broker`] starts the real `tern` binary on an ephemeral loopback port and captures
 //! its log. [`Mqtt`] drives a rumqttc (MQTT 3.1.1) client; [`Raw`] talks bytes over a
-//! plain `TcpStream` for negative tests, with the packet builders in [`pkt`].
+//! plain `TcpStream` for negative tests, with the packet builders in [`pkt`] (MQTT 3.1.1)
+//! and [`v5`] (MQTT 5 builders, decoders and `Raw` helpers such as `handshake5`).
 //!
 //! Every wait is bounded: helpers panic with a message naming what did not happen.
 //!
 //! Run: `cargo build -p tern --bin tern && cargo nextest run -p client-tests`. Test files are
-//! numbered areas (`tests/t01_connect.rs` ... `tests/t09_shutdown_config.rs`); each test
-//! starts its own broker on an ephemeral loopback port, so they run in parallel.
+//! numbered areas (`tests/t01_connect.rs` ... `tests/t09_shutdown_config.rs`, MQTT 5 in
+//! `tests/t10_v5_*.rs`); each test starts its own broker on an ephemeral loopback port, so
+//! they run in parallel.
 //!
 //! Setting `TERN_TEST_REFERENCE=mosquitto` runs the suite against the system
 //! Mosquitto instead (only a sanity check of the tests themselves; Tern-specific
@@ -1143,4 +1145,697 @@ macro_rules! bad_input_tests {
             }
         )*
     };
+}
+
+// ---------------------------------------------------------------------------------------
+// MQTT 5 packets over the raw socket
+// ---------------------------------------------------------------------------------------
+
+/// MQTT 5 packet builders and decoders, exact enough to check reason codes and properties
+/// on the wire (rumqttc's v5 codec is lenient). Property identifiers are MQTT 5.0 §2.2.2.2.
+pub mod v5 {
+    use super::pkt::{lp, packet, varint};
+    use super::{RawPacket, WAIT};
+
+    pub const PAYLOAD_FORMAT: u8 = 0x01;
+    pub const MESSAGE_EXPIRY: u8 = 0x02;
+    pub const CONTENT_TYPE: u8 = 0x03;
+    pub const RESPONSE_TOPIC: u8 = 0x08;
+    pub const CORRELATION_DATA: u8 = 0x09;
+    pub const SUBSCRIPTION_ID: u8 = 0x0B;
+    pub const SESSION_EXPIRY: u8 = 0x11;
+    pub const ASSIGNED_CLIENT_ID: u8 = 0x12;
+    pub const SERVER_KEEP_ALIVE: u8 = 0x13;
+    pub const AUTH_METHOD: u8 = 0x15;
+    pub const AUTH_DATA: u8 = 0x16;
+    pub const REQUEST_PROBLEM_INFO: u8 = 0x17;
+    pub const WILL_DELAY: u8 = 0x18;
+    pub const REQUEST_RESPONSE_INFO: u8 = 0x19;
+    pub const RESPONSE_INFO: u8 = 0x1A;
+    pub const SERVER_REFERENCE: u8 = 0x1C;
+    pub const REASON_STRING: u8 = 0x1F;
+    pub const RECEIVE_MAXIMUM: u8 = 0x21;
+    pub const TOPIC_ALIAS_MAXIMUM: u8 = 0x22;
+    pub const TOPIC_ALIAS: u8 = 0x23;
+    pub const MAXIMUM_QOS: u8 = 0x24;
+    pub const RETAIN_AVAILABLE: u8 = 0x25;
+    pub const USER_PROPERTY: u8 = 0x26;
+    pub const MAXIMUM_PACKET_SIZE: u8 = 0x27;
+    pub const WILDCARD_AVAILABLE: u8 = 0x28;
+    pub const SUBSCRIPTION_ID_AVAILABLE: u8 = 0x29;
+    pub const SHARED_AVAILABLE: u8 = 0x2A;
+
+    /// One property value; the encoding follows from the identifier.
+    #[derive(Clone, Debug, PartialEq, Eq)]
+    pub enum Val {
+        Byte(u8),
+        U16(u16),
+        U32(u32),
+        Var(u32),
+        Str(String),
+        Bin(Vec<u8>),
+        Pair(String, String),
+    }
+
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Kind {
+        Byte,
+        U16,
+        U32,
+        Var,
+        Str,
+        Bin,
+        Pair,
+    }
+
+    fn kind_of(id: u8) -> Option<Kind> {
+        Some(match id {
+            0x01 | 0x17 | 0x19 | 0x24 | 0x25 | 0x28 | 0x29 | 0x2A => Kind::Byte,
+            0x13 | 0x21 | 0x22 | 0x23 => Kind::U16,
+            0x02 | 0x11 | 0x18 | 0x27 => Kind::U32,
+            0x0B => Kind::Var,
+            0x03 | 0x08 | 0x12 | 0x15 | 0x1A | 0x1C | 0x1F => Kind::Str,
+            0x09 | 0x16 => Kind::Bin,
+            0x26 => Kind::Pair,
+            _ => return None,
+        })
+    }
+
+    /// A property list, in wire order.
+    #[derive(Clone, Debug, Default, PartialEq, Eq)]
+    pub struct Props(pub Vec<(u8, Val)>);
+
+    impl Props {
+        pub fn new() -> Props {
+            Props(Vec::new())
+        }
+        pub fn is_empty(&self) -> bool {
+            self.0.is_empty()
+        }
+        /// Add a property; the value is converted to the identifier's type.
+        pub fn with(mut self, id: u8, v: u32) -> Props {
+            let val = match kind_of(id).expect("numeric property id") {
+                Kind::Byte => Val::Byte(v as u8),
+                Kind::U16 => Val::U16(v as u16),
+                Kind::U32 => Val::U32(v),
+                Kind::Var => Val::Var(v),
+                _ => panic!("property {id:#04x} is not numeric"),
+            };
+            self.0.push((id, val));
+            self
+        }
+        pub fn with_str(mut self, id: u8, s: &str) -> Props {
+            assert!(kind_of(id) == Some(Kind::Str), "property {id:#04x} is not a string");
+            self.0.push((id, Val::Str(s.to_string())));
+            self
+        }
+        pub fn with_bin(mut self, id: u8, b: &[u8]) -> Props {
+            assert!(kind_of(id) == Some(Kind::Bin), "property {id:#04x} is not binary");
+            self.0.push((id, Val::Bin(b.to_vec())));
+            self
+        }
+        pub fn user(mut self, k: &str, v: &str) -> Props {
+            self.0.push((USER_PROPERTY, Val::Pair(k.to_string(), v.to_string())));
+            self
+        }
+        /// Add any (identifier, value) pair, even a wrong one (for negative tests).
+        pub fn raw(mut self, id: u8, v: Val) -> Props {
+            self.0.push((id, v));
+            self
+        }
+
+        /// Property length (variable byte integer) followed by the properties.
+        pub fn encode(&self) -> Vec<u8> {
+            let mut b = Vec::new();
+            for (id, v) in &self.0 {
+                b.push(*id);
+                match v {
+                    Val::Byte(x) => b.push(*x),
+                    Val::U16(x) => b.extend(x.to_be_bytes()),
+                    Val::U32(x) => b.extend(x.to_be_bytes()),
+                    Val::Var(x) => b.extend(varint(*x as usize)),
+                    Val::Str(s) => b.extend(lp(s.as_bytes())),
+                    Val::Bin(x) => b.extend(lp(x)),
+                    Val::Pair(k, v) => {
+                        b.extend(lp(k.as_bytes()));
+                        b.extend(lp(v.as_bytes()));
+                    }
+                }
+            }
+            let mut out = varint(b.len());
+            out.extend(b);
+            out
+        }
+
+        /// Decode a property list at `b[*i..]`, advancing `*i`. Panics on malformed input.
+        pub fn decode(b: &[u8], i: &mut usize) -> Props {
+            let len = read_varint(b, i) as usize;
+            let end = *i + len;
+            assert!(end <= b.len(), "property length {len} overruns the packet: {b:02x?}");
+            let mut props = Vec::new();
+            while *i < end {
+                let id = b[*i];
+                *i += 1;
+                let k = kind_of(id).unwrap_or_else(|| panic!("unknown property id {id:#04x} in {b:02x?}"));
+                let v = match k {
+                    Kind::Byte => {
+                        *i += 1;
+                        Val::Byte(b[*i - 1])
+                    }
+                    Kind::U16 => {
+                        *i += 2;
+                        Val::U16(u16::from_be_bytes([b[*i - 2], b[*i - 1]]))
+                    }
+                    Kind::U32 => {
+                        *i += 4;
+                        Val::U32(u32::from_be_bytes(b[*i - 4..*i].try_into().unwrap()))
+                    }
+                    Kind::Var => Val::Var(read_varint(b, i)),
+                    Kind::Str => Val::Str(read_str(b, i)),
+                    Kind::Bin => Val::Bin(read_bin(b, i)),
+                    Kind::Pair => {
+                        let k = read_str(b, i);
+                        Val::Pair(k, read_str(b, i))
+                    }
+                };
+                props.push((id, v));
+            }
+            assert_eq!(*i, end, "properties overran their length: {b:02x?}");
+            Props(props)
+        }
+
+        pub fn get(&self, id: u8) -> Option<&Val> {
+            self.0.iter().find(|(i, _)| *i == id).map(|(_, v)| v)
+        }
+        pub fn has(&self, id: u8) -> bool {
+            self.get(id).is_some()
+        }
+        pub fn count(&self, id: u8) -> usize {
+            self.0.iter().filter(|(i, _)| *i == id).count()
+        }
+        /// Numeric value of a Byte/U16/U32/VarInt property.
+        pub fn num(&self, id: u8) -> Option<u32> {
+            self.get(id).map(|v| match v {
+                Val::Byte(x) => *x as u32,
+                Val::U16(x) => *x as u32,
+                Val::U32(x) | Val::Var(x) => *x,
+                v => panic!("property {id:#04x} is not numeric: {v:?}"),
+            })
+        }
+        pub fn str(&self, id: u8) -> Option<&str> {
+            self.get(id).map(|v| match v {
+                Val::Str(s) => s.as_str(),
+                v => panic!("property {id:#04x} is not a string: {v:?}"),
+            })
+        }
+        pub fn bin(&self, id: u8) -> Option<&[u8]> {
+            self.get(id).map(|v| match v {
+                Val::Bin(b) => b.as_slice(),
+                v => panic!("property {id:#04x} is not binary: {v:?}"),
+            })
+        }
+        /// Every Subscription Identifier, in order.
+        pub fn sub_ids(&self) -> Vec<u32> {
+            let mut v: Vec<u32> = self
+                .0
+                .iter()
+                .filter(|(i, _)| *i == SUBSCRIPTION_ID)
+                .map(|(_, v)| match v {
+                    Val::Var(x) => *x,
+                    v => panic!("bad subscription id {v:?}"),
+                })
+                .collect();
+            v.sort_unstable();
+            v
+        }
+        /// User properties, in wire order.
+        pub fn users(&self) -> Vec<(String, String)> {
+            self.0
+                .iter()
+                .filter_map(|(_, v)| match v {
+                    Val::Pair(k, v) => Some((k.clone(), v.clone())),
+                    _ => None,
+                })
+                .collect()
+        }
+    }
+
+    pub fn read_varint(b: &[u8], i: &mut usize) -> u32 {
+        let mut n = 0u32;
+        let mut mul = 1u32;
+        for _ in 0..4 {
+            let d = b[*i];
+            *i += 1;
+            n += (d & 0x7f) as u32 * mul;
+            if d & 0x80 == 0 {
+                return n;
+            }
+            mul *= 128;
+        }
+        panic!("malformed variable byte integer in {b:02x?}");
+    }
+
+    fn read_bin(b: &[u8], i: &mut usize) -> Vec<u8> {
+        let l = u16::from_be_bytes([b[*i], b[*i + 1]]) as usize;
+        *i += 2 + l;
+        b[*i - l..*i].to_vec()
+    }
+
+    fn read_str(b: &[u8], i: &mut usize) -> String {
+        String::from_utf8(read_bin(b, i)).expect("UTF-8 string")
+    }
+
+    /// Subscription options byte (§3.8.3.1).
+    pub fn sub_opts(qos: u8, no_local: bool, retain_as_published: bool, retain_handling: u8) -> u8 {
+        qos | (no_local as u8) << 2 | (retain_as_published as u8) << 3 | retain_handling << 4
+    }
+
+    #[derive(Clone, Debug)]
+    pub struct Will {
+        pub topic: String,
+        pub payload: Vec<u8>,
+        pub qos: u8,
+        pub retain: bool,
+        pub props: Props,
+    }
+
+    /// MQTT 5 CONNECT builder. Defaults: clean start 1, keepalive 60, no properties.
+    #[derive(Clone, Debug)]
+    pub struct Connect {
+        pub client_id: String,
+        pub clean_start: bool,
+        pub keepalive: u16,
+        pub props: Props,
+        pub will: Option<Will>,
+        pub username: Option<String>,
+        pub password: Option<Vec<u8>>,
+    }
+
+    impl Connect {
+        pub fn new(client_id: &str) -> Connect {
+            Connect {
+                client_id: client_id.to_string(),
+                clean_start: true,
+                keepalive: 60,
+                props: Props::new(),
+                will: None,
+                username: None,
+                password: None,
+            }
+        }
+        pub fn clean(mut self, c: bool) -> Self {
+            self.clean_start = c;
+            self
+        }
+        pub fn keepalive(mut self, k: u16) -> Self {
+            self.keepalive = k;
+            self
+        }
+        pub fn props(mut self, p: Props) -> Self {
+            self.props = p;
+            self
+        }
+        /// Add a numeric CONNECT property.
+        pub fn prop(mut self, id: u8, v: u32) -> Self {
+            self.props = self.props.with(id, v);
+            self
+        }
+        pub fn session_expiry(self, secs: u32) -> Self {
+            self.prop(SESSION_EXPIRY, secs)
+        }
+        pub fn will(mut self, topic: &str, payload: &[u8], qos: u8, retain: bool, props: Props) -> Self {
+            self.will =
+                Some(Will { topic: topic.to_string(), payload: payload.to_vec(), qos, retain, props });
+            self
+        }
+        pub fn encode(&self) -> Vec<u8> {
+            let mut flags = 0u8;
+            if self.clean_start {
+                flags |= 0x02;
+            }
+            if let Some(w) = &self.will {
+                flags |= 0x04 | (w.qos << 3) | if w.retain { 0x20 } else { 0 };
+            }
+            if self.password.is_some() {
+                flags |= 0x40;
+            }
+            if self.username.is_some() {
+                flags |= 0x80;
+            }
+            let mut b = lp(b"MQTT");
+            b.push(5);
+            b.push(flags);
+            b.extend(self.keepalive.to_be_bytes());
+            b.extend(self.props.encode());
+            b.extend(lp(self.client_id.as_bytes()));
+            if let Some(w) = &self.will {
+                b.extend(w.props.encode());
+                b.extend(lp(w.topic.as_bytes()));
+                b.extend(lp(&w.payload));
+            }
+            if let Some(u) = &self.username {
+                b.extend(lp(u.as_bytes()));
+            }
+            if let Some(p) = &self.password {
+                b.extend(lp(p));
+            }
+            packet(0x10, &b)
+        }
+    }
+
+    pub fn publish(topic: &str, qos: u8, retain: bool, pid: u16, props: &Props, payload: &[u8]) -> Vec<u8> {
+        publish_dup(topic, qos, retain, false, pid, props, payload)
+    }
+
+    pub fn publish_dup(
+        topic: &str,
+        qos: u8,
+        retain: bool,
+        dup: bool,
+        pid: u16,
+        props: &Props,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let header = 0x30 | (qos << 1) | if retain { 1 } else { 0 } | if dup { 8 } else { 0 };
+        let mut b = lp(topic.as_bytes());
+        if qos > 0 {
+            b.extend(pid.to_be_bytes());
+        }
+        b.extend(props.encode());
+        b.extend_from_slice(payload);
+        packet(header, &b)
+    }
+
+    /// SUBSCRIBE with (filter, options byte) pairs; see [`sub_opts`].
+    pub fn subscribe(pid: u16, props: &Props, filters: &[(&str, u8)]) -> Vec<u8> {
+        let mut b = pid.to_be_bytes().to_vec();
+        b.extend(props.encode());
+        for (f, o) in filters {
+            b.extend(lp(f.as_bytes()));
+            b.push(*o);
+        }
+        packet(0x82, &b)
+    }
+
+    pub fn unsubscribe(pid: u16, filters: &[&str]) -> Vec<u8> {
+        let mut b = pid.to_be_bytes().to_vec();
+        b.extend(Props::new().encode());
+        for f in filters {
+            b.extend(lp(f.as_bytes()));
+        }
+        packet(0xa2, &b)
+    }
+
+    /// PUBACK/PUBREC/PUBREL/PUBCOMP with a reason code (header 0x40/0x50/0x62/0x70).
+    pub fn ack(header: u8, pid: u16, reason: u8) -> Vec<u8> {
+        let mut b = pid.to_be_bytes().to_vec();
+        b.push(reason);
+        b.extend(Props::new().encode());
+        packet(header, &b)
+    }
+    pub fn puback(pid: u16) -> Vec<u8> {
+        ack(0x40, pid, 0)
+    }
+    pub fn pubrec(pid: u16) -> Vec<u8> {
+        ack(0x50, pid, 0)
+    }
+    pub fn pubrel(pid: u16) -> Vec<u8> {
+        ack(0x62, pid, 0)
+    }
+    pub fn pubcomp(pid: u16) -> Vec<u8> {
+        ack(0x70, pid, 0)
+    }
+
+    pub fn disconnect(reason: u8, props: &Props) -> Vec<u8> {
+        let mut b = vec![reason];
+        b.extend(props.encode());
+        packet(0xe0, &b)
+    }
+
+    pub fn auth(reason: u8, props: &Props) -> Vec<u8> {
+        let mut b = vec![reason];
+        b.extend(props.encode());
+        packet(0xf0, &b)
+    }
+
+    /// Decoded CONNACK.
+    #[derive(Clone, Debug)]
+    pub struct Connack {
+        pub session_present: bool,
+        pub reason: u8,
+        pub props: Props,
+    }
+
+    /// Decoded PUBACK/PUBREC/PUBREL/PUBCOMP (reason 0 when omitted, §3.4.2.1).
+    #[derive(Clone, Debug)]
+    pub struct Ack {
+        pub kind: u8,
+        pub pid: u16,
+        pub reason: u8,
+        pub props: Props,
+    }
+
+    /// Decoded SUBACK/UNSUBACK.
+    #[derive(Clone, Debug)]
+    pub struct SubAck {
+        pub kind: u8,
+        pub pid: u16,
+        pub props: Props,
+        pub reasons: Vec<u8>,
+    }
+
+    /// Decoded DISCONNECT/AUTH (reason 0 when the remaining length is 0).
+    #[derive(Clone, Debug)]
+    pub struct Disconnect {
+        pub reason: u8,
+        pub props: Props,
+    }
+
+    /// Decoded PUBLISH.
+    #[derive(Clone, Debug)]
+    pub struct Publish {
+        pub topic: String,
+        pub qos: u8,
+        pub dup: bool,
+        pub retain: bool,
+        pub pid: Option<u16>,
+        pub props: Props,
+        pub payload: Vec<u8>,
+    }
+
+    impl Publish {
+        pub fn alias(&self) -> Option<u16> {
+            self.props.num(TOPIC_ALIAS).map(|a| a as u16)
+        }
+    }
+
+    impl RawPacket {
+        pub fn connack5(&self) -> Connack {
+            assert_eq!(self.header, 0x20, "expected CONNACK, got {self:?}");
+            let b = &self.body;
+            assert!(b.len() >= 3, "v5 CONNACK has flags, reason and properties: {self:?}");
+            assert_eq!(b[0] & 0xfe, 0, "CONNACK flags bits 7-1 reserved [MQTT-3.2.2-1]: {self:?}");
+            let mut i = 2;
+            let props = Props::decode(b, &mut i);
+            assert_eq!(i, b.len(), "trailing bytes in CONNACK {self:?}");
+            Connack { session_present: b[0] & 1 == 1, reason: b[1], props }
+        }
+
+        pub fn ack5(&self) -> Ack {
+            let kind = self.kind();
+            assert!((4..=7).contains(&kind), "expected PUBACK/PUBREC/PUBREL/PUBCOMP, got {self:?}");
+            let want_flags = if kind == 6 { 2 } else { 0 };
+            assert_eq!(self.flags(), want_flags, "fixed header flags of {self:?}");
+            let b = &self.body;
+            assert!(b.len() >= 2, "{self:?}");
+            let pid = u16::from_be_bytes([b[0], b[1]]);
+            let (reason, props) = if b.len() == 2 {
+                (0, Props::new())
+            } else if b.len() == 3 {
+                (b[2], Props::new())
+            } else {
+                let mut i = 3;
+                let p = Props::decode(b, &mut i);
+                assert_eq!(i, b.len(), "trailing bytes in {self:?}");
+                (b[2], p)
+            };
+            Ack { kind, pid, reason, props }
+        }
+
+        pub fn suback5(&self) -> SubAck {
+            let kind = self.kind();
+            assert!(kind == 9 || kind == 11, "expected SUBACK/UNSUBACK, got {self:?}");
+            assert_eq!(self.flags(), 0, "{self:?}");
+            let b = &self.body;
+            let pid = u16::from_be_bytes([b[0], b[1]]);
+            let mut i = 2;
+            let props = Props::decode(b, &mut i);
+            SubAck { kind, pid, props, reasons: b[i..].to_vec() }
+        }
+
+        pub fn disconnect5(&self) -> Disconnect {
+            let kind = self.kind();
+            assert!(kind == 14 || kind == 15, "expected DISCONNECT/AUTH, got {self:?}");
+            assert_eq!(self.flags(), 0, "{self:?}");
+            let b = &self.body;
+            if b.is_empty() {
+                return Disconnect { reason: 0, props: Props::new() };
+            }
+            let props = if b.len() == 1 {
+                Props::new()
+            } else {
+                let mut i = 1;
+                let p = Props::decode(b, &mut i);
+                assert_eq!(i, b.len(), "trailing bytes in {self:?}");
+                p
+            };
+            Disconnect { reason: b[0], props }
+        }
+
+        pub fn publish5(&self) -> Publish {
+            assert_eq!(self.kind(), 3, "expected PUBLISH, got {self:?}");
+            let qos = (self.header >> 1) & 3;
+            let b = &self.body;
+            let mut i = 0;
+            let topic = read_str(b, &mut i);
+            let pid = if qos > 0 {
+                i += 2;
+                Some(u16::from_be_bytes([b[i - 2], b[i - 1]]))
+            } else {
+                None
+            };
+            let props = Props::decode(b, &mut i);
+            Publish {
+                topic,
+                qos,
+                dup: self.header & 8 != 0,
+                retain: self.header & 1 != 0,
+                pid,
+                props,
+                payload: b[i..].to_vec(),
+            }
+        }
+    }
+
+    impl super::Raw {
+        /// Connect, send this CONNECT, return the decoded CONNACK (whatever its reason).
+        pub async fn connect5(addr: std::net::SocketAddr, c: &Connect) -> (super::Raw, Connack) {
+            let mut r = super::Raw::connect(addr).await;
+            r.send(&c.encode()).await;
+            let ack = r.recv().await.connack5();
+            (r, ack)
+        }
+
+        /// [`Raw::connect5`] asserting reason 0x00 (Success).
+        pub async fn handshake5(addr: std::net::SocketAddr, c: &Connect) -> (super::Raw, Connack) {
+            let (r, ack) = Self::connect5(addr, c).await;
+            assert_eq!(ack.reason, 0, "CONNACK reason for {:?}: {ack:?}", c.client_id);
+            (r, ack)
+        }
+
+        /// A clean-start v5 client with no properties.
+        pub async fn connected5(addr: std::net::SocketAddr, client_id: &str) -> super::Raw {
+            Self::handshake5(addr, &Connect::new(client_id)).await.0
+        }
+
+        /// SUBSCRIBE and return the SUBACK reason codes (checks packet id and count).
+        pub async fn subscribe5(&mut self, pid: u16, props: &Props, filters: &[(&str, u8)]) -> Vec<u8> {
+            self.send(&subscribe(pid, props, filters)).await;
+            let a = self.recv_skip_ping().await;
+            assert_eq!(a.kind(), 9, "expected SUBACK, got {a:?}");
+            let a = a.suback5();
+            assert_eq!(a.pid, pid, "SUBACK packet id [MQTT-3.8.4-2]");
+            assert_eq!(a.reasons.len(), filters.len(), "one reason code per filter [MQTT-3.9.3-1]");
+            a.reasons
+        }
+
+        /// Subscribe to one filter at `qos` with default options; asserts it was granted.
+        pub async fn sub5(&mut self, filter: &str, qos: u8) {
+            let r = self.subscribe5(1, &Props::new(), &[(filter, qos)]).await;
+            assert_eq!(r, vec![qos], "SUBACK for {filter}");
+        }
+
+        pub async fn unsubscribe5(&mut self, pid: u16, filters: &[&str]) -> Vec<u8> {
+            self.send(&unsubscribe(pid, filters)).await;
+            let a = self.recv_skip_ping().await;
+            assert_eq!(a.kind(), 11, "expected UNSUBACK, got {a:?}");
+            let a = a.suback5();
+            assert_eq!(a.pid, pid, "UNSUBACK packet id [MQTT-3.10.4-4]");
+            assert_eq!(a.reasons.len(), filters.len(), "one reason code per filter [MQTT-3.11.3-1]");
+            a.reasons
+        }
+
+        pub async fn recv_publish5(&mut self) -> Publish {
+            self.recv_skip_ping().await.publish5()
+        }
+
+        /// Publish QoS 0/1/2 and complete the flow; returns the PUBACK/PUBREC reason code.
+        /// Only for connections that receive nothing else meanwhile.
+        pub async fn publish5_flow(
+            &mut self,
+            topic: &str,
+            qos: u8,
+            retain: bool,
+            pid: u16,
+            props: &Props,
+            payload: &[u8],
+        ) -> u8 {
+            self.send(&publish(topic, qos, retain, pid, props, payload)).await;
+            match qos {
+                0 => 0,
+                1 => {
+                    let a = self.recv_skip_ping().await.ack5();
+                    assert_eq!((a.kind, a.pid), (4, pid), "PUBACK [MQTT-4.3.2-4]");
+                    a.reason
+                }
+                _ => {
+                    let a = self.recv_skip_ping().await.ack5();
+                    assert_eq!((a.kind, a.pid), (5, pid), "PUBREC [MQTT-4.3.3-8]");
+                    self.send(&pubrel(pid)).await;
+                    let c = self.recv_skip_ping().await.ack5();
+                    assert_eq!((c.kind, c.pid, c.reason), (7, pid, 0), "PUBCOMP [MQTT-4.3.3-11]");
+                    a.reason
+                }
+            }
+        }
+
+        /// Expect a DISCONNECT from the broker (possibly after other packets, returned) and
+        /// then the connection closed; returns (DISCONNECT, packets before it).
+        pub async fn expect_disconnect(&mut self) -> (Disconnect, Vec<RawPacket>) {
+            let mut before = Vec::new();
+            let deadline = tokio::time::Instant::now() + WAIT;
+            loop {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                match self.read(left).await {
+                    super::ReadOutcome::Packet(p) if p.kind() == 14 => {
+                        let d = p.disconnect5();
+                        // [MQTT-3.14.4-1] [MQTT-3.14.4-2]: nothing after DISCONNECT, then close.
+                        let rest = self.expect_closed_after(WAIT).await;
+                        assert!(rest.is_empty(), "packets after DISCONNECT: {rest:?}");
+                        return (d, before);
+                    }
+                    super::ReadOutcome::Packet(p) => before.push(p),
+                    o => panic!("expected DISCONNECT, got {o:?} (after {before:?})"),
+                }
+            }
+        }
+
+        /// Expect DISCONNECT with `reason` (and nothing else first), then close.
+        pub async fn expect_disconnect_reason(&mut self, reason: u8, why: &str) {
+            let (d, before) = self.expect_disconnect().await;
+            assert!(before.is_empty(), "{why}: packets before DISCONNECT: {before:?}");
+            assert_eq!(d.reason, reason, "{why}: DISCONNECT reason {:#04x}, wanted {reason:#04x}", d.reason);
+        }
+
+        /// Send a v5 DISCONNECT (reason 0) and wait for the broker to close.
+        pub async fn disconnect5(self) {
+            self.disconnect_with(0, &Props::new()).await
+        }
+
+        pub async fn disconnect_with(mut self, reason: u8, props: &Props) {
+            self.send_lenient(&disconnect(reason, props)).await;
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut self.stream).await;
+            let _ = self.read(WAIT).await;
+        }
+    }
 }

@@ -34,7 +34,10 @@ impl InboundAliases {
             return Err(CodecError::TopicAliasInvalid(alias));
         }
         if publish.topic.is_empty() {
-            publish.topic = self.topics.get(&alias).cloned().ok_or(CodecError::TopicAliasInvalid(alias))?;
+            // An alias with no mapping yet is a protocol error (section 3.3.4, case 3a).
+            publish.topic = self.topics.get(&alias).cloned().ok_or(CodecError::Violation(
+                "topic alias without a mapping and an empty topic [MQTT-3.3.4]",
+            ))?;
         } else {
             self.topics.insert(alias, publish.topic.clone());
         }
@@ -118,7 +121,7 @@ mod tests {
         let mut aliases = InboundAliases::new(2);
         assert!(matches!(aliases.resolve(&mut publish("t", Some(0))), Err(CodecError::TopicAliasInvalid(0))));
         assert!(matches!(aliases.resolve(&mut publish("t", Some(3))), Err(CodecError::TopicAliasInvalid(3))));
-        assert!(matches!(aliases.resolve(&mut publish("", Some(2))), Err(CodecError::TopicAliasInvalid(2))));
+        assert!(matches!(aliases.resolve(&mut publish("", Some(2))), Err(CodecError::Violation(_))));
         assert!(matches!(aliases.resolve(&mut publish("", None)), Err(CodecError::Violation(_))));
     }
 

@@ -179,6 +179,11 @@ impl Codec {
                 if publish.dup && publish.qos == crate::packet::QoS::AtMostOnce {
                     return Err(CodecError::Violation("DUP set on a QoS 0 PUBLISH [MQTT-3.3.1-2]"));
                 }
+                if !publish.properties.subscription_ids.is_empty() {
+                    return Err(CodecError::Violation(
+                        "Subscription Identifier in a client PUBLISH [MQTT-3.3.4-6]",
+                    ));
+                }
                 self.inbound_aliases.resolve(&mut publish)?;
                 Ok(Some(Packet::Publish(publish)))
             }

@@ -249,7 +249,7 @@ fn v5_topic_alias_above_our_maximum_is_invalid() {
     assert!(matches!(err, CodecError::TopicAliasInvalid(5)));
     assert_eq!(err.reason_code(), ReasonCode::TOPIC_ALIAS_INVALID);
     let err = after_connect_5(b"\x30\x06\x00\x00\x03\x23\x00\x01").unwrap_err();
-    assert!(matches!(err, CodecError::TopicAliasInvalid(1)), "unknown alias");
+    assert!(matches!(err, CodecError::Violation(_)), "unknown alias: protocol error");
 }
 
 #[test]
@@ -290,4 +290,11 @@ fn v5_outbound_aliases_replace_repeated_topics() {
     let mut second = BytesMut::new();
     codec.encode(Packet::Publish(Box::new(publish("long/topic", "x"))), &mut second).unwrap();
     assert_eq!(first.len() - second.len(), "long/topic".len(), "second PUBLISH sends the alias only");
+}
+
+#[test]
+fn v5_publish_from_a_client_must_not_carry_subscription_identifiers() {
+    // [MQTT-3.3.4-6]
+    let err = after_connect_5(b"\x30\x06\x00\x01t\x02\x0b\x05").unwrap_err();
+    assert!(matches!(err, CodecError::Violation(_)), "{err:?}");
 }

@@ -137,6 +137,12 @@ impl Connection {
             None
         };
         if let Some(reason) = refusal {
+            // CONNACK told MQTT 5 clients the feature is off: using it is a protocol error,
+            // answered with DISCONNECT and this code (sections 3.2.2.3.11-13). 3.1.1 clients
+            // were told nothing and get a SUBACK failure.
+            if self.version.is_v5() {
+                return Err(ProtocolError::Unsupported(reason));
+            }
             return Ok(reason);
         }
         options.qos = options.qos.min(self.broker.config.maximum_qos());

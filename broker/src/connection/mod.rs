@@ -99,6 +99,8 @@ pub enum ProtocolError {
     RetainNotSupported,
     #[error("PUBLISH QoS above maximum_qos [MQTT-3.3.1-13]")]
     QosNotSupported,
+    #[error("SUBSCRIBE uses a feature CONNACK said is not available ({0})")]
+    Unsupported(ReasonCode),
     #[error("No Local on a shared subscription [MQTT-3.8.3-4]")]
     NoLocalOnSharedSubscription,
     #[error("session expiry set in DISCONNECT after CONNECT set 0 [MQTT-3.14.2-2]")]
@@ -121,7 +123,7 @@ impl ProtocolError {
             ProtocolError::ReceiveMaximumExceeded => ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
             ProtocolError::RetainNotSupported => ReasonCode::RETAIN_NOT_SUPPORTED,
             ProtocolError::QosNotSupported => ReasonCode::QOS_NOT_SUPPORTED,
-            ProtocolError::ReauthenticationFailed(reason) => *reason,
+            ProtocolError::ReauthenticationFailed(reason) | ProtocolError::Unsupported(reason) => *reason,
             ProtocolError::Store(_) => ReasonCode::UNSPECIFIED_ERROR,
             ProtocolError::SecondConnect
             | ProtocolError::NoLocalOnSharedSubscription

@@ -120,13 +120,14 @@ impl OutboundWindow {
         self.entries.drain(..).map(|(_, state)| state).collect()
     }
 
-    /// Removes the unacknowledged PUBLISHes that came through shared subscriptions, for
-    /// another member of the group [MQTT-4.8.2-6]. Released QoS 2 messages (awaiting PUBCOMP)
-    /// were received by this client and stay.
+    /// Removes the unacknowledged QoS 1 PUBLISHes that came through shared subscriptions, for
+    /// another member of the group [MQTT-4.8.2-6]. QoS 2 deliveries already started stay with
+    /// this client: they are completed when it returns and never sent to another member
+    /// [MQTT-4.8.2-4], [MQTT-4.8.2-5].
     pub fn take_shared(&mut self) -> Vec<Delivery> {
         let mut taken = Vec::new();
         self.entries.retain(|(_, state)| match state {
-            Outbound::AwaitingPubAck(d) | Outbound::AwaitingPubRec(d) if d.shared.is_some() => {
+            Outbound::AwaitingPubAck(d) if d.shared.is_some() => {
                 taken.push(d.clone());
                 false
             }

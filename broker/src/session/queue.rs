@@ -121,9 +121,11 @@ impl Mailbox {
         }
     }
 
-    /// True when the session is online with room in its in-flight window.
+    /// True when the session is online and its window has room for one more message beyond
+    /// those already in flight and pending.
     pub fn has_credit(&self) -> bool {
-        self.is_online() && self.inflight.load(Ordering::Relaxed) < self.window.load(Ordering::Relaxed)
+        let committed = self.inflight.load(Ordering::Relaxed) + self.messages.load(Ordering::Relaxed);
+        self.is_online() && committed < self.window.load(Ordering::Relaxed)
     }
 
     /// Counts a message against the limits; false (and the drop is counted) when over.
