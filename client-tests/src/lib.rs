@@ -123,6 +123,10 @@ impl Launch {
         self.args = Some(args.iter().map(|s| s.to_string()).collect());
         self
     }
+    /// Use this storage directory (`TERN__STORAGE__DIR`), e.g. to restart on the same data.
+    pub fn data_dir(self, dir: &std::path::Path) -> Self {
+        self.env("TERN__STORAGE__DIR", dir.to_str().expect("UTF-8 path"))
+    }
 }
 
 /// A running broker process, killed on drop.
@@ -334,6 +338,17 @@ impl Broker {
 
     pub fn sigint(&self) {
         self.signal(libc::SIGINT)
+    }
+
+    /// SIGKILL: the broker gets no chance to flush or close anything (a crash).
+    pub fn sigkill(&self) {
+        self.signal(libc::SIGKILL)
+    }
+
+    /// [`Broker::sigkill`] and wait until the process is gone.
+    pub async fn kill9(&mut self) {
+        self.sigkill();
+        assert!(self.wait_exit(WAIT).await.is_some(), "broker still running after SIGKILL");
     }
 
     /// Wait for the process to exit; `None` if still running after `timeout`.
