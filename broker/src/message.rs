@@ -66,10 +66,13 @@ impl Durable {
 
     /// Adds `n` references; returns the id to store the message under when this made it
     /// stored (it had no id yet). `allocate` provides a fresh id.
+    /// A message whose references had all been released (its deletion is already in a
+    /// journal) is stored again under its id: the put follows the delete in commit order.
     pub fn acquire(&self, n: usize, allocate: impl FnOnce() -> u64) -> Option<u64> {
-        self.refs.fetch_add(n, Ordering::AcqRel);
-        if self.id.load(Ordering::Acquire) != 0 {
-            return None;
+        let before = self.refs.fetch_add(n, Ordering::AcqRel);
+        let id = self.id.load(Ordering::Acquire);
+        if id != 0 {
+            return (before == 0).then_some(id);
         }
         let id = allocate();
         self.id.compare_exchange(0, id, Ordering::AcqRel, Ordering::Acquire).ok().map(|_| id)

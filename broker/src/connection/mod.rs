@@ -300,8 +300,17 @@ impl Connection {
     async fn settle(&mut self, session: &mut Session) -> Result<(), ProtocolError> {
         let mut ops = std::mem::take(&mut self.ops);
         ops.append(&mut session.journal);
-        if !ops.is_empty() {
-            self.broker.store.commit(ops).await?;
+        // Clean-up alone (acknowledged deliveries) is queued, not waited for; any later batch
+        // of this connection is applied after it anyway.
+        if ops.iter().any(Op::gates_output) {
+            if let Err(e) = self.broker.store.commit(ops).await {
+                // Not stored: not acknowledged, not forwarded. The client re-sends.
+                self.routed.drain(..).for_each(Routed::abandon);
+                self.out.clear();
+                return Err(e.into());
+            }
+        } else if !ops.is_empty() {
+            drop(self.broker.store.commit(ops));
         }
         for routed in self.routed.drain(..) {
             routed.deliver();
@@ -365,25 +374,29 @@ impl Connection {
             Ending::TakenOver(_) => info!("session taken over by a new connection"),
             Ending::Shutdown => debug!("closing for shutdown"),
         }
+        let will = will.filter(|_| ending.publishes_will());
+        // A delayed will waits in the offline session, and a reconnect within the delay
+        // cancels it [MQTT-3.1.3-9]; otherwise it goes now.
+        let (delayed_will, will) = match will {
+            Some(will) if will.delay > 0 && session.is_persistent() => (Some(will), None),
+            will => (None, will),
+        };
+        let goes_offline = session.is_persistent() && !matches!(ending, Ending::TakenOver(_));
+        let offline = if goes_offline {
+            Some(offline::store_offline(&self.broker, &mut session, delayed_will).await)
+        } else {
+            None
+        };
         if let Some(reason) = ending.server_disconnect() {
             // The codec writes nothing for 3.1.1, where servers never send DISCONNECT.
             self.out.push(Packet::Disconnect(Disconnect { reason, ..Disconnect::default() }));
         }
         self.flush_final().await;
-
-        let will = will.filter(|_| ending.publishes_will());
-        // A delayed will waits in the offline session, and a reconnect within the delay
-        // cancels it [MQTT-3.1.3-9]; otherwise it goes now.
-        let delayed_will = match will {
-            Some(will) if will.delay > 0 && session.is_persistent() => Some(will),
-            Some(will) => {
-                publish_will(&self.broker, &will, &session.client_id).await;
-                None
-            }
-            None => None,
-        };
-        match ending {
-            Ending::TakenOver(reply) => {
+        if let Some(will) = will {
+            publish_will(&self.broker, &will, &session.client_id).await;
+        }
+        match (ending, offline) {
+            (Ending::TakenOver(reply), _) => {
                 let handed = if session.is_persistent() {
                     Some(session)
                 } else {
@@ -393,16 +406,15 @@ impl Connection {
                 // The new owner may have given up waiting; the session then ends with us.
                 let _ = reply.send(handed);
             }
-            _ => {
+            (_, Some(offline)) => {
                 // Unacknowledged shared-subscription messages go to other members [MQTT-4.8.2-6].
                 offline::redistribute_shared(&self.broker, &mut session).await;
-                if session.is_persistent() {
-                    offline::go_offline(self.broker.clone(), session, owner, control, delayed_will).await;
-                } else {
-                    offline::end_session(&self.broker, session, owner).await;
-                    // Dropped only now: a concurrent claim waits for this cleanup to finish.
-                    drop(control);
-                }
+                offline::run(self.broker.clone(), session, owner, control, offline).await;
+            }
+            (_, None) => {
+                offline::end_session(&self.broker, session, owner).await;
+                // Dropped only now: a concurrent claim waits for this cleanup to finish.
+                drop(control);
             }
         }
     }

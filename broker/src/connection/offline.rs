@@ -23,17 +23,19 @@ use crate::Broker;
 /// Far enough away to mean "never" for a timer.
 const NEVER: Duration = Duration::from_secs(100 * 365 * 86_400);
 
-/// Takes a persistent session offline after its connection closed: stores when it left (its
-/// expiry counts from then) and its delayed will, then keeps it in `run`.
-pub(super) async fn go_offline(
-    broker: Arc<Broker>,
-    session: Session,
-    owner: OwnerId,
-    control: mpsc::Receiver<Control>,
-    will: Option<Will>,
-) {
+/// What an offline session waits for: its delayed will and its expiry.
+pub(super) struct Offline {
+    will: Option<(Will, Instant)>,
+    expires_at: Instant,
+}
+
+/// Stores that a persistent session's client left (its expiry counts from now, also across a
+/// restart) and its delayed will, before the connection is closed: a crash right after the
+/// close must not lose either.
+pub(super) async fn store_offline(broker: &Broker, session: &mut Session, will: Option<Will>) -> Offline {
     let now_ms = unix_ms();
-    let mut ops = vec![Op::PutSession(session.record(Some(now_ms)))];
+    let mut ops = std::mem::take(&mut session.journal);
+    ops.push(Op::PutSession(session.record(Some(now_ms))));
     let will = will.map(|will| {
         let delay = Duration::from_secs(u64::from(will.delay));
         let record = WillRecord {
@@ -47,8 +49,7 @@ pub(super) async fn go_offline(
     if let Err(e) = broker.store.commit(ops).await {
         warn!("offline session state not stored: {e}");
     }
-    let expires_at = expiry_deadline(session.expiry, Duration::ZERO);
-    run(broker, session, owner, control, will, expires_at).await;
+    Offline { will, expires_at: expiry_deadline(session.expiry, Duration::ZERO) }
 }
 
 fn expiry_deadline(expiry: u32, elapsed: Duration) -> Instant {
@@ -63,15 +64,15 @@ fn expiry_deadline(expiry: u32, elapsed: Duration) -> Instant {
 /// session over [MQTT-3.1.2-5], or the Session Expiry Interval passes [MQTT-3.1.2-23]. A
 /// delayed will is published when its delay or the session ends, whichever is first, unless
 /// the client returns before [MQTT-3.1.3-9]. Ends at shutdown.
-async fn run(
+pub(super) async fn run(
     broker: Arc<Broker>,
     mut session: Session,
     owner: OwnerId,
     mut control: mpsc::Receiver<Control>,
-    mut will: Option<(Will, Instant)>,
-    expires_at: Instant,
+    offline: Offline,
 ) {
     debug!("session offline");
+    let Offline { mut will, expires_at } = offline;
     let will_at = will.as_ref().map_or(expires_at, |(_, at)| (*at).min(expires_at));
     let expiry = tokio::time::sleep_until(expires_at);
     let will_timer = tokio::time::sleep_until(will_at);
@@ -82,6 +83,12 @@ async fn run(
             _ = broker.shutdown.cancelled() => return,
             request = control.recv() => {
                 let Some(Control::Takeover(reply)) = request else { return };
+                if Instant::now() >= expires_at {
+                    // The expiry passed at the same moment: the session is over, not resumed.
+                    let _ = reply.send(None);
+                    expire(&broker, session, owner, will.take().map(|(w, _)| w)).await;
+                    return;
+                }
                 // The client is back: a pending delayed will is not sent.
                 if will.is_some() {
                     if let Err(e) = broker.store.commit(vec![Op::DeleteWill(session.client_id.clone())]).await {
@@ -103,17 +110,23 @@ async fn run(
                 }
             }
             _ = &mut expiry => {
-                info!("session expired");
-                if let Some((will, _)) = will.take() {
-                    publish_will(&broker, &will, &session.client_id).await;
-                }
-                end_session(&broker, session, owner).await;
+                expire(&broker, session, owner, will.take().map(|(w, _)| w)).await;
                 drop(control);
                 return;
             }
             open = session.pending.absorb() => if !open { return },
         }
     }
+}
+
+/// The Session Expiry Interval passed: a pending will goes now [MQTT-3.1.3-9], then the session
+/// ends with everything stored for it.
+async fn expire(broker: &Broker, session: Session, owner: OwnerId, will: Option<Will>) {
+    info!(client_id = %session.client_id, "session expired");
+    if let Some(will) = will {
+        publish_will(broker, &will, &session.client_id).await;
+    }
+    end_session(broker, session, owner).await;
 }
 
 /// Ends a session: its subscriptions leave the router, its registration and stored state go,
@@ -177,6 +190,7 @@ pub async fn restore(broker: &Arc<Broker>) -> Result<(), StoreError> {
     let messages: BTreeMap<u64, Arc<Message>> =
         snapshot.messages.into_iter().map(|(id, m)| (id, Arc::new(m.into_message()))).collect();
     let mut refs: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut sweep = Vec::new();
     let restored = snapshot.sessions.len();
     for stored in snapshot.sessions {
         for (_, d) in &stored.deliveries {
@@ -184,9 +198,8 @@ pub async fn restore(broker: &Arc<Broker>) -> Result<(), StoreError> {
                 *refs.entry(d.message).or_default() += 1;
             }
         }
-        restore_session(broker, stored, &messages);
+        restore_session(broker, stored, &messages, &mut sweep);
     }
-    let mut sweep = Vec::new();
     for (id, message) in &messages {
         match refs.get(id) {
             Some(n) => message.durable.restore(*id, *n),
@@ -194,7 +207,7 @@ pub async fn restore(broker: &Arc<Broker>) -> Result<(), StoreError> {
         }
     }
     if !sweep.is_empty() {
-        info!(messages = sweep.len(), "deleting stored messages no session references");
+        info!(records = sweep.len(), "deleting stored records nothing references");
         broker.store.commit(sweep).await?;
     }
     if restored > 0 {
@@ -203,7 +216,12 @@ pub async fn restore(broker: &Arc<Broker>) -> Result<(), StoreError> {
     Ok(())
 }
 
-fn restore_session(broker: &Arc<Broker>, stored: StoredSession, messages: &BTreeMap<u64, Arc<Message>>) {
+fn restore_session(
+    broker: &Arc<Broker>,
+    stored: StoredSession,
+    messages: &BTreeMap<u64, Arc<Message>>,
+    sweep: &mut Vec<Op>,
+) {
     let record = stored.record;
     let client_id = record.client_id.clone();
     let mut session =
@@ -236,7 +254,10 @@ fn restore_session(broker: &Arc<Broker>, stored: StoredSession, messages: &BTree
             (DeliveryState::AwaitingPubRec(id), Some(delivery)) => {
                 session.outbound.restore(id, Outbound::AwaitingPubRec(delivery))
             }
-            (_, None) => warn!(%client_id, seq, "stored delivery references a missing message: skipped"),
+            (_, None) => {
+                warn!(%client_id, seq, "stored delivery references a missing message: deleted");
+                sweep.push(Op::DeleteDelivery { client: client_id.clone(), seq });
+            }
         }
     }
     for packet_id in stored.inbound {
@@ -254,5 +275,9 @@ fn restore_session(broker: &Arc<Broker>, stored: StoredSession, messages: &BTree
     let (control_tx, control) = mpsc::channel(1);
     broker.router.registry.register(&client_id, owner, control_tx);
     let span = tracing::info_span!("session", %client_id);
-    broker.tasks.spawn(run(broker.clone(), session, owner, control, will, expires_at).instrument(span));
+    // A session that expired while the broker was down ends at once in its task (will first),
+    // before any client can claim it: the registration is taken only after this function.
+    broker
+        .tasks
+        .spawn(run(broker.clone(), session, owner, control, Offline { will, expires_at }).instrument(span));
 }

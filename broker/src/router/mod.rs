@@ -105,6 +105,14 @@ impl Routed {
         }
     }
 
+    /// Gives back the queue room `admit` reserved: the message will not be handed over (its
+    /// storage failed).
+    pub fn abandon(self) {
+        for (mailbox, delivery) in &self.targets {
+            mailbox.unadmit(delivery);
+        }
+    }
+
     /// Hands the deliveries to their sessions.
     pub fn deliver(self) -> RouteOutcome {
         for (mailbox, delivery) in self.targets {

@@ -109,6 +109,11 @@ impl Mailbox {
         Offer::Queued
     }
 
+    /// Undoes `admit` for a delivery that will not be handed over.
+    pub fn unadmit(&self, delivery: &Delivery) {
+        self.release(delivery.message.weight());
+    }
+
     /// Hands over a delivery that `admit` accepted.
     pub fn deliver(&self, delivery: Delivery) -> Offer {
         let weight = delivery.message.weight();

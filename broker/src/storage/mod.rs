@@ -145,6 +145,16 @@ pub enum Op {
     DeleteWill(ClientId),
 }
 
+impl Op {
+    /// True when the client may see the effect of this change, so it must be stored before
+    /// the packets that follow it are written. Deleting a finished delivery, a message no
+    /// delivery needs or a published will is not: if such a delete is lost in a crash, the
+    /// broker at worst re-sends a QoS 1 message or a PUBREL (both allowed by the protocol).
+    pub fn gates_output(&self) -> bool {
+        !matches!(self, Op::DeleteDelivery { .. } | Op::DeleteMessage(_) | Op::DeleteWill(_))
+    }
+}
+
 /// A stored session with what it owns, deliveries in their original order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredSession {
