@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use tern::auth::Security;
 use tern::codec::Codec;
 use tern::message::Message;
 use tern::packet::{Packet, PacketId, Publish, QoS, SubscriptionOptions};
@@ -100,11 +101,13 @@ fn fan_out(c: &mut Criterion) {
         .collect();
     let message = Arc::new(Message::new("fan/out", vec![1u8; 16], QoS::AtMostOnce));
     let ids = std::sync::atomic::AtomicU64::new(1);
+    // No ACL configured, as by default.
+    let security = Security::open();
     let mut group = c.benchmark_group("router");
     group.throughput(Throughput::Elements(50));
     group.bench_function("publish to 50 subscribers and drain", |b| {
         b.iter(|| {
-            router.route(&message, &ids).deliver();
+            router.route(&message, &ids, &security).deliver();
             for q in &mut queues {
                 black_box(q.try_pop());
             }

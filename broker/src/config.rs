@@ -3,7 +3,7 @@
 //! the embedded defaults, so the two cannot drift apart.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -37,6 +37,8 @@ pub struct Config {
     pub mqtt: MqttConfig,
     pub storage: StorageConfig,
     pub server: ServerConfig,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
 }
 
 /// What an acknowledged message survives.
@@ -65,10 +67,123 @@ pub struct LogConfig {
     pub level: String,
 }
 
+/// How a listener's clients reach the broker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// MQTT over TCP.
+    #[default]
+    Tcp,
+    /// MQTT over TLS.
+    Tls,
+    /// MQTT over WebSocket.
+    Ws,
+    /// MQTT over WebSocket over TLS.
+    Wss,
+}
+
+impl Transport {
+    pub fn uses_tls(self) -> bool {
+        matches!(self, Transport::Tls | Transport::Wss)
+    }
+
+    pub fn uses_websocket(self) -> bool {
+        matches!(self, Transport::Ws | Transport::Wss)
+    }
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     pub bind: SocketAddr,
+    #[serde(default)]
+    pub transport: Transport,
+    /// Whether clients without a user name may connect; unset means "only on loopback".
+    #[serde(default)]
+    pub allow_anonymous: Option<bool>,
+    /// HTTP path of the WebSocket endpoint (`ws`/`wss`).
+    #[serde(default = "default_ws_path")]
+    pub ws_path: String,
+    /// Connections this listener accepts at once; 0 = only the global limit applies.
+    #[serde(default)]
+    pub max_connections: usize,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+fn default_ws_path() -> String {
+    "/mqtt".into()
+}
+
+impl ListenerConfig {
+    /// A plain TCP listener with every option at its default.
+    pub fn tcp(bind: SocketAddr) -> Self {
+        ListenerConfig {
+            bind,
+            transport: Transport::Tcp,
+            allow_anonymous: None,
+            ws_path: default_ws_path(),
+            max_connections: 0,
+            tls: None,
+        }
+    }
+
+    /// Anonymous clients are allowed when configured so, and by default only on loopback,
+    /// where nobody but this host can connect.
+    pub fn allows_anonymous(&self) -> bool {
+        self.allow_anonymous.unwrap_or_else(|| self.bind.ip().is_loopback())
+    }
+}
+
+/// Which part of a verified client certificate becomes the MQTT user name.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CertificateIdentity {
+    /// The certificate only admits the client; the user name comes from CONNECT.
+    #[default]
+    None,
+    /// The subject's Common Name.
+    Cn,
+    /// The first DNS name, else the first e-mail address, of the Subject Alternative Name.
+    San,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: PathBuf,
+    /// PEM CA certificates: when set, clients must present a certificate they signed (mTLS).
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    #[serde(default)]
+    pub username_from_certificate: CertificateIdentity,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Mosquitto-format password file; unset = no user names are checked.
+    pub password_file: Option<PathBuf>,
+    /// Mosquitto-format ACL file; unset = every client may publish and subscribe to anything.
+    pub acl_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Client connections open at once over all listeners; 0 = unlimited.
+    pub max_connections: usize,
+    /// Subscriptions one session may hold; 0 = unlimited.
+    pub max_subscriptions_per_client: usize,
+    /// Longest topic name or filter, in bytes (the protocol's limit is 65535).
+    pub max_topic_length: usize,
+    /// Most levels ('/'-separated parts) of a topic name or filter.
+    pub max_topic_levels: usize,
+    /// PUBLISH packets per second one client may send, sustained; 0 = unlimited.
+    pub max_publish_rate: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -130,7 +245,7 @@ impl Config {
         let default =
             self.listener.first().map(|l| l.bind).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 1883)));
         let addr = SocketAddr::new(bind.unwrap_or(default.ip()), port.unwrap_or(default.port()));
-        self.listener = vec![ListenerConfig { bind: addr }];
+        self.listener = vec![ListenerConfig::tcp(addr)];
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
@@ -138,6 +253,27 @@ impl Config {
             |key: &'static str, reason: &str| Err(ConfigError::Invalid { key, reason: reason.into() });
         if self.listener.is_empty() {
             return invalid("listener", "at least one listener is required");
+        }
+        for listener in &self.listener {
+            if listener.transport.uses_tls() != listener.tls.is_some() {
+                return invalid(
+                    "listener.tls",
+                    &format!(
+                        "listener {}: transport \"tls\" and \"wss\" need a [listener.tls] table, the others must not have one",
+                        listener.bind
+                    ),
+                );
+            }
+            if listener.transport.uses_websocket() && !listener.ws_path.starts_with('/') {
+                return invalid("listener.ws_path", "must start with '/'");
+            }
+        }
+        let limits = &self.limits;
+        if !(1..=65_535).contains(&limits.max_topic_length) {
+            return invalid("limits.max_topic_length", "must be between 1 and 65535");
+        }
+        if limits.max_topic_levels == 0 {
+            return invalid("limits.max_topic_levels", "must be at least 1");
         }
         let mqtt = &self.mqtt;
         if mqtt.connect_timeout_secs == 0 {

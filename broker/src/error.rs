@@ -14,6 +14,12 @@ pub enum Error {
     /// A listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    /// A listener's certificates or key could not be loaded.
+    #[error("listener {addr}: {source}")]
+    Tls { addr: SocketAddr, source: crate::transport::tls::TlsError },
+    /// The password file or ACL could not be loaded.
+    #[error(transparent)]
+    Security(#[from] crate::auth::SecurityError),
     /// Stored state could not be loaded.
     #[error("storage: {0}")]
     Store(#[from] StoreError),

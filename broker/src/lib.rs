@@ -2,6 +2,8 @@
 //!
 //! ```text
 //!  TcpListener ──accept──▶ connection task (one per client, owns its Session)
+//!                            │  transport: TCP, TLS, WebSocket or both (transport::establish)
+//!                            │  security: password file, ACL, SCRAM (auth::Security)
 //!                            │  codec: bytes ⇄ Packet (rmqtt-codec underneath)
 //!                            │  session: QoS state machines, in-flight window, pending queue
 //!                            ▼
@@ -27,8 +29,9 @@ pub mod router;
 pub mod server;
 pub mod session;
 pub mod storage;
+pub mod transport;
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
@@ -38,7 +41,7 @@ pub use config::Config;
 pub use error::{Error, Result};
 pub use server::Server;
 
-use auth::{Authenticator, EnhancedAuthenticator};
+use auth::{EnhancedAuthenticator, Security};
 use router::Router;
 use storage::Store;
 
@@ -48,20 +51,23 @@ pub struct Broker {
     pub config: Arc<Config>,
     pub router: Router,
     pub store: Arc<dyn Store>,
-    pub auth: Arc<dyn Authenticator>,
+    /// Password file and ACL.
+    pub security: Arc<Security>,
     /// MQTT 5 enhanced authentication methods, by name.
     pub enhanced_auth: Vec<Arc<dyn EnhancedAuthenticator>>,
     /// Cancelled to shut down: listeners stop, connections close.
     pub shutdown: CancellationToken,
     /// Every connection and session task, so shutdown can wait for them.
     pub tasks: TaskTracker,
+    /// Client connections open (admitted under `limits.max_connections`).
+    pub connections: AtomicUsize,
     assigned_ids: AtomicU64,
     /// Next storage id for a message (continues after the largest stored one).
     pub message_ids: AtomicU64,
 }
 
 impl Broker {
-    pub fn new(config: Arc<Config>, store: Arc<dyn Store>, auth: Arc<dyn Authenticator>) -> Self {
+    pub fn new(config: Arc<Config>, store: Arc<dyn Store>, security: Arc<Security>) -> Self {
         // Seeded from the clock so ids assigned by an earlier process are not handed out again.
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -71,10 +77,11 @@ impl Broker {
             config,
             router: Router::default(),
             store,
-            auth,
+            security,
             enhanced_auth: Vec::new(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            connections: AtomicUsize::new(0),
             assigned_ids: AtomicU64::new(seed),
             message_ids: AtomicU64::new(1),
         }

@@ -5,14 +5,17 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
+use tern::auth::password;
 use tern::{Config, Server};
 use tracing_subscriber::EnvFilter;
 
-/// Tern, an MQTT 3.1.1 broker.
+/// Tern, an MQTT 3.1.1 and 5.0 broker.
 #[derive(Debug, Parser)]
-#[command(name = "tern", version, about)]
+#[command(name = "tern", version, about, args_conflicts_with_subcommands = true)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Configuration file (TOML), layered over the built-in defaults.
     #[arg(short = 'c', long = "config", value_name = "FILE")]
     config: Option<PathBuf>,
@@ -27,8 +30,41 @@ struct Cli {
     verbose: u8,
 }
 
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Add or change a user (or delete one with -D) in a password file, in Mosquitto's format.
+    /// Send the broker SIGHUP afterwards to apply the change.
+    Passwd(PasswdArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct PasswdArgs {
+    /// Delete USER instead.
+    #[arg(short = 'D', long = "delete")]
+    delete: bool,
+    /// Store a SCRAM-SHA-256 verifier instead of Mosquitto's $7$ hash: the user can then log in
+    /// with MQTT 5 SCRAM-SHA-256 authentication as well as with a plain password.
+    #[arg(long = "scram", conflicts_with = "delete")]
+    scram: bool,
+    /// The password file (created if missing; other lines are kept as they are).
+    file: PathBuf,
+    user: String,
+    /// The password; read from standard input when omitted (prompted for twice on a terminal).
+    #[arg(conflicts_with = "delete")]
+    password: Option<String>,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Passwd(args)) = cli.command {
+        return match passwd(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("tern passwd: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let mut config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(e) => {
@@ -61,7 +97,20 @@ async fn serve(config: Config) -> tern::Result<()> {
     // Handlers go in before the listeners are bound (and "listening on" is logged), so a
     // signal sent as soon as the broker is reachable already means a graceful shutdown.
     let signals = Signals::install();
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let server = Server::bind(config).await?;
+    match hangup {
+        Ok(mut hangup) => {
+            let reloader = server.reloader();
+            tokio::spawn(async move {
+                while hangup.recv().await.is_some() {
+                    tracing::info!("SIGHUP received: reloading the password file, ACL and certificates");
+                    reloader.reload();
+                }
+            });
+        }
+        Err(e) => tracing::error!("cannot listen for SIGHUP ({e}); restart tern to apply file changes"),
+    }
     let shutdown = server.shutdown_token();
     tokio::spawn(async move {
         signals.recv().await;
@@ -121,4 +170,42 @@ fn level_filter(level: &str) -> Result<EnvFilter, String> {
         return Err(format!("\"{level}\" is not one of {}", LEVELS.join(", ")));
     }
     EnvFilter::try_new(level).map_err(|e| e.to_string())
+}
+
+/// `tern passwd`: edits the file in place, atomically.
+fn passwd(args: PasswdArgs) -> Result<(), String> {
+    if args.delete {
+        return match password::delete_user(&args.file, &args.user).map_err(|e| e.to_string())? {
+            true => Ok(()),
+            false => Err(format!("no user {:?} in {}", args.user, args.file.display())),
+        };
+    }
+    let secret = match args.password {
+        Some(secret) => secret,
+        None => read_password()?,
+    };
+    if secret.is_empty() {
+        return Err("empty password".into());
+    }
+    let entry = if args.scram {
+        password::scram_verifier(secret.as_bytes())
+    } else {
+        password::hash_password(secret.as_bytes())
+    };
+    password::set_user(&args.file, &args.user, &entry).map_err(|e| e.to_string())
+}
+
+/// Twice without echo on a terminal; one line otherwise (scripts pipe it in).
+fn read_password() -> Result<String, String> {
+    if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Password: ").map_err(|e| e.to_string())?;
+        let again = rpassword::prompt_password("Reenter password: ").map_err(|e| e.to_string())?;
+        if first != again {
+            return Err("passwords do not match".into());
+        }
+        return Ok(first);
+    }
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line).map_err(|e| e.to_string())?;
+    Ok(line.trim_end_matches(['\r', '\n']).to_owned())
 }

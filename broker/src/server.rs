@@ -1,24 +1,58 @@
 //! Listeners, the accept loops and graceful shutdown.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tracing::{error, info, warn};
 
-use crate::auth::AllowAll;
+use crate::auth::scram::ScramSha256;
+use crate::auth::Security;
 use crate::config::Durability;
 use crate::storage::{MemoryStore, RocksStore, Store};
+use crate::transport::{try_increment, Listener};
 use crate::{connection, Broker, Config, Error, Result};
 
 /// Back-off after a failed `accept` (e.g. out of file descriptors), so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 
+/// Connections being refused (over a connection limit) that still get a CONNACK; beyond
+/// this many, further ones are closed without one, so a flood costs nothing.
+const MAX_REFUSING: usize = 64;
+
 /// A broker with its listeners bound, ready to run.
 pub struct Server {
     broker: Arc<Broker>,
-    listeners: Vec<TcpListener>,
+    listeners: Vec<(TcpListener, Arc<Listener>)>,
+}
+
+/// Re-reads the password file, the ACL and every listener's certificates (SIGHUP).
+#[derive(Clone)]
+pub struct Reloader {
+    security: Arc<Security>,
+    listeners: Vec<Arc<Listener>>,
+}
+
+impl Reloader {
+    /// Reloads everything it can; a file that fails keeps its previous version in use.
+    pub fn reload(&self) {
+        match self.security.reload() {
+            Ok(()) => info!("reloaded the password file and ACL"),
+            Err(e) => error!("reload failed, keeping the previous files: {e}"),
+        }
+        for listener in &self.listeners {
+            if listener.config.tls.is_some() {
+                match listener.reload() {
+                    Ok(()) => info!(listener = %listener.config.bind, "reloaded TLS certificates"),
+                    Err(e) => {
+                        error!(listener = %listener.config.bind, "TLS reload failed, keeping the previous certificates: {e}")
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl Server {
@@ -34,7 +68,10 @@ impl Server {
 
     /// As `bind`, with the given store (whose contents are restored first).
     pub async fn bind_with_store(config: Config, store: Arc<dyn Store>) -> Result<Server> {
-        Self::bind_broker(Broker::new(Arc::new(config), store, Arc::new(AllowAll))).await
+        let security = Arc::new(Security::load(&config.auth)?);
+        let broker = Broker::new(Arc::new(config), store, security.clone())
+            .with_enhanced_auth(Arc::new(ScramSha256::new(security)));
+        Self::bind_broker(broker).await
     }
 
     /// Binds the listeners of a fully assembled broker.
@@ -44,19 +81,22 @@ impl Server {
         connection::restore(&broker).await?;
         let mut listeners = Vec::new();
         for listener in &config.listener {
+            let settings = Listener::new(listener.clone())
+                .map_err(|source| Error::Tls { addr: listener.bind, source })?;
             let bound = TcpListener::bind(listener.bind)
                 .await
                 .map_err(|source| Error::Bind { addr: listener.bind, source })?;
             let addr = bound.local_addr().map_err(|source| Error::Bind { addr: listener.bind, source })?;
-            info!("listening on {addr}");
-            listeners.push(bound);
+            info!(transport = ?listener.transport, "listening on {addr}");
+            listeners.push((bound, Arc::new(settings)));
         }
+        info!("accepting connections on {} listener(s)", listeners.len());
         Ok(Server { broker, listeners })
     }
 
     /// The addresses actually bound (port 0 resolved).
     pub fn local_addrs(&self) -> Vec<SocketAddr> {
-        self.listeners.iter().filter_map(|l| l.local_addr().ok()).collect()
+        self.listeners.iter().filter_map(|(l, _)| l.local_addr().ok()).collect()
     }
 
     /// Cancel this token to shut the server down.
@@ -64,12 +104,21 @@ impl Server {
         self.broker.shutdown.clone()
     }
 
+    /// What SIGHUP calls.
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            security: self.broker.security.clone(),
+            listeners: self.listeners.iter().map(|(_, l)| l.clone()).collect(),
+        }
+    }
+
     /// Serves until the shutdown token is cancelled, then closes every connection and waits
     /// for them (at most `server.shutdown_timeout_secs`).
     pub async fn run(self) {
         let broker = self.broker;
-        for listener in self.listeners {
-            broker.tasks.spawn(accept_loop(listener, broker.clone()));
+        let refusing = Arc::new(AtomicUsize::new(0));
+        for (socket, listener) in self.listeners {
+            broker.tasks.spawn(accept_loop(socket, listener, broker.clone(), refusing.clone()));
         }
         broker.shutdown.cancelled().await;
         info!("shutting down");
@@ -82,11 +131,16 @@ impl Server {
     }
 }
 
-async fn accept_loop(listener: TcpListener, broker: Arc<Broker>) {
+async fn accept_loop(
+    socket: TcpListener,
+    listener: Arc<Listener>,
+    broker: Arc<Broker>,
+    refusing: Arc<AtomicUsize>,
+) {
     loop {
         let accepted = tokio::select! {
             _ = broker.shutdown.cancelled() => return,
-            accepted = listener.accept() => accepted,
+            accepted = socket.accept() => accepted,
         };
         match accepted {
             Ok((stream, peer)) => {
@@ -94,11 +148,70 @@ async fn accept_loop(listener: TcpListener, broker: Arc<Broker>) {
                 if let Err(e) = stream.set_nodelay(true) {
                     warn!(%peer, "cannot set TCP_NODELAY: {e}");
                 }
-                broker.tasks.spawn(connection::serve(stream, peer, broker.clone()));
+                let admission = match Admission::try_new(&listener, &broker) {
+                    Ok(admission) => admission,
+                    Err(limit) => {
+                        warn!(%peer, listener = %listener.config.bind, "connection refused: {limit} reached");
+                        // Refused with a CONNACK (server busy) while few are pending, else at once.
+                        if !try_increment(&refusing, MAX_REFUSING) {
+                            continue;
+                        }
+                        Admission::Refused(refusing.clone())
+                    }
+                };
+                broker.tasks.spawn(connection::serve(
+                    stream,
+                    peer,
+                    listener.clone(),
+                    broker.clone(),
+                    admission,
+                ));
             }
             Err(e) => {
                 error!("accept failed: {e}");
                 tokio::time::sleep(ACCEPT_ERROR_BACKOFF).await;
+            }
+        }
+    }
+}
+
+/// A connection's place under the connection limits, given back when the connection ends.
+pub enum Admission {
+    /// Counted on its listener and globally.
+    Admitted { listener: Arc<Listener>, broker: Arc<Broker> },
+    /// Over a limit: its CONNECT is answered with "server busy"; counted among the refusing.
+    Refused(Arc<AtomicUsize>),
+}
+
+impl Admission {
+    fn try_new(
+        listener: &Arc<Listener>,
+        broker: &Arc<Broker>,
+    ) -> std::result::Result<Admission, &'static str> {
+        if !listener.try_open() {
+            return Err("listener.max_connections");
+        }
+        if !try_increment(&broker.connections, broker.config.limits.max_connections) {
+            listener.close();
+            return Err("limits.max_connections");
+        }
+        Ok(Admission::Admitted { listener: listener.clone(), broker: broker.clone() })
+    }
+
+    pub fn is_admitted(&self) -> bool {
+        matches!(self, Admission::Admitted { .. })
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        match self {
+            Admission::Admitted { listener, broker } => {
+                listener.close();
+                broker.connections.fetch_sub(1, Ordering::Relaxed);
+            }
+            Admission::Refused(refusing) => {
+                refusing.fetch_sub(1, Ordering::Relaxed);
             }
         }
     }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use bytestring::ByteString;
 use rmqtt_codec::v5::{self, Packet as V5};
-use tern::auth::{AllowAll, AuthExchange, AuthStep, EnhancedAuthenticator};
+use tern::auth::{AuthExchange, AuthStep, EnhancedAuthenticator, Security};
 use tern::packet::ReasonCode;
 use tern::session::ClientId;
 use tern::storage::MemoryStore;
@@ -54,7 +54,7 @@ impl EnhancedAuthenticator for Challenge {
 
 async fn start() -> (std::net::SocketAddr, tokio_util::sync::CancellationToken) {
     let config = Arc::new(Config::from_toml("[[listener]]\nbind = \"127.0.0.1:0\"").unwrap());
-    let broker = Broker::new(config, Arc::new(MemoryStore::default()), Arc::new(AllowAll))
+    let broker = Broker::new(config, Arc::new(MemoryStore::default()), Arc::new(Security::open()))
         .with_enhanced_auth(Arc::new(Challenge));
     let server = Server::bind_broker(broker).await.unwrap();
     let addr = server.local_addrs()[0];

@@ -16,6 +16,8 @@
 //! Mosquitto instead (only a sanity check of the tests themselves; Tern-specific
 //! config tests do not apply there).
 
+pub mod pki;
+
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -190,18 +192,11 @@ fn spawn(launch: &Launch) -> (Child, Arc<LogBuf>, tempfile::TempDir) {
     (child, logs, dir)
 }
 
-fn parse_listening(text: &str) -> Option<SocketAddr> {
-    for line in text.lines() {
-        if let Some(i) = line.find("listening on ") {
-            let rest = &line[i + "listening on ".len()..];
-            let tok: String =
-                rest.chars().take_while(|c| !c.is_whitespace() && *c != ',' && *c != '"').collect();
-            if let Ok(a) = tok.parse() {
-                return Some(a);
-            }
-        }
-    }
-    None
+fn parse_listening(line: &str) -> Option<SocketAddr> {
+    let i = line.find("listening on ")?;
+    let rest = &line[i + "listening on ".len()..];
+    let tok: String = rest.chars().take_while(|c| !c.is_whitespace() && *c != ',' && *c != '"').collect();
+    tok.parse().ok()
 }
 
 impl Broker {
@@ -231,8 +226,11 @@ impl Broker {
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut g = logs.text.lock().unwrap();
         let addr = loop {
-            if let Some(a) = parse_listening(&g.0) {
-                break a;
+            // The broker accepts once every listener is bound, after the last line.
+            if g.0.contains("accepting connections on") || reference_mosquitto() {
+                if let Some(a) = g.0.lines().find_map(parse_listening) {
+                    break a;
+                }
             }
             let now = Instant::now();
             if now >= deadline || g.1 == 2 {
@@ -284,6 +282,12 @@ impl Broker {
         self.addr
     }
 
+    /// The addresses of every listener, in configuration order (one "listening on" line
+    /// each; the broker logs them all before it accepts).
+    pub fn listener_addrs(&self) -> Vec<SocketAddr> {
+        self.logs().lines().filter_map(parse_listening).collect()
+    }
+
     pub fn port(&self) -> u16 {
         self.addr.port()
     }
@@ -330,6 +334,11 @@ impl Broker {
         // SAFETY: plain kill(2) on our own child's pid.
         let rc = unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
         assert_eq!(rc, 0, "kill({sig}) failed");
+    }
+
+    /// SIGHUP: reload the password file, ACL and certificates.
+    pub fn sighup(&self) {
+        self.signal(libc::SIGHUP)
     }
 
     pub fn sigterm(&self) {
@@ -691,9 +700,15 @@ impl RawPacket {
     }
 }
 
-/// A plain TCP connection speaking bytes.
+/// Any byte stream MQTT can run over: TCP, TLS, a WebSocket adapter.
+pub trait ByteStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> ByteStream for T {}
+
+/// A connection speaking bytes (plain TCP unless made with [`Raw::over`]).
 pub struct Raw {
-    pub stream: TcpStream,
+    pub stream: Box<dyn ByteStream>,
+    /// The local address of the TCP connection underneath.
+    pub local: SocketAddr,
     buf: BytesMut,
 }
 
@@ -713,7 +728,23 @@ impl Raw {
             .expect("TCP connect timed out")
             .expect("TCP connect");
         stream.set_nodelay(true).unwrap();
-        Raw { stream, buf: BytesMut::new() }
+        let local = stream.local_addr().expect("local addr");
+        Raw::over(stream, local)
+    }
+
+    /// Speaks MQTT over an established stream (TLS, WebSocket, ...).
+    pub fn over(stream: impl ByteStream + 'static, local: SocketAddr) -> Raw {
+        Raw { stream: Box::new(stream), local, buf: BytesMut::new() }
+    }
+
+    /// Sends CONNECT over `self`; asserts CONNACK accepted; returns session-present.
+    pub async fn handshake_over(mut self, c: &pkt::Connect) -> (Raw, bool) {
+        self.send(&c.encode()).await;
+        let ack = self.recv().await;
+        assert_eq!(ack.header, 0x20, "expected CONNACK, got {ack:?}");
+        assert_eq!(ack.body[1], 0, "CONNACK return code for {:?}: {ack:?}", c.client_id);
+        let present = ack.body[0] == 1;
+        (self, present)
     }
 
     /// Connect and send CONNECT; assert CONNACK accepted; returns session-present.
@@ -1011,6 +1042,12 @@ pub mod pkt {
                 Some(Will { topic: topic.as_bytes().to_vec(), payload: payload.to_vec(), qos, retain });
             self
         }
+        /// User name, and password if given.
+        pub fn credentials(mut self, user: &str, password: Option<&[u8]>) -> Self {
+            self.username = Some(user.as_bytes().to_vec());
+            self.password = password.map(<[u8]>::to_vec);
+            self
+        }
         pub fn mqisdp(mut self) -> Self {
             self.proto_name = b"MQIsdp".to_vec();
             self.level = 3;
@@ -1128,7 +1165,7 @@ pub async fn expect_rejected(b: &Broker, connect_first: bool, bytes: &[u8]) {
     } else {
         Raw::connect(b.addr()).await
     };
-    let local = r.stream.local_addr().expect("local addr");
+    let local = r.local;
     r.send_lenient(bytes).await;
     r.expect_closed(Duration::from_secs(3)).await;
     if !is_reference() {

@@ -935,3 +935,94 @@ async fn v5_session_expiry_counts_time_while_broker_down() {
     v5_resume(b.addr(), "down/t", "down-short", false).await;
     v5_resume(b.addr(), "down/t", "down-long", true).await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Disk full: a write that fails is never acknowledged
+// ---------------------------------------------------------------------------------------
+
+/// A size-limited tmpfs, unmounted on drop. Mounting needs root (as CI runs).
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> SmallDisk {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "cannot mount a tmpfs (this test needs root, as CI has)");
+        SmallDisk { dir }
+    }
+
+    fn grow(&self, size: &str) {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}")])
+            .arg(self.dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "cannot grow the tmpfs");
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+/// A 64 KiB payload whose first 8 bytes are its sequence number.
+fn big_payload(seq: usize) -> Vec<u8> {
+    let mut p = format!("{seq:08}").into_bytes();
+    p.resize(64 * 1024, b'x');
+    p
+}
+
+// Issue 4 "a disk-full write error stops acknowledging": with the data directory on a 12 MiB
+// tmpfs and an offline persistent subscriber, QoS 1 messages of 64 KiB are stored until the
+// disk is full; the PUBLISH whose write fails gets no PUBACK (the connection is closed), so
+// the publisher knows it was not taken. After the disk grows and the broker restarts, every
+// acknowledged message is delivered, in order.
+#[tokio::test]
+async fn disk_full_stops_acknowledging_and_loses_nothing_acknowledged() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: mounting a tmpfs needs root");
+        return;
+    }
+    const CFG: &str = "[mqtt]\nmax_queued_messages = 100000\nmax_queued_bytes = 1073741824\n";
+    const SENT_AT_MOST: usize = 400; // 25 MiB: twice the disk.
+    let disk = SmallDisk::mount("12m");
+    let mut b = start_on_with(disk.dir.path(), CFG);
+    Sub::offline(b.addr(), "df-sub", "df/t", 1).await;
+
+    let (mut p, _) = Raw::handshake(b.addr(), &pkt::Connect::new("df-pub")).await;
+    let mut acked = 0;
+    let refused = loop {
+        assert!(acked < SENT_AT_MOST, "{SENT_AT_MOST} messages of 64 KiB acknowledged on a 12 MiB disk");
+        let pid = acked as u16 + 1;
+        p.send_lenient(&pkt::publish("df/t", 1, false, false, pid, &big_payload(acked))).await;
+        match p.read(SLOW).await {
+            ReadOutcome::Packet(ack) if ack.kind() == 4 && ack.pid() == pid => acked += 1,
+            ReadOutcome::Closed(_) => break acked,
+            o => panic!("message {acked}: expected PUBACK or a closed connection, got {o:?}"),
+        }
+    };
+    assert!(refused > 0, "nothing could be stored at all; log:\n{}", b.logs());
+    assert!(b.logs().contains("storage write failed"), "the failure is logged; log:\n{}", b.logs());
+
+    b.kill9().await;
+    disk.grow("64m");
+    let b = start_on_with(disk.dir.path(), CFG);
+    let (mut s, present) = Raw::handshake(b.addr(), &persistent("df-sub")).await;
+    assert!(present, "session present after the restart [MQTT-3.2.2-2]");
+    let mut seqs = Vec::new();
+    while seqs.len() < refused {
+        let m = s.recv_publish().await;
+        let seq: usize = std::str::from_utf8(&m.payload[..8]).unwrap().parse().unwrap();
+        seqs.push(seq);
+        s.send_lenient(&pkt::puback(m.pid.unwrap())).await;
+    }
+    assert_eq!(seqs, (0..refused).collect::<Vec<_>>(), "every acknowledged message, in order");
+}

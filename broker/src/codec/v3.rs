@@ -80,7 +80,8 @@ pub(super) fn from_wire(packet: v3::Packet) -> Result<Packet, CodecError> {
 }
 
 /// The 3.1.1 CONNACK return code for an MQTT 5 reason code (MQTT 5 table 3-1, mapped as
-/// Mosquitto does).
+/// Mosquitto does: a wrong user name or password is 0x05 "not authorized", since 3.1.1's 0x04
+/// means the fields were malformed).
 fn connack_return_code(reason: ReasonCode) -> ConnectAckReason {
     match reason {
         ReasonCode::SUCCESS => ConnectAckReason::ConnectionAccepted,
@@ -89,7 +90,6 @@ fn connack_return_code(reason: ReasonCode) -> ConnectAckReason {
         ReasonCode::SERVER_UNAVAILABLE | ReasonCode::SERVER_BUSY | ReasonCode::SERVER_SHUTTING_DOWN => {
             ConnectAckReason::ServiceUnavailable
         }
-        ReasonCode::BAD_USER_NAME_OR_PASSWORD => ConnectAckReason::BadUserNameOrPassword,
         _ => ConnectAckReason::NotAuthorized,
     }
 }

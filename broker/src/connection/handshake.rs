@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::{offline, Connection};
-use crate::auth::{AuthDecision, AuthStep, Credentials};
+use crate::auth::{AuthStep, Proof};
 use crate::codec::CodecError;
 use crate::packet::{Auth, ConnAck, Connect, Packet, QoS, ReasonCode, Will};
 use crate::router::topic;
@@ -35,6 +35,15 @@ pub(super) struct Accepted {
     pub control: mpsc::Receiver<Control>,
 }
 
+/// A CONNECT whose enhanced authentication, if it asked for one, succeeded.
+pub(super) struct Authenticated {
+    connect: Box<Connect>,
+    /// Authentication Data for CONNACK.
+    auth_data: Option<bytes::Bytes>,
+    /// The user the enhanced-authentication method proved, if it names one.
+    enhanced_user: Option<ByteString>,
+}
+
 /// Why a handshake did not complete.
 pub(super) enum Refusal {
     /// Answer with CONNACK and this reason code, then close [MQTT-3.2.2-5].
@@ -57,7 +66,7 @@ impl Connection {
             Ok(result) => result,
         };
         let outcome = match result {
-            Ok((connect, auth_data)) => self.accept(*connect, auth_data).await,
+            Ok(authenticated) => self.accept(authenticated).await,
             Err(refusal) => Err(refusal),
         };
         match outcome {
@@ -69,15 +78,16 @@ impl Connection {
         }
     }
 
-    /// Reads CONNECT and, for MQTT 5 enhanced authentication, runs the AUTH exchange. Returns
-    /// the CONNECT and the data for CONNACK's Authentication Data.
-    async fn connect_and_authenticate(&mut self) -> Result<(Box<Connect>, Option<bytes::Bytes>), Refusal> {
+    /// Reads CONNECT and, for MQTT 5 enhanced authentication, runs the AUTH exchange.
+    async fn connect_and_authenticate(&mut self) -> Result<Authenticated, Refusal> {
         let connect = match self.read_packet().await? {
             Packet::Connect(connect) => connect,
             other => unreachable!("the codec only yields CONNECT first, got {}", other.name()),
         };
         self.version = connect.version;
-        let Some(method) = connect.auth_method.clone() else { return Ok((connect, None)) };
+        let Some(method) = connect.auth_method.clone() else {
+            return Ok(Authenticated { connect, auth_data: None, enhanced_user: None });
+        };
         let Some(authenticator) = self.broker.enhanced_auth(&method).cloned() else {
             return Err(Refusal::Code(
                 ReasonCode::BAD_AUTHENTICATION_METHOD,
@@ -89,7 +99,10 @@ impl Connection {
         let mut data = connect.auth_data.clone();
         loop {
             match exchange.step(data.as_ref()) {
-                AuthStep::Success(server_data) => return Ok((connect, server_data)),
+                AuthStep::Success(auth_data) => {
+                    let enhanced_user = exchange.authenticated_user();
+                    return Ok(Authenticated { connect, auth_data, enhanced_user });
+                }
                 AuthStep::Failure(reason) => {
                     return Err(Refusal::Code(reason, "authentication failed".into()))
                 }
@@ -144,11 +157,11 @@ impl Connection {
         }
     }
 
-    async fn accept(
-        &mut self,
-        connect: Connect,
-        auth_data: Option<bytes::Bytes>,
-    ) -> Result<Accepted, Refusal> {
+    async fn accept(&mut self, authenticated: Authenticated) -> Result<Accepted, Refusal> {
+        let Authenticated { connect, auth_data, enhanced_user } = authenticated;
+        if !self.admitted {
+            return Err(Refusal::Code(ReasonCode::SERVER_BUSY, "connection limit reached".into()));
+        }
         let config = &self.broker.config;
         if let Some(will) = &connect.will {
             topic::validate_topic_name(&will.topic)
@@ -172,14 +185,30 @@ impl Connection {
         let assigned = connect.client_id.is_empty().then(|| ByteString::from(self.broker.assign_client_id()));
         let client_id = ClientId(assigned.clone().unwrap_or_else(|| connect.client_id.clone()));
         tracing::Span::current().record("client_id", tracing::field::display(&client_id));
-        if connect.auth_method.is_none() {
-            let credentials = Credentials {
-                client_id: &client_id,
-                username: connect.username.as_ref(),
-                password: connect.password.as_ref(),
-            };
-            if let AuthDecision::Deny(code) = self.broker.auth.authenticate(&credentials) {
-                return Err(Refusal::Code(code, "authentication failed".into()));
+        // Who the client is: a verified certificate wins, then an enhanced-authentication
+        // method, then CONNECT's user name (checked against the password file).
+        let (username, proof) = match (&self.certificate_user, &connect.auth_method) {
+            (Some(user), _) => (Some(user.clone()), Proof::Certificate),
+            (None, Some(_)) => (enhanced_user.or_else(|| connect.username.clone()), Proof::Enhanced),
+            (None, None) => (connect.username.clone(), Proof::None),
+        };
+        let allow_anonymous = self.listener.config.allows_anonymous();
+        // Password hashing is deliberately slow: off the async workers.
+        let (security, user, password) =
+            (self.broker.security.clone(), username.clone(), connect.password.clone());
+        let verdict = tokio::task::spawn_blocking(move || {
+            security.authenticate(allow_anonymous, user.as_deref(), password.as_deref(), proof)
+        })
+        .await
+        .unwrap_or(Err(ReasonCode::UNSPECIFIED_ERROR));
+        if let Err(code) = verdict {
+            let who = username.as_deref().unwrap_or("(anonymous)");
+            return Err(Refusal::Code(code, format!("authentication failed for user {who}")));
+        }
+        // The will is published later on the client's behalf: it needs the right to publish.
+        if let Some(will) = &connect.will {
+            if !self.broker.security.may_publish(username.as_deref(), &client_id, &will.topic) {
+                return Err(Refusal::Code(ReasonCode::NOT_AUTHORIZED, "will topic denied by the ACL".into()));
             }
         }
 
@@ -199,6 +228,8 @@ impl Connection {
         };
         session.version = connect.version;
         session.expiry = connect.session_expiry;
+        session.pending.mailbox().set_username(username.clone());
+        self.username = username;
         session.pending.mailbox().set_persistent(session.is_persistent());
         if session.is_persistent() {
             // Stored before CONNACK: a session the client was told exists survives a crash.

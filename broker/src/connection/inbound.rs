@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use bytestring::ByteString;
 use tokio::time::Instant;
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::{route, Connection, Ending, ProtocolError};
 use crate::auth::AuthStep;
@@ -51,11 +51,20 @@ impl Connection {
     fn handle_publish(&mut self, session: &mut Session, publish: Publish) -> Result<(), ProtocolError> {
         let config = &self.broker.config;
         topic::validate_topic_name(&publish.topic)?;
+        topic::check_limits(&publish.topic, config.limits.max_topic_length, config.limits.max_topic_levels)?;
         if publish.retain && !config.mqtt.retain_available {
             return Err(ProtocolError::RetainNotSupported);
         }
         if publish.qos > config.maximum_qos() {
             return Err(ProtocolError::QosNotSupported);
+        }
+        if let Some(throttle) = &mut self.throttle {
+            throttle.take(Instant::now());
+        }
+        if !self.broker.security.may_publish(self.username.as_deref(), &session.client_id, &publish.topic) {
+            debug!(topic = %publish.topic, "publish denied by the ACL");
+            self.deny_publish(session, &publish);
+            return Ok(());
         }
         let message = Arc::new(Message::from_publish(&publish, &session.client_id));
         match (publish.qos, publish.packet_id) {
@@ -84,6 +93,25 @@ impl Connection {
             (_, None) => unreachable!("the decoder requires a packet id for QoS 1 and 2"),
         }
         Ok(())
+    }
+
+    /// A PUBLISH the ACL denies is not routed. MQTT 5 says so with 0x87 in PUBACK/PUBREC;
+    /// 3.1.1 has no way to, so the flow completes as usual (as Mosquitto does).
+    fn deny_publish(&mut self, session: &mut Session, publish: &Publish) {
+        let Some(id) = publish.packet_id else { return };
+        let v5 = self.version.is_v5();
+        let reason = if v5 { ReasonCode::NOT_AUTHORIZED } else { ReasonCode::SUCCESS };
+        let ack = Ack { packet_id: id, reason };
+        match publish.qos {
+            QoS::AtLeastOnce => self.out.push(Packet::PubAck(ack)),
+            _ => {
+                // 3.1.1: a PUBREL follows; remember the id so it is answered [MQTT-4.3.3-2].
+                if !v5 && !session.inbound.contains(id) {
+                    session.handle_inbound_qos2(id);
+                }
+                self.out.push(Packet::PubRec(ack));
+            }
+        }
     }
 
     fn handle_subscribe(
@@ -145,6 +173,9 @@ impl Connection {
             }
             return Ok(reason);
         }
+        if let Some(reason) = self.refuse_by_policy(session, &filter) {
+            return Ok(reason);
+        }
         options.qos = options.qos.min(self.broker.config.maximum_qos());
         let subscription = Subscription { options, id };
         let subscriber = Subscriber { mailbox: session.pending.mailbox().clone(), subscription };
@@ -158,7 +189,10 @@ impl Connection {
                 RetainHandling::Never => false,
             };
         if send_retained {
-            for message in self.broker.router.retained.matching(&filter) {
+            let security = &self.broker.security;
+            let username = self.username.as_deref();
+            let readable = |m: &Arc<Message>| security.may_read(username, &session.client_id, &m.topic);
+            for message in self.broker.router.retained.matching(&filter).into_iter().filter(readable) {
                 let qos = options.qos.min(message.qos);
                 let mut delivery = Delivery::new(message, qos, true);
                 delivery.subscription_ids.extend(id);
@@ -167,6 +201,26 @@ impl Connection {
         }
         session.subscriptions.insert(filter, subscription);
         Ok(ReasonCode::granted(options.qos))
+    }
+
+    /// Refusals of a valid filter by limits and the ACL, each logged (the client sees the
+    /// SUBACK code; 3.1.1 shows every refusal as 0x80).
+    fn refuse_by_policy(&self, session: &Session, filter: &ByteString) -> Option<ReasonCode> {
+        let limits = &self.broker.config.limits;
+        if let Err(e) = topic::check_limits(filter, limits.max_topic_length, limits.max_topic_levels) {
+            warn!(%filter, "subscription refused: {e}");
+            return Some(ReasonCode::TOPIC_FILTER_INVALID);
+        }
+        let max = limits.max_subscriptions_per_client;
+        if max > 0 && session.subscriptions.len() >= max && !session.subscriptions.contains_key(filter) {
+            warn!(%filter, "subscription refused: limits.max_subscriptions_per_client ({max}) reached");
+            return Some(ReasonCode::QUOTA_EXCEEDED);
+        }
+        if !self.broker.security.may_subscribe(self.username.as_deref(), &session.client_id, filter) {
+            debug!(%filter, "subscription denied by the ACL");
+            return Some(ReasonCode::NOT_AUTHORIZED);
+        }
+        None
     }
 
     fn handle_unsubscribe(
@@ -222,7 +276,7 @@ impl Connection {
             (ReasonCode::REAUTHENTICATE, None) => {
                 let authenticator =
                     self.broker.enhanced_auth(&state.method).ok_or(ProtocolError::UnexpectedAuth)?;
-                state.exchange.insert(authenticator.start(&state.client_id, None))
+                state.exchange.insert(authenticator.start(&state.client_id, self.username.as_ref()))
             }
             (ReasonCode::CONTINUE_AUTHENTICATION, Some(exchange)) => exchange,
             _ => return Err(ProtocolError::UnexpectedAuth),

@@ -9,6 +9,7 @@
 mod handshake;
 mod inbound;
 mod offline;
+mod throttle;
 
 use std::io;
 use std::net::SocketAddr;
@@ -18,7 +19,6 @@ use std::time::Duration;
 use bytes::BytesMut;
 use bytestring::ByteString;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -31,10 +31,13 @@ use crate::packet::{Disconnect, Packet, ProtocolVersion, ReasonCode, Will};
 use crate::router::retain::RetainChange;
 use crate::router::topic::TopicError;
 use crate::router::{RouteOutcome, Routed};
+use crate::server::Admission;
 use crate::session::registry::{Control, OwnerId};
 use crate::session::{ClientId, Session};
 use crate::storage::{Op, StoreError};
+use crate::transport::{Established, Listener, Writer};
 use crate::Broker;
+use throttle::Throttle;
 
 pub use offline::restore;
 
@@ -133,12 +136,27 @@ impl ProtocolError {
     }
 }
 
-/// Entry point of a connection task.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, broker: Arc<Broker>) {
+/// Entry point of a connection task: the transport's handshakes (TLS, WebSocket) under the
+/// connect timeout, then MQTT. `admission` is held until the connection ends.
+pub async fn serve(
+    stream: TcpStream,
+    peer: SocketAddr,
+    listener: Arc<Listener>,
+    broker: Arc<Broker>,
+    admission: Admission,
+) {
     let span = tracing::info_span!("conn", %peer, client_id = tracing::field::Empty);
     async move {
-        let (reader, writer) = stream.into_split();
-        let mut conn = Connection::new(reader, writer, broker);
+        let timeout = broker.config.connect_timeout();
+        let max_packet_size = broker.config.mqtt.max_packet_size as usize;
+        let established = match tokio::time::timeout(timeout, listener.establish(stream, max_packet_size))
+            .await
+        {
+            Ok(Ok(established)) => established,
+            Ok(Err(e)) => return info!("closing: {e}"),
+            Err(_) => return info!("transport handshake not done within {}s: closing", timeout.as_secs()),
+        };
+        let mut conn = Connection::new(established, listener, broker, admission.is_admitted());
         conn.run().await;
     }
     .instrument(span)
@@ -155,8 +173,18 @@ struct AuthState {
 
 struct Connection {
     broker: Arc<Broker>,
-    reader: OwnedReadHalf,
-    writer: OwnedWriteHalf,
+    listener: Arc<Listener>,
+    /// False when a connection limit was reached: the CONNECT is answered "server busy".
+    admitted: bool,
+    reader: crate::transport::Reader,
+    writer: Writer,
+    /// Bytes were written since the last flush (TLS and WebSocket buffer until flushed).
+    unflushed: bool,
+    /// The user a verified client certificate names, if the listener takes it from there.
+    certificate_user: Option<ByteString>,
+    /// The user this connection authenticated as; ACL checks use it.
+    username: Option<ByteString>,
+    throttle: Option<Throttle>,
     codec: Codec,
     version: ProtocolVersion,
     rbuf: BytesMut,
@@ -171,13 +199,20 @@ struct Connection {
 }
 
 impl Connection {
-    fn new(reader: OwnedReadHalf, writer: OwnedWriteHalf, broker: Arc<Broker>) -> Self {
+    fn new(established: Established, listener: Arc<Listener>, broker: Arc<Broker>, admitted: bool) -> Self {
         let mqtt = &broker.config.mqtt;
         let codec = Codec::new(mqtt.max_packet_size, mqtt.topic_alias_maximum);
+        let throttle = Throttle::new(broker.config.limits.max_publish_rate, Instant::now());
         Connection {
             broker,
-            reader,
-            writer,
+            listener,
+            admitted,
+            reader: established.reader,
+            writer: established.writer,
+            unflushed: false,
+            certificate_user: established.certificate_user,
+            username: None,
+            throttle,
             codec,
             version: ProtocolVersion::V311,
             rbuf: BytesMut::with_capacity(READ_BUFFER),
@@ -238,16 +273,25 @@ impl Connection {
         let shutdown = self.broker.shutdown.clone();
         loop {
             let writable = self.wbuf.len() < WRITE_HIGH_WATER;
+            let paused_until = self.throttle.as_mut().and_then(|t| t.resume_at(Instant::now()));
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Ending::Shutdown,
                 Some(Control::Takeover(reply)) = control.recv() => return Ending::TakenOver(reply),
-                written = self.writer.write_buf(&mut self.wbuf), if !self.wbuf.is_empty() => match written {
-                    Ok(0) => return Ending::Io(io::ErrorKind::WriteZero.into()),
-                    Ok(_) => {}
-                    Err(e) => return Ending::Io(e),
-                },
-                read = self.reader.read_buf(&mut self.rbuf), if writable => match read {
+                written = write_or_flush(&mut self.writer, &mut self.wbuf), if !self.wbuf.is_empty() || self.unflushed => {
+                    match written {
+                        Ok(wrote) => self.unflushed = wrote,
+                        Err(e) => return Ending::Io(e),
+                    }
+                }
+                // Paused by the publish rate limit: the client is not silent, we are not
+                // listening, so the keep-alive restarts when reading does.
+                _ = tokio::time::sleep_until(paused_until.unwrap_or_else(Instant::now)), if paused_until.is_some() => {
+                    if let Some(grace) = keep_alive {
+                        deadline.as_mut().reset(Instant::now() + grace);
+                    }
+                }
+                read = self.reader.read_buf(&mut self.rbuf), if writable && paused_until.is_none() => match read {
                     Ok(0) => return Ending::PeerClosed,
                     Ok(_) => {
                         if let Some(grace) = keep_alive {
@@ -341,7 +385,8 @@ impl Connection {
         for packet in self.out.drain(..) {
             self.codec.encode(packet, &mut self.wbuf).map_err(io::Error::other)?;
         }
-        self.writer.write_all_buf(&mut self.wbuf).await
+        self.writer.write_all_buf(&mut self.wbuf).await?;
+        self.writer.flush().await
     }
 
     /// Writes what is left, briefly, then closes the socket; used when closing.
@@ -420,10 +465,22 @@ impl Connection {
     }
 }
 
+/// Writes some of `wbuf`, or flushes once it is empty; true when it wrote (a flush is due).
+async fn write_or_flush(writer: &mut Writer, wbuf: &mut BytesMut) -> io::Result<bool> {
+    if wbuf.is_empty() {
+        writer.flush().await?;
+        return Ok(false);
+    }
+    match writer.write_buf(wbuf).await? {
+        0 => Err(io::ErrorKind::WriteZero.into()),
+        _ => Ok(true),
+    }
+}
+
 /// Matches an inbound message and prepares its storage (retained store, stored copies for
 /// persistent sessions). The caller commits `ops`, then `deliver`s.
 fn route(broker: &Broker, message: &Arc<Message>) -> Routed {
-    let mut routed = broker.router.route(message, &broker.message_ids);
+    let mut routed = broker.router.route(message, &broker.message_ids, broker.security.as_ref());
     if message.retain {
         let op = match broker.router.retained.apply(message) {
             RetainChange::Stored => Op::PutRetained(message.clone()),

@@ -158,8 +158,13 @@ pub(super) async fn redistribute_shared(broker: &Broker, session: &mut Session) 
     let mut handed = Vec::new();
     for delivery in taken {
         let Some(route) = &delivery.shared else { continue };
-        let mut routed =
-            broker.router.redistribute(&delivery, route, &session.client_id, &broker.message_ids);
+        let mut routed = broker.router.redistribute(
+            &delivery,
+            route,
+            &session.client_id,
+            &broker.message_ids,
+            broker.security.as_ref(),
+        );
         if routed.outcome.queued == 0 {
             debug!(share = %route.share, "no other member for an unacknowledged shared message: dropped");
         }
@@ -227,6 +232,7 @@ fn restore_session(
     let mut session =
         Session::new(client_id.clone(), record.version, record.expiry, broker.config.session_limits());
     session.pending.mailbox().set_persistent(true);
+    session.pending.mailbox().set_username(record.username);
     for (filter, subscription) in record.subscriptions {
         let subscriber = Subscriber { mailbox: session.pending.mailbox().clone(), subscription };
         broker.router.subscribe(&filter, client_id.clone(), subscriber);

@@ -23,6 +23,7 @@ use std::sync::{Arc, RwLock};
 
 use bytestring::ByteString;
 
+use crate::auth::ReadGate;
 use crate::message::{Delivery, Message, SharedRoute};
 use crate::packet::SubscriptionOptions;
 use crate::session::queue::{Mailbox, Offer};
@@ -171,15 +172,17 @@ impl Router {
 
     /// Matches `message` against every subscription: once per session, and one member of every
     /// matching share group. `ids` allocates storage ids for messages.
-    pub fn route(&self, message: &Arc<Message>, ids: &AtomicU64) -> Routed {
+    /// Matches `message` against every subscription; sessions `gate` forbids to read it are
+    /// left out (a shared group picks a member that may read it).
+    pub fn route(&self, message: &Arc<Message>, ids: &AtomicU64, gate: &dyn ReadGate) -> Routed {
         let mut routed = Routed::default();
-        self.route_direct(message, &mut routed);
-        self.route_shared(message, &mut routed);
+        self.route_direct(message, &mut routed, gate);
+        self.route_shared(message, &mut routed, gate);
         routed.record(message, ids);
         routed
     }
 
-    fn route_direct(&self, message: &Arc<Message>, routed: &mut Routed) {
+    fn route_direct(&self, message: &Arc<Message>, routed: &mut Routed, gate: &dyn ReadGate) {
         let tree = self.subscriptions.read().unwrap_or_else(|e| e.into_inner());
         let mut matches: Vec<&Subscriber> = Vec::new();
         trie::for_each_matching_filter(&tree, &message.topic, &mut |set: &SubscriberSet| {
@@ -189,6 +192,7 @@ impl Router {
         if let Some(origin) = &message.origin {
             matches.retain(|s| !(s.subscription.options.no_local && s.mailbox.client_id() == origin));
         }
+        matches.retain(|s| gate.may_read(&s.mailbox, &message.topic));
         // Group the matches of each session together.
         matches.sort_unstable_by_key(|s| Arc::as_ptr(&s.mailbox));
         for same_session in matches.chunk_by(|a, b| Arc::ptr_eq(&a.mailbox, &b.mailbox)) {
@@ -202,11 +206,12 @@ impl Router {
         }
     }
 
-    fn route_shared(&self, message: &Arc<Message>, routed: &mut Routed) {
+    fn route_shared(&self, message: &Arc<Message>, routed: &mut Routed, gate: &dyn ReadGate) {
         let tree = self.shared.read().unwrap_or_else(|e| e.into_inner());
+        let may_read = |s: &Subscriber| gate.may_read(&s.mailbox, &message.topic);
         trie::for_each_matching_filter(&tree, &message.topic, &mut |groups: &GroupSet| {
             for group in groups.values() {
-                if let Some(member) = group.pick(None) {
+                if let Some(member) = group.pick(None, &may_read) {
                     routed.admit(&member.mailbox, shared_delivery(message.clone(), member, group));
                 }
             }
@@ -221,6 +226,7 @@ impl Router {
         route: &SharedRoute,
         leaving: &ClientId,
         ids: &AtomicU64,
+        gate: &dyn ReadGate,
     ) -> Routed {
         let mut routed = Routed::default();
         let Ok(Some(share)) = shared::parse(&route.share) else { return routed };
@@ -228,7 +234,8 @@ impl Router {
         let Some(group) = tree.get(share.filter).and_then(|groups| groups.get(share.group)) else {
             return routed;
         };
-        if let Some(member) = group.pick(Some(leaving)) {
+        let may_read = |s: &Subscriber| gate.may_read(&s.mailbox, &delivery.message.topic);
+        if let Some(member) = group.pick(Some(leaving), &may_read) {
             routed.admit(&member.mailbox, shared_delivery(delivery.message.clone(), member, group));
         }
         drop(tree);

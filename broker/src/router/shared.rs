@@ -72,15 +72,23 @@ impl Group {
         self.members.is_empty()
     }
 
-    /// The member to receive the next message, never `exclude`.
-    pub fn pick(&self, exclude: Option<&ClientId>) -> Option<&Subscriber> {
+    /// The member to receive the next message: `eligible` (e.g. allowed to read it), never
+    /// `exclude`; round-robin, preferring members with room in their in-flight window.
+    pub fn pick(
+        &self,
+        exclude: Option<&ClientId>,
+        eligible: &dyn Fn(&Subscriber) -> bool,
+    ) -> Option<&Subscriber> {
         let n = self.members.len();
         if n == 0 {
             return None;
         }
         let start = self.cursor.fetch_add(1, Ordering::Relaxed);
-        let candidates =
-            || (0..n).map(move |i| &self.members[(start + i) % n]).filter(move |(c, _)| Some(c) != exclude);
+        let candidates = || {
+            (0..n)
+                .map(move |i| &self.members[(start + i) % n])
+                .filter(move |(c, s)| Some(c) != exclude && eligible(s))
+        };
         candidates()
             .find(|(_, s)| s.mailbox.has_credit())
             .or_else(|| candidates().find(|(_, s)| s.mailbox.is_online()))

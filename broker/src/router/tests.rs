@@ -3,14 +3,20 @@
 use std::sync::atomic::AtomicU64;
 
 use super::*;
+use crate::auth::Security;
 use crate::packet::{QoS, RetainHandling};
 use crate::session::queue::{PendingQueue, QueueLimits};
 
 impl Router {
     /// Route and hand over at once (no storage).
     fn publish(&self, message: &Arc<Message>) -> RouteOutcome {
-        self.route(message, &AtomicU64::new(1)).deliver()
+        self.route(message, &AtomicU64::new(1), &open()).deliver()
     }
+}
+
+/// No ACL: every session may read everything.
+fn open() -> Security {
+    Security::open()
 }
 
 fn queue(id: &str) -> PendingQueue {
@@ -139,10 +145,10 @@ fn shared_groups_skip_members_without_credit_and_redistribute() {
     assert!(b.try_pop().is_some());
     // "b" leaves with `first` unacknowledged: it goes to "a".
     let ids = AtomicU64::new(1);
-    assert_eq!(router.redistribute(&first, &route, &ClientId::from("b"), &ids).deliver().queued, 1);
+    assert_eq!(router.redistribute(&first, &route, &ClientId::from("b"), &ids, &open()).deliver().queued, 1);
     assert!(a.try_pop().is_some());
     router.unsubscribe("$share/g/t", &ClientId::from("a"));
-    let none = router.redistribute(&first, &route, &ClientId::from("b"), &ids).deliver();
+    let none = router.redistribute(&first, &route, &ClientId::from("b"), &ids, &open()).deliver();
     assert_eq!(none.queued, 0, "no other member left");
 }
 
@@ -156,7 +162,7 @@ fn persistent_sessions_get_one_stored_message_and_a_delivery_each() {
         router.subscribe("t", ClientId::from(id), sub(q, QoS::AtLeastOnce));
     }
     let m = message("t", QoS::AtLeastOnce);
-    let routed = router.route(&m, &AtomicU64::new(40));
+    let routed = router.route(&m, &AtomicU64::new(40), &open());
     let messages = routed.ops.iter().filter(|op| matches!(op, Op::PutMessage(40, _))).count();
     let deliveries = routed.ops.iter().filter(|op| matches!(op, Op::PutDelivery { .. })).count();
     assert_eq!(
@@ -167,6 +173,6 @@ fn persistent_sessions_get_one_stored_message_and_a_delivery_each() {
     assert_eq!((m.durable.id(), m.durable.refs()), (40, 2));
     routed.deliver();
     // QoS 0 deliveries are never stored.
-    let routed = router.route(&message("t", QoS::AtMostOnce), &AtomicU64::new(50));
+    let routed = router.route(&message("t", QoS::AtMostOnce), &AtomicU64::new(50), &open());
     assert!(routed.ops.is_empty());
 }

@@ -21,6 +21,23 @@ pub enum TopicError {
     /// `$share/` must be followed by a share name without wildcards and a filter [MQTT-4.8.2-2].
     #[error("invalid shared subscription [MQTT-4.8.2-2]")]
     InvalidShareName,
+    /// Longer than `limits.max_topic_length`.
+    #[error("topic longer than limits.max_topic_length ({0} bytes)")]
+    TooLong(usize),
+    /// More levels than `limits.max_topic_levels`.
+    #[error("topic deeper than limits.max_topic_levels ({0} levels)")]
+    TooDeep(usize),
+}
+
+/// Checks a topic name or filter against the configured size limits.
+pub fn check_limits(topic: &str, max_length: usize, max_levels: usize) -> Result<(), TopicError> {
+    if topic.len() > max_length {
+        return Err(TopicError::TooLong(max_length));
+    }
+    if topic.split('/').nth(max_levels).is_some() {
+        return Err(TopicError::TooDeep(max_levels));
+    }
+    Ok(())
 }
 
 /// Checks a topic name as found in PUBLISH or a will.
@@ -81,6 +98,15 @@ pub fn filter_matches(filter: &str, topic: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn limits_bound_length_and_levels() {
+        assert_eq!(check_limits("a/b/c", 5, 3), Ok(()));
+        assert_eq!(check_limits("a/b/cd", 5, 3), Err(TopicError::TooLong(5)));
+        assert_eq!(check_limits("a/b/c/d", 100, 3), Err(TopicError::TooDeep(3)));
+        assert_eq!(check_limits("/", 100, 2), Ok(()), "two empty levels");
+        assert_eq!(check_limits("//", 100, 2), Err(TopicError::TooDeep(2)));
+    }
 
     #[test]
     fn topic_names_reject_wildcards_nul_and_empty() {

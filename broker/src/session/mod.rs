@@ -102,6 +102,7 @@ impl Session {
             expiry: self.expiry,
             disconnected_unix_ms,
             subscriptions: self.subscriptions.iter().map(|(f, s)| (f.clone(), *s)).collect(),
+            username: self.pending.mailbox().username(),
         }
     }
 

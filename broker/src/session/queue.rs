@@ -9,8 +9,9 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
+use bytestring::ByteString;
 use tokio::sync::mpsc;
 
 use crate::message::Delivery;
@@ -28,6 +29,8 @@ pub struct QueueLimits {
 #[derive(Debug)]
 pub struct Mailbox {
     client_id: ClientId,
+    /// The user the session's client authenticated as (for read ACLs while routing).
+    username: RwLock<Option<ByteString>>,
     tx: mpsc::UnboundedSender<Delivery>,
     limits: QueueLimits,
     messages: AtomicUsize,
@@ -59,6 +62,14 @@ pub enum Offer {
 impl Mailbox {
     pub fn client_id(&self) -> &ClientId {
         &self.client_id
+    }
+
+    pub fn username(&self) -> Option<ByteString> {
+        self.username.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set_username(&self, username: Option<ByteString>) {
+        *self.username.write().unwrap_or_else(|e| e.into_inner()) = username;
     }
 
     /// Queues `delivery` if the limits allow.
@@ -197,6 +208,7 @@ impl PendingQueue {
         let (tx, rx) = mpsc::unbounded_channel();
         let mailbox = Arc::new(Mailbox {
             client_id,
+            username: RwLock::default(),
             tx,
             limits,
             messages: AtomicUsize::new(0),

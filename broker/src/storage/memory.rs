@@ -141,6 +141,7 @@ mod tests {
             expiry: 300,
             disconnected_unix_ms: None,
             subscriptions: BTreeMap::from([(ByteString::from("x/#"), subscription)]),
+            username: None,
         };
         let delivery = DeliveryRecord {
             message: 5,

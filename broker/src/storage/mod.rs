@@ -83,6 +83,9 @@ pub struct SessionRecord {
     pub disconnected_unix_ms: Option<u64>,
     /// Topic filter -> subscription, in a stable order.
     pub subscriptions: BTreeMap<ByteString, Subscription>,
+    /// The user the last connection authenticated as: the ACL decides what the session may
+    /// read while it is offline, across restarts too.
+    pub username: Option<ByteString>,
 }
 
 /// Where a stored delivery stands; in-flight states carry the packet id the client saw.

@@ -255,6 +255,7 @@ pub fn encode_session(s: &SessionRecord) -> Vec<u8> {
         w.u8(o.qos as u8 | u8::from(o.no_local) << 2 | u8::from(o.retain_as_published) << 3 | handling << 4);
         w.opt_u32(sub.id);
     }
+    w.opt_bytes(s.username.as_ref().map(|u| u.as_bytes().as_ref()));
     w.finish()
 }
 
@@ -292,12 +293,15 @@ pub fn decode_session(client_id: ClientId, value: &[u8]) -> Result<SessionRecord
         };
         subscriptions.insert(filter, Subscription { options, id: r.opt_u32()? });
     }
+    // Absent in records written before user names were kept.
+    let username = if r.0.has_remaining() { r.opt_string()? } else { None };
     Ok(SessionRecord {
         client_id,
         version,
         expiry,
         disconnected_unix_ms: (disconnected != 0).then_some(disconnected),
         subscriptions,
+        username,
     })
 }
 
@@ -427,6 +431,7 @@ mod tests {
                     Subscription { options: SubscriptionOptions::qos(QoS::AtMostOnce), id: None },
                 ),
             ]),
+            username: Some("alice".into()),
         };
         assert_eq!(decode_session(ClientId::from("c"), &encode_session(&s)).unwrap(), s);
     }

@@ -20,6 +20,7 @@ fn session(id: &str) -> SessionRecord {
             "t/#".into(),
             Subscription { options: SubscriptionOptions::qos(QoS::ExactlyOnce), id: None },
         )]),
+        username: None,
     }
 }
 
