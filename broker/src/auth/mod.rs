@@ -138,27 +138,28 @@ impl Security {
 
     /// The CONNECT check. A user name counts only when something proved it: the password file,
     /// a client certificate or an enhanced-authentication method; otherwise the client is
-    /// anonymous, which `allow_anonymous` decides.
-    pub fn authenticate(
+    /// anonymous, which `allow_anonymous` decides. Returns the proven user name, if any: an
+    /// unproven one must not gain a user's ACL rights.
+    pub fn authenticate<'a>(
         &self,
         allow_anonymous: bool,
-        username: Option<&str>,
+        username: Option<&'a str>,
         password: Option<&[u8]>,
         proof: Proof,
-    ) -> Result<(), ReasonCode> {
+    ) -> Result<Option<&'a str>, ReasonCode> {
         if proof != Proof::None {
-            return Ok(());
+            return Ok(username);
         }
         let loaded = self.current();
         match (&loaded.passwords, username) {
             (Some(passwords), Some(user)) => {
                 // A named user must prove it, even where anonymous clients are welcome.
                 match password {
-                    Some(password) if passwords.verify(user, password) => Ok(()),
+                    Some(password) if passwords.verify(user, password) => Ok(Some(user)),
                     _ => Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD),
                 }
             }
-            _ if allow_anonymous => Ok(()),
+            _ if allow_anonymous => Ok(None),
             _ => Err(ReasonCode::NOT_AUTHORIZED),
         }
     }
@@ -226,21 +227,25 @@ mod tests {
     #[test]
     fn anonymous_follows_the_listener_and_unproven_names_are_anonymous() {
         let open = Security::open();
-        assert_eq!(open.authenticate(true, None, None, Proof::None), Ok(()));
+        assert_eq!(open.authenticate(true, None, None, Proof::None), Ok(None));
         assert_eq!(open.authenticate(false, None, None, Proof::None), Err(ReasonCode::NOT_AUTHORIZED));
         // Without a password file nothing can prove a name: still anonymous.
         assert_eq!(
             open.authenticate(false, Some("alice"), Some(b"x"), Proof::None),
             Err(ReasonCode::NOT_AUTHORIZED)
         );
-        assert_eq!(open.authenticate(false, Some("alice"), None, Proof::Certificate), Ok(()));
+        assert_eq!(open.authenticate(true, Some("alice"), Some(b"x"), Proof::None), Ok(None));
+        assert_eq!(open.authenticate(false, Some("alice"), None, Proof::Certificate), Ok(Some("alice")));
     }
 
     #[test]
     fn named_users_must_give_their_password_even_where_anonymous_is_allowed() {
         let entry = password::hash_password(b"s3cret");
         let security = with_passwords(&format!("alice:{entry}\n"));
-        assert_eq!(security.authenticate(false, Some("alice"), Some(b"s3cret"), Proof::None), Ok(()));
+        assert_eq!(
+            security.authenticate(false, Some("alice"), Some(b"s3cret"), Proof::None),
+            Ok(Some("alice"))
+        );
         for allow in [true, false] {
             let wrong = security.authenticate(allow, Some("alice"), Some(b"nope"), Proof::None);
             assert_eq!(wrong, Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD));
@@ -249,6 +254,6 @@ mod tests {
             let unknown = security.authenticate(allow, Some("bob"), Some(b"s3cret"), Proof::None);
             assert_eq!(unknown, Err(ReasonCode::BAD_USER_NAME_OR_PASSWORD));
         }
-        assert_eq!(security.authenticate(true, None, None, Proof::None), Ok(()));
+        assert_eq!(security.authenticate(true, None, None, Proof::None), Ok(None));
     }
 }

@@ -197,14 +197,20 @@ impl Connection {
         let (security, user, password) =
             (self.broker.security.clone(), username.clone(), connect.password.clone());
         let verdict = tokio::task::spawn_blocking(move || {
-            security.authenticate(allow_anonymous, user.as_deref(), password.as_deref(), proof)
+            let proven =
+                security.authenticate(allow_anonymous, user.as_deref(), password.as_deref(), proof)?;
+            Ok(proven.is_some())
         })
         .await
         .unwrap_or(Err(ReasonCode::UNSPECIFIED_ERROR));
-        if let Err(code) = verdict {
-            let who = username.as_deref().unwrap_or("(anonymous)");
-            return Err(Refusal::Code(code, format!("authentication failed for user {who}")));
-        }
+        // An unproven user name is anonymous: it gets no user's rights.
+        let username = match verdict {
+            Ok(proven) => username.filter(|_| proven),
+            Err(code) => {
+                let who = username.as_deref().unwrap_or("(anonymous)");
+                return Err(Refusal::Code(code, format!("authentication failed for user {who}")));
+            }
+        };
         // The will is published later on the client's behalf: it needs the right to publish.
         if let Some(will) = &connect.will {
             if !self.broker.security.may_publish(username.as_deref(), &client_id, &will.topic) {
