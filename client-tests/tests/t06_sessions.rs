@@ -64,7 +64,9 @@ async fn clean_session_discards_subscriptions() {
 // for offline clients (Tern policy; the spec allows either).
 #[tokio::test]
 async fn offline_queue_delivered_in_order() {
-    let b = Broker::start();
+    // Debug logs say when the broker has handled the DISCONNECT: only then is the session
+    // offline, so that a QoS 0 message is not queued for it [MQTT-3.1.2-5].
+    let b = Broker::start_with("[log]\nlevel = \"info,tern::connection=debug\"\n");
     let mut s = Mqtt::connect({
         let mut o = opts(&b, "off");
         o.set_clean_session(false);
@@ -73,6 +75,9 @@ async fn offline_queue_delivered_in_order() {
     .await;
     s.subscribe("off/t", 2).await;
     s.disconnect().await;
+    let offline =
+        b.wait_log_line(|l| l.contains("client_id=off}") && l.contains("client disconnected"), WAIT).await;
+    assert!(offline, "DISCONNECT handled; log:\n{}", b.logs());
 
     let mut p = Mqtt::connect(opts(&b, "off-pub")).await;
     let mut expected = Vec::new();

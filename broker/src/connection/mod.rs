@@ -110,7 +110,9 @@ pub enum ProtocolError {
     SessionExpiryAfterZero,
     #[error("unexpected AUTH packet [MQTT-4.12.0-1]")]
     UnexpectedAuth,
-    #[error("re-authentication failed")]
+    /// The method's own code is logged; the client gets DISCONNECT 0x87 (0x86 is not a
+    /// DISCONNECT reason code, section 3.14.2.1).
+    #[error("re-authentication failed (reason {:#04x})", .0.0)]
     ReauthenticationFailed(ReasonCode),
     /// Not the client's fault: storing failed, so nothing may be acknowledged.
     #[error("cannot store state: {0}")]
@@ -126,7 +128,8 @@ impl ProtocolError {
             ProtocolError::ReceiveMaximumExceeded => ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
             ProtocolError::RetainNotSupported => ReasonCode::RETAIN_NOT_SUPPORTED,
             ProtocolError::QosNotSupported => ReasonCode::QOS_NOT_SUPPORTED,
-            ProtocolError::ReauthenticationFailed(reason) | ProtocolError::Unsupported(reason) => *reason,
+            ProtocolError::ReauthenticationFailed(_) => ReasonCode::NOT_AUTHORIZED,
+            ProtocolError::Unsupported(reason) => *reason,
             ProtocolError::Store(_) => ReasonCode::UNSPECIFIED_ERROR,
             ProtocolError::SecondConnect
             | ProtocolError::NoLocalOnSharedSubscription
@@ -290,6 +293,13 @@ impl Connection {
                     if let Some(grace) = keep_alive {
                         deadline.as_mut().reset(Instant::now() + grace);
                     }
+                    // Packets already read wait in the buffer until the rate allows them.
+                    if let Some(ending) = self.handle_input(session) {
+                        return ending;
+                    }
+                    if let Err(e) = self.settle(session).await {
+                        return Ending::Protocol(e);
+                    }
                 }
                 read = self.reader.read_buf(&mut self.rbuf), if writable && paused_until.is_none() => match read {
                     Ok(0) => return Ending::PeerClosed,
@@ -321,9 +331,13 @@ impl Connection {
         }
     }
 
-    /// Decodes and handles every complete packet in the read buffer.
+    /// Decodes and handles the complete packets in the read buffer, stopping early when the
+    /// publish rate limit says to wait.
     fn handle_input(&mut self, session: &mut Session) -> Option<Ending> {
         loop {
+            if self.throttle.as_mut().is_some_and(|t| t.resume_at(Instant::now()).is_some()) {
+                break;
+            }
             let packet = match self.codec.decode(&mut self.rbuf) {
                 Ok(Some(packet)) => packet,
                 Ok(None) => break,
