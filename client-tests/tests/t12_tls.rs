@@ -164,3 +164,29 @@ async fn sighup_reloads_certificates_and_keeps_open_connections() {
     after.disconnect().await;
     before.disconnect().await;
 }
+
+// certs/gen-dev-certs.sh (the development PKI the README points to) makes files Tern serves
+// TLS and mTLS with, and that a client with the client certificate gets through.
+#[tokio::test]
+async fn dev_certificate_script_output_serves_mtls() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../certs/gen-dev-certs.sh");
+    let made =
+        std::process::Command::new("bash").arg(script).arg(dir.path()).status().expect("run the script");
+    assert!(made.success(), "gen-dev-certs.sh failed");
+    let file = |name: &str| dir.path().join(name);
+    let toml = format!(
+        "[[listener]]\nbind = \"127.0.0.1:0\"\ntransport = \"tls\"\n[listener.tls]\ncert = {:?}\nkey = {:?}\nclient_ca = {:?}\n",
+        file("server.pem"),
+        file("server.key"),
+        file("ca.pem")
+    );
+    let b = Broker::launch(Launch::config(&toml).args(&[]));
+    let client = client_tests::pki::Identity { cert: file("client.pem"), key: file("client.key") };
+    let (raw, _) = tls_raw(b.addr(), client_config(&file("ca.pem"), Some(&client)))
+        .await
+        .handshake_over(&pkt::Connect::new("dev-client"))
+        .await;
+    raw.disconnect().await;
+    expect_no_mqtt(&file("ca.pem"), b.addr(), None).await;
+}
