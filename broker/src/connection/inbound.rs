@@ -69,10 +69,10 @@ impl Connection {
         let message = Arc::new(Message::from_publish(&publish, &session.client_id));
         match (publish.qos, publish.packet_id) {
             (QoS::AtMostOnce, _) => {
-                self.route(&message);
+                self.route(session, &message);
             }
             (QoS::AtLeastOnce, Some(id)) => {
-                let reason = publish_reason(self.route(&message));
+                let reason = publish_reason(self.route(session, &message));
                 self.out.push(Packet::PubAck(Ack { packet_id: id, reason }));
             }
             (QoS::ExactlyOnce, Some(id)) => {
@@ -82,7 +82,7 @@ impl Connection {
                     if session.inbound_unacknowledged() >= usize::from(config.mqtt.receive_maximum) {
                         return Err(ProtocolError::ReceiveMaximumExceeded);
                     }
-                    reason = publish_reason(self.route(&message));
+                    reason = publish_reason(self.route(session, &message));
                     // An error reason ends the exchange: no PUBREL follows [MQTT-4.3.3-4].
                     if reason.is_success() {
                         session.handle_inbound_qos2(id);
@@ -300,9 +300,19 @@ impl Connection {
     }
 
     /// Routes a message; it is stored and handed over at the next `settle`.
-    fn route(&mut self, message: &Arc<Message>) -> RouteOutcome {
+    fn route(&mut self, session: &Session, message: &Arc<Message>) -> RouteOutcome {
         let mut routed = route(&self.broker, message);
         self.ops.append(&mut routed.ops);
+        // Flow control: a connected subscriber's queue is now full. Reading pauses after this
+        // packet until it has room, rather than its next messages being dropped. Never for our
+        // own queue: it drains only as we read this client's acks.
+        let own = session.pending.mailbox();
+        for mailbox in routed.full_targets().filter(|m| !Arc::ptr_eq(m, own)) {
+            if !self.congested.iter().any(|m| Arc::ptr_eq(m, mailbox)) {
+                debug!(subscriber = %mailbox.client_id(), "subscriber queue full: pausing this publisher");
+                self.congested.push(mailbox.clone());
+            }
+        }
         let outcome = routed.outcome;
         self.routed.push(routed);
         outcome

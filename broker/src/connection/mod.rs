@@ -32,6 +32,7 @@ use crate::router::retain::RetainChange;
 use crate::router::topic::TopicError;
 use crate::router::{RouteOutcome, Routed};
 use crate::server::Admission;
+use crate::session::queue::Mailbox;
 use crate::session::registry::{Control, OwnerId};
 use crate::session::{ClientId, Session};
 use crate::storage::{Op, StoreError};
@@ -188,6 +189,8 @@ struct Connection {
     /// The user this connection authenticated as; ACL checks use it.
     username: Option<ByteString>,
     throttle: Option<Throttle>,
+    /// Sessions whose full queues this client's messages are waiting on (flow control).
+    congested: Vec<Arc<Mailbox>>,
     codec: Codec,
     version: ProtocolVersion,
     rbuf: BytesMut,
@@ -216,6 +219,7 @@ impl Connection {
             certificate_user: established.certificate_user,
             username: None,
             throttle,
+            congested: Vec::new(),
             codec,
             version: ProtocolVersion::V311,
             rbuf: BytesMut::with_capacity(READ_BUFFER),
@@ -277,6 +281,9 @@ impl Connection {
         loop {
             let writable = self.wbuf.len() < WRITE_HIGH_WATER;
             let paused_until = self.throttle.as_mut().and_then(|t| t.resume_at(Instant::now()));
+            let waiting_for_room = !self.congested.is_empty();
+            // While we do not read, the client's silence says nothing about it.
+            let listening = paused_until.is_none() && !waiting_for_room;
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Ending::Shutdown,
@@ -301,7 +308,19 @@ impl Connection {
                         return Ending::Protocol(e);
                     }
                 }
-                read = self.reader.read_buf(&mut self.rbuf), if writable && paused_until.is_none() => match read {
+                // Flow control: a subscriber's queue is full; reading resumes when it has room.
+                _ = wait_for_room(&mut self.congested), if waiting_for_room => {
+                    if let Some(grace) = keep_alive {
+                        deadline.as_mut().reset(Instant::now() + grace);
+                    }
+                    if let Some(ending) = self.handle_input(session) {
+                        return ending;
+                    }
+                    if let Err(e) = self.settle(session).await {
+                        return Ending::Protocol(e);
+                    }
+                }
+                read = self.reader.read_buf(&mut self.rbuf), if writable && listening => match read {
                     Ok(0) => return Ending::PeerClosed,
                     Ok(_) => {
                         if let Some(grace) = keep_alive {
@@ -326,16 +345,18 @@ impl Connection {
                         return Ending::Protocol(e);
                     }
                 }
-                _ = &mut deadline, if keep_alive.is_some() => return Ending::KeepAliveTimeout,
+                _ = &mut deadline, if keep_alive.is_some() && listening => return Ending::KeepAliveTimeout,
             }
         }
     }
 
     /// Decodes and handles the complete packets in the read buffer, stopping early when the
-    /// publish rate limit says to wait.
+    /// publish rate limit or a full subscriber queue says to wait.
     fn handle_input(&mut self, session: &mut Session) -> Option<Ending> {
         loop {
-            if self.throttle.as_mut().is_some_and(|t| t.resume_at(Instant::now()).is_some()) {
+            if !self.congested.is_empty()
+                || self.throttle.as_mut().is_some_and(|t| t.resume_at(Instant::now()).is_some())
+            {
                 break;
             }
             let packet = match self.codec.decode(&mut self.rbuf) {
@@ -476,6 +497,16 @@ impl Connection {
                 drop(control);
             }
         }
+    }
+}
+
+/// Waits until every session in `congested` has room (or went offline or stalled), forgetting
+/// each one
+/// as it does. Cancel-safe: what is left stays in `congested`.
+async fn wait_for_room(congested: &mut Vec<Arc<Mailbox>>) {
+    while let Some(mailbox) = congested.last() {
+        mailbox.wait_for_room().await;
+        congested.pop();
     }
 }
 

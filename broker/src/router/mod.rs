@@ -114,6 +114,15 @@ impl Routed {
         }
     }
 
+    /// Connected sessions whose queue this message filled: the publisher pauses until they
+    /// have room (flow control) rather than have its next messages dropped.
+    pub fn full_targets(&self) -> impl Iterator<Item = &Arc<Mailbox>> {
+        self.targets
+            .iter()
+            .filter(|(m, d)| d.qos != crate::packet::QoS::AtMostOnce && m.needs_flow_control())
+            .map(|(m, _)| m)
+    }
+
     /// Hands the deliveries to their sessions.
     pub fn deliver(self) -> RouteOutcome {
         for (mailbox, delivery) in self.targets {

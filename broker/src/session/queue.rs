@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use bytestring::ByteString;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use crate::message::Delivery;
 use crate::packet::QoS;
@@ -45,7 +45,25 @@ pub struct Mailbox {
     next_seq: AtomicU64,
     overflowing: AtomicBool,
     dropped: AtomicU64,
+    /// Publishers paused by this session's full queue wait here (flow control).
+    room: Notify,
+    /// Someone waits on `room`.
+    waited_on: AtomicBool,
+    /// Deliveries taken from the queue so far: progress, as paused publishers see it.
+    taken: AtomicU64,
+    /// Full and taking nothing for `STALL_AFTER`: not worth pausing publishers for.
+    stalled: AtomicBool,
 }
+
+/// A full queue from which nothing is taken for this long belongs to a stalled subscriber (one
+/// that stopped reading, or two clients waiting on each other): its publishers stop waiting and
+/// its new messages are dropped until it catches up, so one stuck client cannot stall others.
+const STALL_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// A connected session's QoS 1/2 messages may fill its queue up to this many times the limits:
+/// publishers pause once the limits are reached, and the headroom absorbs what they routed in
+/// the meantime, so nothing they were acknowledged for is dropped.
+const FLOW_CONTROL_HEADROOM: usize = 2;
 
 /// What became of an offered delivery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,7 +99,11 @@ impl Mailbox {
     }
 
     pub fn set_online(&self, online: bool) {
-        self.online.store(online, Ordering::Relaxed);
+        self.online.store(online, Ordering::SeqCst);
+        if !online {
+            // Publishers do not wait for an offline session: its queue has the drop policy.
+            self.room.notify_waiters();
+        }
     }
 
     pub fn is_online(&self) -> bool {
@@ -111,13 +133,55 @@ impl Mailbox {
 
     /// Counts a delivery against the limits before it is stored and sent (see `deliver`).
     pub fn admit(&self, delivery: &Delivery) -> Offer {
-        if delivery.qos == QoS::AtMostOnce && !self.online.load(Ordering::Relaxed) {
+        let online = self.online.load(Ordering::Relaxed);
+        if delivery.qos == QoS::AtMostOnce && !online {
             return Offer::SkippedOffline;
         }
-        if !self.reserve(delivery.message.weight()) {
+        let headroom = if delivery.qos != QoS::AtMostOnce && online { FLOW_CONTROL_HEADROOM } else { 1 };
+        if !self.reserve(delivery.message.weight(), headroom) {
             return Offer::DroppedFull;
         }
         Offer::Queued
+    }
+
+    fn is_full(&self) -> bool {
+        self.messages.load(Ordering::SeqCst) >= self.limits.max_messages
+            || self.bytes.load(Ordering::SeqCst) >= self.limits.max_bytes
+    }
+
+    /// The queue of this connected, progressing session has reached its limits: publishers of
+    /// QoS 1/2 messages to it should pause (`wait_for_room`).
+    pub fn needs_flow_control(&self) -> bool {
+        self.is_online() && self.is_full() && !self.stalled.load(Ordering::SeqCst)
+    }
+
+    /// Returns once the queue is below its limits, the session went offline, or it took nothing
+    /// from its queue for `STALL_AFTER` (it is then treated as stalled).
+    pub async fn wait_for_room(&self) {
+        let mut seen = self.taken.load(Ordering::SeqCst);
+        loop {
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            self.waited_on.store(true, Ordering::SeqCst);
+            if !self.needs_flow_control() {
+                return;
+            }
+            if tokio::time::timeout(STALL_AFTER, notified).await.is_err() {
+                let taken = self.taken.load(Ordering::SeqCst);
+                if taken == seen {
+                    if !self.stalled.swap(true, Ordering::SeqCst) {
+                        tracing::warn!(
+                            client_id = %self.client_id,
+                            "queue full and nothing taken for {STALL_AFTER:?}: subscriber treated as stalled, \
+                             publishers resume, its new messages are dropped beyond twice the limits"
+                        );
+                    }
+                    return;
+                }
+                seen = taken;
+            }
+        }
     }
 
     /// Undoes `admit` for a delivery that will not be handed over.
@@ -144,11 +208,14 @@ impl Mailbox {
         self.is_online() && committed < self.window.load(Ordering::Relaxed)
     }
 
-    /// Counts a message against the limits; false (and the drop is counted) when over.
-    fn reserve(&self, weight: usize) -> bool {
+    /// Counts a message against `headroom` times the limits; false (and the drop is counted)
+    /// when over.
+    fn reserve(&self, weight: usize, headroom: usize) -> bool {
         let messages = self.messages.fetch_add(1, Ordering::AcqRel);
         let bytes = self.bytes.fetch_add(weight, Ordering::AcqRel);
-        if messages < self.limits.max_messages && bytes + weight <= self.limits.max_bytes {
+        let (max_messages, max_bytes) =
+            (self.limits.max_messages * headroom, self.limits.max_bytes * headroom);
+        if messages < max_messages && bytes + weight <= max_bytes {
             return true;
         }
         self.release(weight);
@@ -169,8 +236,16 @@ impl Mailbox {
         self.bytes.fetch_sub(weight, Ordering::AcqRel);
     }
 
-    /// Called as messages leave the queue: ends an overflow episode once half the room is back.
+    /// Called as messages leave the queue: wakes paused publishers once there is room, ends an
+    /// overflow episode once half the room is back.
     fn note_drained(&self) {
+        self.taken.fetch_add(1, Ordering::SeqCst);
+        if !self.is_full() {
+            self.stalled.store(false, Ordering::Relaxed);
+            if self.waited_on.load(Ordering::SeqCst) && self.waited_on.swap(false, Ordering::SeqCst) {
+                self.room.notify_waiters();
+            }
+        }
         if self.overflowing.load(Ordering::Relaxed)
             && self.messages.load(Ordering::Relaxed) <= self.limits.max_messages / 2
             && self.overflowing.swap(false, Ordering::Relaxed)
@@ -220,6 +295,10 @@ impl PendingQueue {
             next_seq: AtomicU64::new(1),
             overflowing: AtomicBool::new(false),
             dropped: AtomicU64::new(0),
+            room: Notify::new(),
+            waited_on: AtomicBool::new(false),
+            taken: AtomicU64::new(0),
+            stalled: AtomicBool::new(false),
         });
         PendingQueue { mailbox, rx, local: VecDeque::new() }
     }
@@ -238,7 +317,7 @@ impl PendingQueue {
 
     /// Appends a delivery produced by the session itself, under the same limits.
     pub fn push(&mut self, delivery: Delivery) -> Offer {
-        if !self.mailbox.reserve(delivery.message.weight()) {
+        if !self.mailbox.reserve(delivery.message.weight(), 1) {
             return Offer::DroppedFull;
         }
         self.local.push_back(delivery);
@@ -310,6 +389,7 @@ mod tests {
     fn message_limit_drops_the_newest() {
         let mut q = queue(2, 1 << 20);
         let mb = q.mailbox().clone();
+        mb.set_online(false);
         assert_eq!(mb.offer(delivery(QoS::AtLeastOnce, b"1")), Offer::Queued);
         assert_eq!(mb.offer(delivery(QoS::AtLeastOnce, b"2")), Offer::Queued);
         assert_eq!(mb.offer(delivery(QoS::AtLeastOnce, b"3")), Offer::DroppedFull);
@@ -348,6 +428,53 @@ mod tests {
     fn local_pushes_share_the_limit() {
         let mut q = queue(1, 1 << 20);
         assert_eq!(q.push(delivery(QoS::AtLeastOnce, b"r")), Offer::Queued);
-        assert_eq!(q.mailbox().offer(delivery(QoS::AtLeastOnce, b"x")), Offer::DroppedFull);
+        assert_eq!(q.mailbox().offer(delivery(QoS::AtMostOnce, b"x")), Offer::DroppedFull);
+    }
+
+    #[test]
+    fn connected_sessions_get_headroom_for_reliable_messages_and_ask_for_flow_control() {
+        let mut q = queue(2, 1 << 20);
+        let mb = q.mailbox().clone();
+        for n in 0..2 {
+            assert!(!mb.needs_flow_control(), "{n} queued");
+            assert_eq!(mb.offer(delivery(QoS::AtLeastOnce, b"m")), Offer::Queued);
+        }
+        assert!(mb.needs_flow_control(), "full: publishers should pause");
+        // What publishers routed before pausing still fits, up to twice the limits.
+        assert_eq!(mb.offer(delivery(QoS::AtLeastOnce, b"m")), Offer::Queued);
+        assert_eq!(mb.offer(delivery(QoS::ExactlyOnce, b"m")), Offer::Queued);
+        assert_eq!(mb.offer(delivery(QoS::AtLeastOnce, b"m")), Offer::DroppedFull);
+        assert_eq!(mb.offer(delivery(QoS::AtMostOnce, b"m")), Offer::DroppedFull, "QoS 0: no headroom");
+        for _ in 0..3 {
+            q.try_pop().unwrap();
+        }
+        assert!(!mb.needs_flow_control());
+    }
+
+    #[tokio::test]
+    async fn paused_publishers_wake_when_there_is_room() {
+        let mut q = queue(1, 1 << 20);
+        let mb = q.mailbox().clone();
+        mb.offer(delivery(QoS::AtLeastOnce, b"m"));
+        let waiter = tokio::spawn({
+            let mb = mb.clone();
+            async move { mb.wait_for_room().await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished());
+        q.try_pop().unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(1), waiter).await.unwrap().unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_session_taking_nothing_is_stalled_and_not_waited_for() {
+        let q = queue(1, 1 << 20);
+        let mb = q.mailbox().clone();
+        mb.offer(delivery(QoS::AtLeastOnce, b"m"));
+        let started = tokio::time::Instant::now();
+        mb.wait_for_room().await;
+        assert!(started.elapsed() >= STALL_AFTER);
+        assert!(!mb.needs_flow_control(), "stalled: no more pauses for it");
+        drop(q);
     }
 }
