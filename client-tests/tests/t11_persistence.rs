@@ -1010,7 +1010,7 @@ async fn disk_full_stops_acknowledging_and_loses_nothing_acknowledged() {
         }
     };
     assert!(refused > 0, "nothing could be stored at all; log:\n{}", b.logs());
-    assert!(b.logs().contains("storage write failed"), "the failure is logged; log:\n{}", b.logs());
+    assert!(b.wait_log("storage write failed", WAIT).await, "the failure is logged; log:\n{}", b.logs());
 
     b.kill9().await;
     disk.grow("64m");

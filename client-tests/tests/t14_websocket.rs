@@ -687,6 +687,6 @@ async fn mqtt_js_over_ws() {
 
     let (topic, qos, payload) = tcp.receive().await;
     assert_eq!((topic.as_str(), qos, payload.as_slice()), ("js/t", 1, &b"hello from mqtt.js"[..]));
-    assert!(b.logs().contains("client_id=mqttjs"), "MQTT.js connection logged:\n{}", b.logs());
+    assert!(b.wait_log("client_id=mqttjs", WAIT).await, "MQTT.js connection logged:\n{}", b.logs());
     tcp.disconnect().await;
 }

@@ -127,6 +127,11 @@ impl Security {
         Ok(())
     }
 
+    /// Whether `authenticate` will verify a password (slow by design) for such a client.
+    pub fn hashes_password(&self, has_username: bool, proof: Proof) -> bool {
+        has_username && proof == Proof::None && self.password_file.is_some()
+    }
+
     /// Whether an ACL is configured; without one no topic check needs the lock.
     fn has_acl(&self) -> bool {
         self.acl_file.is_some()

@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use bytestring::ByteString;
-use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -149,7 +148,7 @@ impl Connection {
                 }
                 Err(e) => return Err(Refusal::Close(e.to_string())),
             }
-            match self.reader.read_buf(&mut self.rbuf).await {
+            match super::read_some(&mut self.reader, &mut self.rbuf, &mut self.read_size).await {
                 Ok(0) => return Err(Refusal::Close("connection closed during CONNECT".into())),
                 Ok(_) => {}
                 Err(e) => return Err(Refusal::Close(format!("read failed during CONNECT: {e}"))),
@@ -193,16 +192,19 @@ impl Connection {
             (None, None) => (connect.username.clone(), Proof::None),
         };
         let allow_anonymous = self.listener.config.allows_anonymous();
-        // Password hashing is deliberately slow: off the async workers.
         let (security, user, password) =
             (self.broker.security.clone(), username.clone(), connect.password.clone());
-        let verdict = tokio::task::spawn_blocking(move || {
+        let check = move || {
             let proven =
                 security.authenticate(allow_anonymous, user.as_deref(), password.as_deref(), proof)?;
             Ok(proven.is_some())
-        })
-        .await
-        .unwrap_or(Err(ReasonCode::UNSPECIFIED_ERROR));
+        };
+        // Password hashing is deliberately slow: off the async workers when there is one to do.
+        let verdict = if self.broker.security.hashes_password(username.is_some(), proof) {
+            tokio::task::spawn_blocking(check).await.unwrap_or(Err(ReasonCode::UNSPECIFIED_ERROR))
+        } else {
+            check()
+        };
         // An unproven user name is anonymous: it gets no user's rights.
         let username = match verdict {
             Ok(proven) => username.filter(|_| proven),

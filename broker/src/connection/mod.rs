@@ -36,7 +36,7 @@ use crate::session::queue::Mailbox;
 use crate::session::registry::{Control, OwnerId};
 use crate::session::{ClientId, Session};
 use crate::storage::{Op, StoreError};
-use crate::transport::{Established, Listener, Writer};
+use crate::transport::{Established, Listener, Reader, Writer};
 use crate::Broker;
 use throttle::Throttle;
 
@@ -44,8 +44,10 @@ pub use offline::restore;
 
 /// Pause reading while this much output is waiting for the socket.
 const WRITE_HIGH_WATER: usize = 256 * 1024;
-/// Initial read buffer; grows to the largest packet in flight.
-const READ_BUFFER: usize = 4096;
+/// First read size: a CONNECT and the odd PINGREQ fit, so an idle client costs little.
+const READ_SIZE_MIN: usize = 512;
+/// Read size a busy client grows to (doubling while reads fill the buffer).
+const READ_SIZE_MAX: usize = 64 * 1024;
 /// Best-effort time to flush a final packet (a refusing CONNACK, a DISCONNECT) before closing.
 const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
 
@@ -153,9 +155,10 @@ pub async fn serve(
     async move {
         let timeout = broker.config.connect_timeout();
         let max_packet_size = broker.config.mqtt.max_packet_size as usize;
-        let established = match tokio::time::timeout(timeout, listener.establish(stream, max_packet_size))
-            .await
-        {
+        // Boxed, like the handshake and the closing in `run`: large futures that run once per
+        // connection must not sit in every idle connection's task for its whole life.
+        let establish = Box::pin(listener.establish(stream, max_packet_size));
+        let established = match tokio::time::timeout(timeout, establish).await {
             Ok(Ok(established)) => established,
             Ok(Err(e)) => return info!("closing: {e}"),
             Err(_) => return info!("transport handshake not done within {}s: closing", timeout.as_secs()),
@@ -180,7 +183,7 @@ struct Connection {
     listener: Arc<Listener>,
     /// False when a connection limit was reached: the CONNECT is answered "server busy".
     admitted: bool,
-    reader: crate::transport::Reader,
+    reader: Reader,
     writer: Writer,
     /// Bytes were written since the last flush (TLS and WebSocket buffer until flushed).
     unflushed: bool,
@@ -194,6 +197,8 @@ struct Connection {
     codec: Codec,
     version: ProtocolVersion,
     rbuf: BytesMut,
+    /// How much to make room for before a read; grows for busy clients.
+    read_size: usize,
     wbuf: BytesMut,
     /// Packets produced by the session, encoded into `wbuf` after each event.
     out: Vec<Packet>,
@@ -222,7 +227,8 @@ impl Connection {
             congested: Vec::new(),
             codec,
             version: ProtocolVersion::V311,
-            rbuf: BytesMut::with_capacity(READ_BUFFER),
+            rbuf: BytesMut::new(),
+            read_size: READ_SIZE_MIN,
             wbuf: BytesMut::new(),
             out: Vec::new(),
             ops: Vec::new(),
@@ -232,7 +238,8 @@ impl Connection {
     }
 
     async fn run(&mut self) {
-        let Some(accepted) = self.handshake().await else { return };
+        // Boxed, see `serve`.
+        let Some(accepted) = Box::pin(self.handshake()).await else { return };
         let handshake::Accepted {
             mut session,
             will,
@@ -264,7 +271,7 @@ impl Connection {
             Err(e) => Ending::Protocol(e),
         };
         session.pending.mailbox().set_online(false);
-        self.finish(session, will, ending, owner, control).await;
+        Box::pin(self.finish(session, will, ending, owner, control)).await;
     }
 
     /// The connected phase.
@@ -320,7 +327,7 @@ impl Connection {
                         return Ending::Protocol(e);
                     }
                 }
-                read = self.reader.read_buf(&mut self.rbuf), if writable && listening => match read {
+                read = read_some(&mut self.reader, &mut self.rbuf, &mut self.read_size), if writable && listening => match read {
                     Ok(0) => return Ending::PeerClosed,
                     Ok(_) => {
                         if let Some(grace) = keep_alive {
@@ -337,10 +344,8 @@ impl Connection {
                 },
                 delivery = session.pending.pop(), if writable && session.can_deliver() => {
                     let now = Instant::now();
-                    if let Some(delivery) = delivery {
-                        session.handle_deliver(delivery, &mut self.out, now);
-                        session.pump(&mut self.out, now);
-                    }
+                    session.handle_deliver(delivery, &mut self.out, now);
+                    session.pump(&mut self.out, now);
                     if let Err(e) = self.settle(session).await {
                         return Ending::Protocol(e);
                     }
@@ -508,6 +513,20 @@ async fn wait_for_room(congested: &mut Vec<Arc<Mailbox>>) {
         mailbox.wait_for_room().await;
         congested.pop();
     }
+}
+
+/// Reads what the client sent into `rbuf`, making room for `read_size` bytes first; the size
+/// doubles (up to `READ_SIZE_MAX`) while reads fill it, and stays small for quiet clients.
+async fn read_some(reader: &mut Reader, rbuf: &mut BytesMut, read_size: &mut usize) -> io::Result<usize> {
+    if rbuf.capacity() - rbuf.len() < *read_size / 2 {
+        rbuf.reserve(*read_size);
+    }
+    let room = rbuf.capacity() - rbuf.len();
+    let n = reader.read_buf(rbuf).await?;
+    if n == room && *read_size < READ_SIZE_MAX {
+        *read_size *= 2;
+    }
+    Ok(n)
 }
 
 /// Writes some of `wbuf`, or flushes once it is empty; true when it wrote (a flush is due).

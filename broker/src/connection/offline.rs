@@ -86,7 +86,7 @@ pub(super) async fn run(
                 if Instant::now() >= expires_at {
                     // The expiry passed at the same moment: the session is over, not resumed.
                     let _ = reply.send(None);
-                    expire(&broker, session, owner, will.take().map(|(w, _)| w)).await;
+                    Box::pin(expire(&broker, session, owner, will.take().map(|(w, _)| w))).await;
                     return;
                 }
                 // The client is back: a pending delayed will is not sent.
@@ -110,11 +110,11 @@ pub(super) async fn run(
                 }
             }
             _ = &mut expiry => {
-                expire(&broker, session, owner, will.take().map(|(w, _)| w)).await;
+                Box::pin(expire(&broker, session, owner, will.take().map(|(w, _)| w))).await;
                 drop(control);
                 return;
             }
-            open = session.pending.absorb() => if !open { return },
+            () = session.pending.absorb() => {}
         }
     }
 }

@@ -9,10 +9,10 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use bytestring::ByteString;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 
 use crate::message::Delivery;
 use crate::packet::QoS;
@@ -31,7 +31,13 @@ pub struct Mailbox {
     client_id: ClientId,
     /// The user the session's client authenticated as (for read ACLs while routing).
     username: RwLock<Option<ByteString>>,
-    tx: mpsc::UnboundedSender<Delivery>,
+    /// Deliveries handed over, taken by the session in batches. A plain deque: it allocates
+    /// nothing until used, where a channel would hold a block per idle session.
+    inbox: Mutex<VecDeque<Delivery>>,
+    /// Wakes the session when `inbox` gets something (a permit is kept if it is not waiting).
+    arrived: Notify,
+    /// The session's queue was dropped: nothing more is taken.
+    closed: AtomicBool,
     limits: QueueLimits,
     messages: AtomicUsize,
     bytes: AtomicUsize,
@@ -191,14 +197,13 @@ impl Mailbox {
 
     /// Hands over a delivery that `admit` accepted.
     pub fn deliver(&self, delivery: Delivery) -> Offer {
-        let weight = delivery.message.weight();
-        match self.tx.send(delivery) {
-            Ok(()) => Offer::Queued,
-            Err(_) => {
-                self.release(weight);
-                Offer::Closed
-            }
+        if self.closed.load(Ordering::Acquire) {
+            self.release(delivery.message.weight());
+            return Offer::Closed;
         }
+        self.inbox.lock().unwrap_or_else(|e| e.into_inner()).push_back(delivery);
+        self.arrived.notify_one();
+        Offer::Queued
     }
 
     /// True when the session is online and its window has room for one more message beyond
@@ -274,17 +279,18 @@ impl Mailbox {
 #[derive(Debug)]
 pub struct PendingQueue {
     mailbox: Arc<Mailbox>,
-    rx: mpsc::UnboundedReceiver<Delivery>,
+
     local: VecDeque<Delivery>,
 }
 
 impl PendingQueue {
     pub fn new(client_id: ClientId, limits: QueueLimits) -> Self {
-        let (tx, rx) = mpsc::unbounded_channel();
         let mailbox = Arc::new(Mailbox {
             client_id,
             username: RwLock::default(),
-            tx,
+            inbox: Mutex::default(),
+            arrived: Notify::new(),
+            closed: AtomicBool::new(false),
             limits,
             messages: AtomicUsize::new(0),
             bytes: AtomicUsize::new(0),
@@ -300,7 +306,7 @@ impl PendingQueue {
             taken: AtomicU64::new(0),
             stalled: AtomicBool::new(false),
         });
-        PendingQueue { mailbox, rx, local: VecDeque::new() }
+        PendingQueue { mailbox, local: VecDeque::new() }
     }
 
     pub fn mailbox(&self) -> &Arc<Mailbox> {
@@ -324,39 +330,64 @@ impl PendingQueue {
         Offer::Queued
     }
 
+    /// Moves everything handed over into `local`, in order; false when there was nothing.
+    fn collect(&mut self) -> bool {
+        let mut inbox = self.mailbox.inbox.lock().unwrap_or_else(|e| e.into_inner());
+        if inbox.is_empty() {
+            return false;
+        }
+        if self.local.is_empty() {
+            std::mem::swap(&mut self.local, &mut inbox);
+        } else {
+            self.local.append(&mut inbox);
+        }
+        true
+    }
+
+    /// Waits until something was handed over and collects it. Cancel-safe.
+    async fn collect_arrivals(&mut self) {
+        while !self.collect() {
+            self.mailbox.arrived.notified().await;
+        }
+    }
+
     /// The next pending delivery without waiting.
     pub fn try_pop(&mut self) -> Option<Delivery> {
-        let next = self.local.pop_front().or_else(|| self.rx.try_recv().ok())?;
+        if self.local.is_empty() {
+            self.collect();
+        }
+        let next = self.local.pop_front()?;
         Some(self.released(next))
     }
 
     /// The next pending delivery, waiting for one. Cancel-safe.
-    pub async fn pop(&mut self) -> Option<Delivery> {
-        if let Some(next) = self.local.pop_front() {
-            return Some(self.released(next));
+    pub async fn pop(&mut self) -> Delivery {
+        if self.local.is_empty() {
+            self.collect_arrivals().await;
         }
-        let next = self.rx.recv().await?;
-        Some(self.released(next))
+        let next = self.local.pop_front().unwrap_or_else(|| unreachable!("collected at least one"));
+        self.released(next)
     }
 
-    /// While offline: moves what arrived into the local queue, dropping QoS 0 (not queued for
-    /// offline sessions). Returns false when the channel is closed.
-    pub async fn absorb(&mut self) -> bool {
-        let Some(delivery) = self.rx.recv().await else { return false };
-        if delivery.qos == QoS::AtMostOnce {
-            self.released(delivery);
-        } else {
-            self.local.push_back(delivery);
+    /// While offline: waits for what arrives and keeps it in the local queue, dropping QoS 0
+    /// (not queued for offline sessions).
+    pub async fn absorb(&mut self) {
+        let before = self.local.len();
+        self.collect_arrivals().await;
+        let arrived: Vec<Delivery> = self.local.drain(before..).collect();
+        for delivery in arrived {
+            if delivery.qos == QoS::AtMostOnce {
+                self.released(delivery);
+            } else {
+                self.local.push_back(delivery);
+            }
         }
-        true
     }
 
     /// Removes and returns every pending delivery that came through a shared subscription
     /// (the session is leaving; another member of the group takes them).
     pub fn take_shared(&mut self) -> Vec<Delivery> {
-        while let Ok(delivery) = self.rx.try_recv() {
-            self.local.push_back(delivery);
-        }
+        self.collect();
         let (shared, own): (VecDeque<_>, VecDeque<_>) =
             self.local.drain(..).partition(|d| d.shared.is_some());
         self.local = own;
@@ -367,6 +398,18 @@ impl PendingQueue {
         self.mailbox.release(delivery.message.weight());
         self.mailbox.note_drained();
         delivery
+    }
+}
+
+impl Drop for PendingQueue {
+    /// Whatever is still handed over is dropped with the session (counted out); later
+    /// deliveries are refused as `Closed`.
+    fn drop(&mut self) {
+        self.mailbox.closed.store(true, Ordering::Release);
+        self.collect();
+        for delivery in std::mem::take(&mut self.local) {
+            self.released(delivery);
+        }
     }
 }
 
@@ -415,13 +458,15 @@ mod tests {
         let mut q = queue(10, 1 << 20);
         let mb = q.mailbox().clone();
         mb.offer(delivery(QoS::AtLeastOnce, b"a"));
+        mb.offer(delivery(QoS::AtMostOnce, b"handed over while online"));
         mb.set_online(false);
         assert_eq!(mb.offer(delivery(QoS::AtMostOnce, b"b")), Offer::SkippedOffline);
         mb.offer(delivery(QoS::ExactlyOnce, b"c"));
-        assert!(q.absorb().await);
-        assert!(q.absorb().await);
+        q.absorb().await;
         assert_eq!(&q.try_pop().unwrap().message.payload[..], b"a");
         assert_eq!(&q.try_pop().unwrap().message.payload[..], b"c");
+        assert!(q.try_pop().is_none());
+        assert_eq!(mb.pending(), 0);
     }
 
     #[test]
