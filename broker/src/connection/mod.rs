@@ -301,43 +301,24 @@ impl Connection {
                         Err(e) => return Ending::Io(e),
                     }
                 }
-                // Paused by the publish rate limit: the client is not silent, we are not
-                // listening, so the keep-alive restarts when reading does.
+                // Paused by the publish rate limit: packets already read wait in the buffer
+                // until the rate allows them.
                 _ = tokio::time::sleep_until(paused_until.unwrap_or_else(Instant::now)), if paused_until.is_some() => {
-                    if let Some(grace) = keep_alive {
-                        deadline.as_mut().reset(Instant::now() + grace);
-                    }
-                    // Packets already read wait in the buffer until the rate allows them.
-                    if let Some(ending) = self.handle_input(session) {
+                    if let Some(ending) = self.take_input(session, keep_alive, deadline.as_mut()).await {
                         return ending;
-                    }
-                    if let Err(e) = self.settle(session).await {
-                        return Ending::Protocol(e);
                     }
                 }
                 // Flow control: a subscriber's queue is full; reading resumes when it has room.
                 _ = wait_for_room(&mut self.congested), if waiting_for_room => {
-                    if let Some(grace) = keep_alive {
-                        deadline.as_mut().reset(Instant::now() + grace);
-                    }
-                    if let Some(ending) = self.handle_input(session) {
+                    if let Some(ending) = self.take_input(session, keep_alive, deadline.as_mut()).await {
                         return ending;
-                    }
-                    if let Err(e) = self.settle(session).await {
-                        return Ending::Protocol(e);
                     }
                 }
                 read = read_some(&mut self.reader, &mut self.rbuf, &mut self.read_size), if writable && listening => match read {
                     Ok(0) => return Ending::PeerClosed,
                     Ok(_) => {
-                        if let Some(grace) = keep_alive {
-                            deadline.as_mut().reset(Instant::now() + grace);
-                        }
-                        if let Some(ending) = self.handle_input(session) {
+                        if let Some(ending) = self.take_input(session, keep_alive, deadline.as_mut()).await {
                             return ending;
-                        }
-                        if let Err(e) = self.settle(session).await {
-                            return Ending::Protocol(e);
                         }
                     }
                     Err(e) => return Ending::Io(e),
@@ -353,6 +334,23 @@ impl Connection {
                 _ = &mut deadline, if keep_alive.is_some() && listening => return Ending::KeepAliveTimeout,
             }
         }
+    }
+
+    /// After a read, or when a pause of ours ends: the keep-alive restarts (the client was not
+    /// silent, or we were not listening), then what the buffer holds is handled and settled.
+    async fn take_input(
+        &mut self,
+        session: &mut Session,
+        keep_alive: Option<Duration>,
+        deadline: std::pin::Pin<&mut tokio::time::Sleep>,
+    ) -> Option<Ending> {
+        if let Some(grace) = keep_alive {
+            deadline.reset(Instant::now() + grace);
+        }
+        if let Some(ending) = self.handle_input(session) {
+            return Some(ending);
+        }
+        self.settle(session).await.err().map(Ending::Protocol)
     }
 
     /// Decodes and handles the complete packets in the read buffer, stopping early when the
