@@ -5,7 +5,6 @@
 use std::time::Duration;
 
 use bytestring::ByteString;
-use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::{offline, Connection};
@@ -13,17 +12,16 @@ use crate::auth::{AuthStep, Proof};
 use crate::codec::CodecError;
 use crate::packet::{Auth, ConnAck, Connect, Packet, QoS, ReasonCode, Will};
 use crate::router::topic;
-use crate::session::registry::{Control, OwnerId};
+use crate::session::registry::{control_slot, ControlReceiver, OwnerId};
 use crate::session::{ClientId, Session};
 use crate::storage::Op;
 
-/// Room for a takeover request while the owner is busy; one is ever sent per claim.
-const CONTROL_QUEUE: usize = 4;
-
-/// A connection that passed the handshake.
+/// A connection that passed the handshake. Boxed: it holds the session for the connection's
+/// life, and the connection task should not carry it inline (see `serve`).
 pub(super) struct Accepted {
     pub session: Session,
-    pub will: Option<Will>,
+    /// Boxed: most clients have none, and it is large.
+    pub will: Option<Box<Will>>,
     /// 1.5 × the keep-alive in force; `None` when it is 0 (disabled).
     pub keep_alive: Option<Duration>,
     /// The client's Receive Maximum.
@@ -31,7 +29,7 @@ pub(super) struct Accepted {
     /// The Authentication Method, when the client used enhanced authentication.
     pub auth_method: Option<ByteString>,
     pub owner: OwnerId,
-    pub control: mpsc::Receiver<Control>,
+    pub control: ControlReceiver,
 }
 
 /// A CONNECT whose enhanced authentication, if it asked for one, succeeded.
@@ -54,7 +52,7 @@ pub(super) enum Refusal {
 impl Connection {
     /// Runs the handshake; `None` when the connection was refused or lost (already logged, and
     /// a refusing CONNACK already sent where the spec calls for one).
-    pub(super) async fn handshake(&mut self) -> Option<Accepted> {
+    pub(super) async fn handshake(&mut self) -> Option<Box<Accepted>> {
         let timeout = self.broker.config.connect_timeout();
         // The whole exchange, enhanced authentication included, fits in the connect timeout.
         let result = match tokio::time::timeout(timeout, self.connect_and_authenticate()).await {
@@ -69,7 +67,7 @@ impl Connection {
             Err(refusal) => Err(refusal),
         };
         match outcome {
-            Ok(accepted) => Some(accepted),
+            Ok(accepted) => Some(Box::new(accepted)),
             Err(refusal) => {
                 self.refuse(refusal).await;
                 None
@@ -158,7 +156,7 @@ impl Connection {
 
     async fn accept(&mut self, authenticated: Authenticated) -> Result<Accepted, Refusal> {
         let Authenticated { connect, auth_data, enhanced_user } = authenticated;
-        if !self.admitted {
+        if !self.admission.is_admitted() {
             return Err(Refusal::Code(ReasonCode::SERVER_BUSY, "connection limit reached".into()));
         }
         let config = &self.broker.config;
@@ -221,7 +219,7 @@ impl Connection {
         }
 
         let owner = self.broker.router.registry.new_owner_id();
-        let (control_tx, control) = mpsc::channel(CONTROL_QUEUE);
+        let (control_tx, control) = control_slot();
         let previous = self.broker.router.registry.claim(&client_id, owner, control_tx).await;
         let limits = config.session_limits();
         let (mut session, session_present) = match previous {
@@ -267,7 +265,7 @@ impl Connection {
         );
         Ok(Accepted {
             session,
-            will: connect.will,
+            will: connect.will.map(Box::new),
             keep_alive: (keep_alive.seconds > 0)
                 .then(|| Duration::from_millis(u64::from(keep_alive.seconds) * 1500)),
             receive_maximum: connect.receive_maximum,

@@ -11,6 +11,7 @@ mod inbound;
 mod offline;
 mod throttle;
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use bytes::BytesMut;
 use bytestring::ByteString;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
 
@@ -33,7 +34,7 @@ use crate::router::topic::TopicError;
 use crate::router::{RouteOutcome, Routed};
 use crate::server::Admission;
 use crate::session::queue::Mailbox;
-use crate::session::registry::{Control, OwnerId};
+use crate::session::registry::{Control, ControlReceiver, OwnerId};
 use crate::session::{ClientId, Session};
 use crate::storage::{Op, StoreError};
 use crate::transport::{Established, Listener, Reader, Writer};
@@ -44,8 +45,11 @@ pub use offline::restore;
 
 /// Pause reading while this much output is waiting for the socket.
 const WRITE_HIGH_WATER: usize = 256 * 1024;
-/// First read size: a CONNECT and the odd PINGREQ fit, so an idle client costs little.
+/// Read size of a client that is not busy.
 const READ_SIZE_MIN: usize = 512;
+/// What a client without a read buffer is read with (on the stack): a PINGREQ, an
+/// acknowledgement or a small PUBLISH fit.
+const READ_PROBE: usize = 64;
 /// Read size a busy client grows to (doubling while reads fill the buffer).
 const READ_SIZE_MAX: usize = 64 * 1024;
 /// Best-effort time to flush a final packet (a refusing CONNACK, a DISCONNECT) before closing.
@@ -144,30 +148,46 @@ impl ProtocolError {
 
 /// Entry point of a connection task: the transport's handshakes (TLS, WebSocket) under the
 /// connect timeout, then MQTT. `admission` is held until the connection ends.
-pub async fn serve(
+///
+/// Not an `async fn`: its arguments would stay in the task for the connection's whole life.
+/// Establishing is boxed, like the handshake and the closing in `run`: large futures that run
+/// once per connection must not sit in every idle connection's task.
+pub fn serve(
     stream: TcpStream,
     peer: SocketAddr,
     listener: Arc<Listener>,
     broker: Arc<Broker>,
     admission: Admission,
-) {
+) -> impl Future<Output = ()> + Send {
     let span = tracing::info_span!("conn", %peer, client_id = tracing::field::Empty);
+    let establish = Box::pin(establish(stream, listener, broker, admission));
     async move {
-        let timeout = broker.config.connect_timeout();
-        let max_packet_size = broker.config.mqtt.max_packet_size as usize;
-        // Boxed, like the handshake and the closing in `run`: large futures that run once per
-        // connection must not sit in every idle connection's task for its whole life.
-        let establish = Box::pin(listener.establish(stream, max_packet_size));
-        let established = match tokio::time::timeout(timeout, establish).await {
-            Ok(Ok(established)) => established,
-            Ok(Err(e)) => return info!("closing: {e}"),
-            Err(_) => return info!("transport handshake not done within {}s: closing", timeout.as_secs()),
-        };
-        let mut conn = Connection::new(established, listener, broker, admission.is_admitted());
-        conn.run().await;
+        if let Some(mut conn) = establish.await {
+            conn.run().await;
+        }
     }
     .instrument(span)
-    .await
+}
+
+async fn establish(
+    stream: TcpStream,
+    listener: Arc<Listener>,
+    broker: Arc<Broker>,
+    admission: Admission,
+) -> Option<Box<Connection>> {
+    let timeout = broker.config.connect_timeout();
+    let max_packet_size = broker.config.mqtt.max_packet_size as usize;
+    match tokio::time::timeout(timeout, listener.establish(stream, max_packet_size)).await {
+        Ok(Ok(established)) => Some(Box::new(Connection::new(established, listener, broker, admission))),
+        Ok(Err(e)) => {
+            info!("closing: {e}");
+            None
+        }
+        Err(_) => {
+            info!("transport handshake not done within {}s: closing", timeout.as_secs());
+            None
+        }
+    }
 }
 
 /// Enhanced authentication state of a connection that used it.
@@ -181,8 +201,8 @@ struct AuthState {
 struct Connection {
     broker: Arc<Broker>,
     listener: Arc<Listener>,
-    /// False when a connection limit was reached: the CONNECT is answered "server busy".
-    admitted: bool,
+    /// Refused when a connection limit was reached: the CONNECT is answered "server busy".
+    admission: Admission,
     reader: Reader,
     writer: Writer,
     /// Bytes were written since the last flush (TLS and WebSocket buffer until flushed).
@@ -210,14 +230,19 @@ struct Connection {
 }
 
 impl Connection {
-    fn new(established: Established, listener: Arc<Listener>, broker: Arc<Broker>, admitted: bool) -> Self {
+    fn new(
+        established: Established,
+        listener: Arc<Listener>,
+        broker: Arc<Broker>,
+        admission: Admission,
+    ) -> Self {
         let mqtt = &broker.config.mqtt;
         let codec = Codec::new(mqtt.max_packet_size, mqtt.topic_alias_maximum);
         let throttle = Throttle::new(broker.config.limits.max_publish_rate, Instant::now());
         Connection {
             broker,
             listener,
-            admitted,
+            admission,
             reader: established.reader,
             writer: established.writer,
             unflushed: false,
@@ -239,39 +264,32 @@ impl Connection {
 
     async fn run(&mut self) {
         // Boxed, see `serve`.
-        let Some(accepted) = Box::pin(self.handshake()).await else { return };
-        let handshake::Accepted {
-            mut session,
-            will,
-            keep_alive,
-            receive_maximum,
-            auth_method,
-            owner,
-            mut control,
-        } = accepted;
-        self.auth = auth_method.map(|method| AuthState {
+        let Some(mut accepted) = Box::pin(self.handshake()).await else { return };
+        self.auth = accepted.auth_method.take().map(|method| AuthState {
             method,
-            client_id: session.client_id.clone(),
+            client_id: accepted.session.client_id.clone(),
             exchange: None,
         });
+        let handshake::Accepted { session, keep_alive, receive_maximum, control, .. } = &mut *accepted;
         session.pending.mailbox().set_online(true);
-        session.resume(receive_maximum, &mut self.out, Instant::now());
+        session.resume(*receive_maximum, &mut self.out, Instant::now());
         // Packets that arrived in the same read as CONNECT are handled before waiting for more.
-        let ending = match self.handle_input(&mut session) {
+        let ending = match self.handle_input(session) {
             Some(ending) => ending,
-            None => match self.settle(&mut session).await {
-                Ok(()) => self.serve_session(&mut session, keep_alive, &mut control).await,
+            None => match self.settle(session).await {
+                Ok(()) => self.serve_session(session, *keep_alive, control).await,
                 Err(e) => Ending::Protocol(e),
             },
         };
         // What the last packets routed or changed is stored and handed over even when the
         // connection ends with them (e.g. PUBLISH then DISCONNECT in one read).
-        let ending = match self.settle(&mut session).await {
+        let ending = match self.settle(session).await {
             Ok(()) => ending,
             Err(e) => Ending::Protocol(e),
         };
         session.pending.mailbox().set_online(false);
-        Box::pin(self.finish(session, will, ending, owner, control)).await;
+        let handshake::Accepted { session, will, owner, control, .. } = *accepted;
+        Box::pin(self.finish(session, will.map(|w| *w), ending, owner, control)).await;
     }
 
     /// The connected phase.
@@ -279,13 +297,14 @@ impl Connection {
         &mut self,
         session: &mut Session,
         keep_alive: Option<Duration>,
-        control: &mut mpsc::Receiver<Control>,
+        control: &mut ControlReceiver,
     ) -> Ending {
         let grace = keep_alive.unwrap_or(Duration::MAX);
         let deadline = tokio::time::sleep(grace.min(Duration::from_secs(86_400 * 365)));
         tokio::pin!(deadline);
         let shutdown = self.broker.shutdown.clone();
         loop {
+            self.release_idle_buffers();
             let writable = self.wbuf.len() < WRITE_HIGH_WATER;
             let paused_until = self.throttle.as_mut().and_then(|t| t.resume_at(Instant::now()));
             let waiting_for_room = !self.congested.is_empty();
@@ -294,7 +313,7 @@ impl Connection {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Ending::Shutdown,
-                Some(Control::Takeover(reply)) = control.recv() => return Ending::TakenOver(reply),
+                Control::Takeover(reply) = control.recv() => return Ending::TakenOver(reply),
                 written = write_or_flush(&mut self.writer, &mut self.wbuf), if !self.wbuf.is_empty() || self.unflushed => {
                     match written {
                         Ok(wrote) => self.unflushed = wrote,
@@ -303,13 +322,14 @@ impl Connection {
                 }
                 // Paused by the publish rate limit: packets already read wait in the buffer
                 // until the rate allows them.
-                _ = tokio::time::sleep_until(paused_until.unwrap_or_else(Instant::now)), if paused_until.is_some() => {
+                // (Boxed, as is the wait for room: rare waits that every idle task would carry.)
+                _ = async { Box::pin(tokio::time::sleep_until(paused_until.unwrap_or_else(Instant::now))).await }, if paused_until.is_some() => {
                     if let Some(ending) = self.take_input(session, keep_alive, deadline.as_mut()).await {
                         return ending;
                     }
                 }
                 // Flow control: a subscriber's queue is full; reading resumes when it has room.
-                _ = wait_for_room(&mut self.congested), if waiting_for_room => {
+                _ = async { Box::pin(wait_for_room(&mut self.congested)).await }, if waiting_for_room => {
                     if let Some(ending) = self.take_input(session, keep_alive, deadline.as_mut()).await {
                         return ending;
                     }
@@ -351,6 +371,19 @@ impl Connection {
             return Some(ending);
         }
         self.settle(session).await.err().map(Ending::Protocol)
+    }
+
+    /// A client that is not busy keeps no buffers between packets: an idle connection then
+    /// costs its task and session only. Busy clients (reads that fill `read_size`) keep theirs.
+    fn release_idle_buffers(&mut self) {
+        if self.read_size == READ_SIZE_MIN
+            && self.rbuf.is_empty()
+            && self.rbuf.capacity() > 0
+            && self.out.is_empty()
+        {
+            self.rbuf = BytesMut::new();
+            self.out = Vec::new();
+        }
     }
 
     /// Decodes and handles the complete packets in the read buffer, stopping early when the
@@ -446,7 +479,7 @@ impl Connection {
         will: Option<Will>,
         ending: Ending,
         owner: OwnerId,
-        control: mpsc::Receiver<Control>,
+        control: ControlReceiver,
     ) {
         match &ending {
             Ending::ClientDisconnect { .. } => debug!("client disconnected"),
@@ -514,8 +547,20 @@ async fn wait_for_room(congested: &mut Vec<Arc<Mailbox>>) {
 }
 
 /// Reads what the client sent into `rbuf`, making room for `read_size` bytes first; the size
-/// doubles (up to `READ_SIZE_MAX`) while reads fill it, and stays small for quiet clients.
+/// doubles (up to `READ_SIZE_MAX`) while reads fill it and halves again when they come back
+/// small. A quiet client's buffer is released between packets (`release_idle_buffers`): it
+/// then waits with a small probe on the stack, so an idle connection holds no read buffer.
 async fn read_some(reader: &mut Reader, rbuf: &mut BytesMut, read_size: &mut usize) -> io::Result<usize> {
+    if rbuf.capacity() == 0 {
+        let mut probe = [0u8; READ_PROBE];
+        let n = reader.read(&mut probe).await?;
+        rbuf.extend_from_slice(&probe[..n]);
+        if n == READ_PROBE {
+            // More is probably waiting: read into a real buffer from now on.
+            *read_size = READ_SIZE_MIN * 2;
+        }
+        return Ok(n);
+    }
     if rbuf.capacity() - rbuf.len() < *read_size / 2 {
         rbuf.reserve(*read_size);
     }
@@ -523,6 +568,8 @@ async fn read_some(reader: &mut Reader, rbuf: &mut BytesMut, read_size: &mut usi
     let n = reader.read_buf(rbuf).await?;
     if n == room && *read_size < READ_SIZE_MAX {
         *read_size *= 2;
+    } else if n < *read_size / 4 && *read_size > READ_SIZE_MIN {
+        *read_size /= 2;
     }
     Ok(n)
 }

@@ -6,7 +6,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, warn, Instrument};
 
@@ -15,7 +14,7 @@ use crate::message::{Delivery, Message, SharedRoute};
 use crate::packet::Will;
 use crate::router::Subscriber;
 use crate::session::qos::Outbound;
-use crate::session::registry::{Control, OwnerId};
+use crate::session::registry::{control_slot, Control, ControlReceiver, OwnerId};
 use crate::session::{Session, NEVER_EXPIRES};
 use crate::storage::{unix_ms, DeliveryState, Op, StoreError, StoredSession, WillRecord};
 use crate::Broker;
@@ -68,7 +67,7 @@ pub(super) async fn run(
     broker: Arc<Broker>,
     mut session: Session,
     owner: OwnerId,
-    mut control: mpsc::Receiver<Control>,
+    mut control: ControlReceiver,
     offline: Offline,
 ) {
     debug!("session offline");
@@ -81,8 +80,7 @@ pub(super) async fn run(
         tokio::select! {
             biased;
             _ = broker.shutdown.cancelled() => return,
-            request = control.recv() => {
-                let Some(Control::Takeover(reply)) = request else { return };
+            Control::Takeover(reply) = control.recv() => {
                 if Instant::now() >= expires_at {
                     // The expiry passed at the same moment: the session is over, not resumed.
                     let _ = reply.send(None);
@@ -278,7 +276,7 @@ fn restore_session(
         (w.will, Instant::now() + wait)
     });
     let owner = broker.router.registry.new_owner_id();
-    let (control_tx, control) = mpsc::channel(1);
+    let (control_tx, control) = control_slot();
     broker.router.registry.register(&client_id, owner, control_tx);
     let span = tracing::info_span!("session", %client_id);
     // A session that expired while the broker was down ends at once in its task (will first),

@@ -7,10 +7,10 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{oneshot, Notify};
 
 use super::{ClientId, Session};
 
@@ -26,13 +26,89 @@ pub enum Control {
     Takeover(oneshot::Sender<Option<Session>>),
 }
 
+/// The owning task's end of its control slot. A slot, not a channel: at most one request is
+/// ever sent to an owner (the claim that replaced it), and every idle connection carries one,
+/// so it should cost a few bytes rather than a channel's buffers.
+#[derive(Debug)]
+pub struct ControlReceiver(Arc<ControlSlot>);
+
+/// The registry's end of an owner's control slot.
+#[derive(Debug)]
+pub struct ControlSender(Arc<ControlSlot>);
+
+#[derive(Debug, Default)]
+struct ControlSlot {
+    state: Mutex<SlotState>,
+    /// Wakes the owner; a permit is kept if it is not waiting yet.
+    wake: Notify,
+}
+
+#[derive(Debug, Default)]
+struct SlotState {
+    /// The owner ended: requests are refused (and their reply channel dropped).
+    closed: bool,
+    request: Option<Control>,
+}
+
+/// A slot for one owner: the registry keeps the sender, the owner waits on the receiver.
+pub fn control_slot() -> (ControlSender, ControlReceiver) {
+    let slot = Arc::new(ControlSlot::default());
+    (ControlSender(slot.clone()), ControlReceiver(slot))
+}
+
+impl ControlSlot {
+    fn state(&self) -> std::sync::MutexGuard<'_, SlotState> {
+        // Nothing can panic while the lock is held; a poisoned state is still whole.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl ControlSender {
+    /// Hands `request` to the owner; gives it back if the owner has ended or already holds one.
+    fn send(&self, request: Control) -> Result<(), Control> {
+        let mut state = self.0.state();
+        if state.closed || state.request.is_some() {
+            return Err(request);
+        }
+        state.request = Some(request);
+        drop(state);
+        self.0.wake.notify_one();
+        Ok(())
+    }
+}
+
+impl ControlReceiver {
+    /// Waits for a request. Cancel-safe: a request not yet taken stays in the slot.
+    pub async fn recv(&mut self) -> Control {
+        loop {
+            if let Some(request) = self.0.state().request.take() {
+                return request;
+            }
+            self.0.wake.notified().await;
+        }
+    }
+}
+
+impl Drop for ControlReceiver {
+    /// The owner is gone: later requests are refused, and one that arrived too late is dropped
+    /// with its reply channel, so the claimant stops waiting at once.
+    fn drop(&mut self) {
+        let pending = {
+            let mut state = self.0.state();
+            state.closed = true;
+            state.request.take()
+        };
+        drop(pending);
+    }
+}
+
 /// Identifies one owning task, so a task only ever removes its own registration.
 pub type OwnerId = u64;
 
 #[derive(Debug)]
 struct Owner {
     id: OwnerId,
-    control: mpsc::Sender<Control>,
+    control: ControlSender,
 }
 
 #[derive(Debug, Default)]
@@ -52,13 +128,13 @@ impl Registry {
         &self,
         client_id: &ClientId,
         owner: OwnerId,
-        control: mpsc::Sender<Control>,
+        control: ControlSender,
     ) -> Option<Session> {
         let previous = self.lock().insert(client_id.clone(), Owner { id: owner, control });
         let previous = previous?;
         let (reply, answer) = oneshot::channel();
-        // A closed channel means the previous owner already ended (a clean session).
-        previous.control.send(Control::Takeover(reply)).await.ok()?;
+        // A refused request means the previous owner already ended (a clean session).
+        previous.control.send(Control::Takeover(reply)).ok()?;
         match tokio::time::timeout(TAKEOVER_TIMEOUT, answer).await {
             Ok(answer) => answer.ok().flatten(),
             Err(_) => {
@@ -69,7 +145,7 @@ impl Registry {
     }
 
     /// Registers a session restored at start (no previous owner can exist yet).
-    pub fn register(&self, client_id: &ClientId, owner: OwnerId, control: mpsc::Sender<Control>) {
+    pub fn register(&self, client_id: &ClientId, owner: OwnerId, control: ControlSender) {
         self.lock().insert(client_id.clone(), Owner { id: owner, control });
     }
 
@@ -93,5 +169,49 @@ impl Registry {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ClientId, Owner>> {
         // A poisoned lock means a panic while inserting or removing; the map is still whole.
         self.owners.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_request_reaches_a_waiting_owner() {
+        let (sender, mut receiver) = control_slot();
+        let waiting = tokio::spawn(async move { matches!(receiver.recv().await, Control::Takeover(_)) });
+        tokio::task::yield_now().await;
+        let (reply, _answer) = oneshot::channel();
+        assert!(sender.send(Control::Takeover(reply)).is_ok());
+        assert!(waiting.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn an_ended_owner_refuses_requests_and_drops_the_one_it_never_took() {
+        let (sender, receiver) = control_slot();
+        let (reply, answer) = oneshot::channel();
+        assert!(sender.send(Control::Takeover(reply)).is_ok());
+        drop(receiver);
+        // The claimant waiting on the answer learns at once that no session comes back.
+        assert!(answer.await.is_err());
+        let (reply, _answer) = oneshot::channel();
+        assert!(sender.send(Control::Takeover(reply)).is_err());
+    }
+
+    #[tokio::test]
+    async fn claiming_a_client_id_whose_owner_ended_returns_nothing() {
+        let registry = Registry::default();
+        let client_id = ClientId::from("c");
+        let (first, first_receiver) = control_slot();
+        registry.register(&client_id, registry.new_owner_id(), first);
+        drop(first_receiver);
+        let (second, _second_receiver) = control_slot();
+        let previous = tokio::time::timeout(
+            Duration::from_secs(1),
+            registry.claim(&client_id, registry.new_owner_id(), second),
+        )
+        .await;
+        assert!(matches!(previous, Ok(None)), "no wait for an owner that is gone");
+        assert_eq!(registry.len(), 1);
     }
 }
