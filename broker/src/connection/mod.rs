@@ -4,7 +4,8 @@
 //! Output is encoded into one write buffer and written from the same `select!`, so a client
 //! that is slow to read never stops the task from answering a takeover or a shutdown. Reading
 //! (and taking new deliveries) pauses while that buffer is above `WRITE_HIGH_WATER`: a client
-//! that does not read cannot make the broker buffer without bound.
+//! that does not read cannot make the broker buffer without bound. The buffer is written once
+//! nothing more is ready to read or deliver, so one write syscall carries a whole batch.
 
 mod handshake;
 mod inbound;
@@ -44,7 +45,7 @@ use throttle::Throttle;
 pub use offline::restore;
 
 /// Pause reading while this much output is waiting for the socket.
-const WRITE_HIGH_WATER: usize = 256 * 1024;
+const WRITE_HIGH_WATER: usize = 64 * 1024;
 /// Read size of a client that is not busy.
 const READ_SIZE_MIN: usize = 512;
 /// What a client without a read buffer is read with (on the stack): a PINGREQ, an
@@ -219,6 +220,8 @@ struct Connection {
     rbuf: BytesMut,
     /// How much to make room for before a read; grows for busy clients.
     read_size: usize,
+    /// Bytes the last read returned: a client that sends less than a probe at a time is quiet.
+    last_read: usize,
     wbuf: BytesMut,
     /// Packets produced by the session, encoded into `wbuf` after each event.
     out: Vec<Packet>,
@@ -254,6 +257,7 @@ impl Connection {
             version: ProtocolVersion::V311,
             rbuf: BytesMut::new(),
             read_size: READ_SIZE_MIN,
+            last_read: 0,
             wbuf: BytesMut::new(),
             out: Vec::new(),
             ops: Vec::new(),
@@ -314,12 +318,6 @@ impl Connection {
                 biased;
                 _ = shutdown.cancelled() => return Ending::Shutdown,
                 Control::Takeover(reply) = control.recv() => return Ending::TakenOver(reply),
-                written = write_or_flush(&mut self.writer, &mut self.wbuf), if !self.wbuf.is_empty() || self.unflushed => {
-                    match written {
-                        Ok(wrote) => self.unflushed = wrote,
-                        Err(e) => return Ending::Io(e),
-                    }
-                }
                 // Paused by the publish rate limit: packets already read wait in the buffer
                 // until the rate allows them.
                 // (Boxed, as is the wait for room: rare waits that every idle task would carry.)
@@ -336,7 +334,8 @@ impl Connection {
                 }
                 read = read_some(&mut self.reader, &mut self.rbuf, &mut self.read_size), if writable && listening => match read {
                     Ok(0) => return Ending::PeerClosed,
-                    Ok(_) => {
+                    Ok(n) => {
+                        self.last_read = n;
                         if let Some(ending) = self.take_input(session, keep_alive, deadline.as_mut()).await {
                             return ending;
                         }
@@ -349,6 +348,15 @@ impl Connection {
                     session.pump(&mut self.out, now);
                     if let Err(e) = self.settle(session).await {
                         return Ending::Protocol(e);
+                    }
+                }
+                // Written only when nothing more can be read or delivered right now (or the buffer
+                // is full): one write carries everything that is ready, and each write to a
+                // loopback peer costs a wake-up on its side as well as ours.
+                written = write_or_flush(&mut self.writer, &mut self.wbuf), if !self.wbuf.is_empty() || self.unflushed => {
+                    match written {
+                        Ok(wrote) => self.unflushed = wrote,
+                        Err(e) => return Ending::Io(e),
                     }
                 }
                 _ = &mut deadline, if keep_alive.is_some() && listening => return Ending::KeepAliveTimeout,
@@ -373,10 +381,12 @@ impl Connection {
         self.settle(session).await.err().map(Ending::Protocol)
     }
 
-    /// A client that is not busy keeps no buffers between packets: an idle connection then
-    /// costs its task and session only. Busy clients (reads that fill `read_size`) keep theirs.
+    /// A quiet client (it sends less than a probe at a time) keeps no buffers between packets:
+    /// an idle connection then costs its task and session only. Busier clients keep theirs,
+    /// so they do not pay for an allocation and a short probe read per packet.
     fn release_idle_buffers(&mut self) {
-        if self.read_size == READ_SIZE_MIN
+        if self.last_read < READ_PROBE
+            && self.read_size == READ_SIZE_MIN
             && self.rbuf.is_empty()
             && self.rbuf.capacity() > 0
             && self.out.is_empty()
