@@ -201,8 +201,16 @@ impl Mailbox {
             self.release(delivery.message.weight());
             return Offer::Closed;
         }
-        self.inbox.lock().unwrap_or_else(|e| e.into_inner()).push_back(delivery);
-        self.arrived.notify_one();
+        let was_empty = {
+            let mut inbox = self.inbox.lock().unwrap_or_else(|e| e.into_inner());
+            inbox.push_back(delivery);
+            inbox.len() == 1
+        };
+        // The session takes the whole inbox at once: one wake-up per batch is enough (waking
+        // it for every message of a fan-out was the hottest spot of routing).
+        if was_empty {
+            self.arrived.notify_one();
+        }
         Offer::Queued
     }
 
