@@ -207,11 +207,7 @@ impl Codec {
                 inner.encode(v5::to_wire(packet), dst)?
             }
             // Replies to a refused CONNECT are encoded before a version was chosen: 3.1.1 format.
-            State::V3(_) | State::AwaitingConnect => {
-                if let Some(packet) = v3::to_wire(packet) {
-                    rmqtt_codec::v3::Codec::new(0).encode(packet, dst)?
-                }
-            }
+            State::V3(_) | State::AwaitingConnect => v3::encode(packet, dst)?,
         }
         let limit = self.client_max_packet_size as usize;
         if limit != 0 && dst.len() - start > limit {

@@ -298,3 +298,34 @@ fn v5_publish_from_a_client_must_not_carry_subscription_identifiers() {
     let err = after_connect_5(b"\x30\x06\x00\x01t\x02\x0b\x05").unwrap_err();
     assert!(matches!(err, CodecError::Violation(_)), "{err:?}");
 }
+
+/// The direct 3.1.1 PUBLISH writer produces exactly what rmqtt-codec encodes, for each flag
+/// combination and for one-, two- and three-byte Remaining Lengths (section 2.2.3).
+#[test]
+fn v3_publish_fast_path_matches_the_reference_encoder() {
+    use tokio_util::codec::Encoder;
+    let cases = [
+        (QoS::AtMostOnce, None, false, false, 0usize),
+        (QoS::AtMostOnce, None, false, true, 16),
+        (QoS::AtLeastOnce, Some(1u16), false, false, 100),
+        (QoS::AtLeastOnce, Some(65535), true, true, 200),
+        (QoS::ExactlyOnce, Some(7), true, false, 20_000),
+    ];
+    for (qos, id, dup, retain, size) in cases {
+        let publish = Publish {
+            dup,
+            qos,
+            retain,
+            topic: "sensors/room-1/temperature".into(),
+            packet_id: id.map(|i| PacketId(NonZeroU16::new(i).unwrap())),
+            payload: vec![0xA5; size].into(),
+            properties: PublishProperties::default(),
+        };
+        let mut fast = BytesMut::new();
+        v3::encode(Packet::Publish(Box::new(publish.clone())), &mut fast).unwrap();
+        let mut reference = BytesMut::new();
+        let wire = v3::to_wire(Packet::Publish(Box::new(publish))).unwrap();
+        rmqtt_codec::v3::Codec::new(0).encode(wire, &mut reference).unwrap();
+        assert_eq!(fast, reference, "qos {qos:?} id {id:?} dup {dup} retain {retain} payload {size}");
+    }
+}
