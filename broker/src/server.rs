@@ -117,11 +117,14 @@ impl Server {
     pub async fn run(self) {
         let broker = self.broker;
         let refusing = Arc::new(AtomicUsize::new(0));
+        broker.tasks.spawn(connection::watch_keep_alives(broker.clone()));
         for (socket, listener) in self.listeners {
             broker.tasks.spawn(accept_loop(socket, listener, broker.clone(), refusing.clone()));
         }
         broker.shutdown.cancelled().await;
         info!("shutting down");
+        // Connections and offline sessions wait on their control slots, not on the token.
+        broker.router.registry.shut_down();
         broker.tasks.close();
         if tokio::time::timeout(broker.config.shutdown_timeout(), broker.tasks.wait()).await.is_err() {
             warn!("connections still open after the shutdown timeout; exiting anyway");

@@ -8,16 +8,20 @@ use bytestring::ByteString;
 use super::CodecError;
 use crate::packet::Publish;
 
+/// An alias table, allocated when the first alias is used: most connections never use one,
+/// and every connection carries both directions' tables.
+type Table<K, V> = Option<Box<HashMap<K, V>>>;
+
 /// Client-to-broker aliases: up to the maximum we advertised in CONNACK.
 #[derive(Debug)]
 pub(super) struct InboundAliases {
     maximum: u16,
-    topics: HashMap<u16, ByteString>,
+    topics: Table<u16, ByteString>,
 }
 
 impl InboundAliases {
     pub fn new(maximum: u16) -> Self {
-        InboundAliases { maximum, topics: HashMap::new() }
+        InboundAliases { maximum, topics: None }
     }
 
     /// Replaces an alias by its topic (recording a new mapping when the PUBLISH carries both),
@@ -35,11 +39,11 @@ impl InboundAliases {
         }
         if publish.topic.is_empty() {
             // An alias with no mapping yet is a protocol error (section 3.3.4, case 3a).
-            publish.topic = self.topics.get(&alias).cloned().ok_or(CodecError::Violation(
-                "topic alias without a mapping and an empty topic [MQTT-3.3.4]",
-            ))?;
+            publish.topic = self.topics.as_ref().and_then(|t| t.get(&alias)).cloned().ok_or(
+                CodecError::Violation("topic alias without a mapping and an empty topic [MQTT-3.3.4]"),
+            )?;
         } else {
-            self.topics.insert(alias, publish.topic.clone());
+            self.topics.get_or_insert_default().insert(alias, publish.topic.clone());
         }
         Ok(())
     }
@@ -52,12 +56,12 @@ impl InboundAliases {
 #[derive(Debug)]
 pub(super) struct OutboundAliases {
     maximum: u16,
-    assigned: HashMap<ByteString, u16>,
+    assigned: Table<ByteString, u16>,
 }
 
 impl OutboundAliases {
     pub fn new(maximum: u16) -> Self {
-        OutboundAliases { maximum, assigned: HashMap::new() }
+        OutboundAliases { maximum, assigned: None }
     }
 
     /// Sends `publish` by alias when possible: the first time with topic and alias (the
@@ -68,23 +72,26 @@ impl OutboundAliases {
         if self.maximum == 0 {
             return None;
         }
-        if let Some(&alias) = self.assigned.get(&publish.topic) {
+        let assigned = self.assigned.get_or_insert_default();
+        if let Some(&alias) = assigned.get(&publish.topic) {
             publish.properties.topic_alias = Some(alias);
             publish.topic = ByteString::new();
             return None;
         }
-        let next = self.assigned.len() as u16 + 1;
+        let next = assigned.len() as u16 + 1;
         if next > self.maximum {
             return None;
         }
-        self.assigned.insert(publish.topic.clone(), next);
+        assigned.insert(publish.topic.clone(), next);
         publish.properties.topic_alias = Some(next);
         Some(publish.topic.clone())
     }
 
     /// Takes back the alias most recently assigned to `topic` (its PUBLISH was not sent).
     pub fn unassign(&mut self, topic: &ByteString) {
-        self.assigned.remove(topic);
+        if let Some(assigned) = &mut self.assigned {
+            assigned.remove(topic);
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytestring::ByteString;
 use tracing::{info, warn};
 
-use super::{offline, Connection};
+use super::{offline, AuthState, Connection};
 use crate::auth::{AuthStep, Proof};
 use crate::codec::CodecError;
 use crate::packet::{Auth, ConnAck, Connect, Packet, QoS, ReasonCode, Will};
@@ -26,8 +26,6 @@ pub(super) struct Accepted {
     pub keep_alive: Option<Duration>,
     /// The client's Receive Maximum.
     pub receive_maximum: u16,
-    /// The Authentication Method, when the client used enhanced authentication.
-    pub auth_method: Option<ByteString>,
     pub owner: OwnerId,
     pub control: ControlReceiver,
 }
@@ -146,7 +144,7 @@ impl Connection {
                 }
                 Err(e) => return Err(Refusal::Close(e.to_string())),
             }
-            match super::read_some(&mut self.reader, &mut self.rbuf, &mut self.read_size).await {
+            match self.read_some().await {
                 Ok(0) => return Err(Refusal::Close("connection closed during CONNECT".into())),
                 Ok(_) => {}
                 Err(e) => return Err(Refusal::Close(format!("read failed during CONNECT: {e}"))),
@@ -185,7 +183,7 @@ impl Connection {
         // Who the client is: a verified certificate wins, then an enhanced-authentication
         // method, then CONNECT's user name (checked against the password file).
         let (username, proof) = match (&self.certificate_user, &connect.auth_method) {
-            (Some(user), _) => (Some(user.clone()), Proof::Certificate),
+            (Some(user), _) => (Some(ByteString::clone(user)), Proof::Certificate),
             (None, Some(_)) => (enhanced_user.or_else(|| connect.username.clone()), Proof::Enhanced),
             (None, None) => (connect.username.clone(), Proof::None),
         };
@@ -263,13 +261,16 @@ impl Connection {
             session_present,
             "client connected"
         );
+        // Re-authentication must use the method of the CONNECT (section 4.12.1).
+        self.auth = connect.auth_method.map(|method| {
+            Box::new(AuthState { method, client_id: session.client_id.clone(), exchange: None })
+        });
         Ok(Accepted {
             session,
             will: connect.will.map(Box::new),
             keep_alive: (keep_alive.seconds > 0)
                 .then(|| Duration::from_millis(u64::from(keep_alive.seconds) * 1500)),
             receive_maximum: connect.receive_maximum,
-            auth_method: connect.auth_method,
             owner,
             control,
         })

@@ -299,7 +299,7 @@ impl Connection {
         Ok(())
     }
 
-    /// Routes a message; it is stored and handed over at the next `settle`.
+    /// Routes a message; it is stored and handed over after the next `commit_ops`.
     fn route(&mut self, session: &Session, message: &Arc<Message>) -> RouteOutcome {
         let mut routed = route(&self.broker, message);
         self.ops.append(&mut routed.ops);
@@ -318,7 +318,7 @@ impl Connection {
         outcome
     }
 
-    /// Records a persistent session's record (its subscriptions) for the next `settle`.
+    /// Records a persistent session's record (its subscriptions) for the next `commit_ops`.
     pub(super) fn persist_session(&mut self, session: &Session) {
         if session.is_persistent() {
             self.ops.push(Op::PutSession(session.record(None)));

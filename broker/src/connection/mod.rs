@@ -1,10 +1,14 @@
-//! One task per client connection: CONNECT handshake, then a single `select!` over the socket,
-//! the session's pending queue, the keep-alive deadline, takeover requests and shutdown.
+//! One task per client connection: CONNECT handshake, then one wait over the control slot
+//! (takeover, shutdown, keep-alive timeout), the socket and the session's pending queue.
 //!
-//! Output is encoded into one write buffer and written from the same `select!`, so a client
-//! that is slow to read never stops the task from answering a takeover or a shutdown. Reading
-//! (and taking new deliveries) pauses while that buffer is above `WRITE_HIGH_WATER`: a client
-//! that does not read cannot make the broker buffer without bound. The buffer is written once
+//! The wait is a hand-written poll (`poll_wake`) rather than a `select!` over futures, and the
+//! keep-alive deadlines are watched by one task for all connections (`watch_keep_alives`)
+//! rather than by a timer in each: those futures and timers would sit in every idle
+//! connection's task, and idle connections are most of them.
+//! Output is encoded into one write buffer and written from the same wait, so a client that is
+//! slow to read never stops the task from answering a takeover or a shutdown. Reading (and
+//! taking new deliveries) pauses while that buffer is above `WRITE_HIGH_WATER`: a client that
+//! does not read cannot make the broker buffer without bound. The buffer is written once
 //! nothing more is ready to read or deliver, so one write syscall carries a whole batch.
 
 mod handshake;
@@ -12,18 +16,21 @@ mod inbound;
 mod offline;
 mod throttle;
 
-use std::future::Future;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::BytesMut;
 use bytestring::ByteString;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
+use tokio_util::io::{poll_read_buf, poll_write_buf};
 use tracing::{debug, info, warn, Instrument};
 
 use crate::auth::AuthExchange;
@@ -35,10 +42,10 @@ use crate::router::topic::TopicError;
 use crate::router::{RouteOutcome, Routed};
 use crate::server::Admission;
 use crate::session::queue::Mailbox;
-use crate::session::registry::{Control, ControlReceiver, OwnerId};
+use crate::session::registry::{Control, ControlReceiver, OwnerId, KEEP_ALIVE_TICK};
 use crate::session::{ClientId, Session};
-use crate::storage::{Op, StoreError};
-use crate::transport::{Established, Listener, Reader, Writer};
+use crate::storage::{Commit, Op, StoreError};
+use crate::transport::{Established, Listener, Stream};
 use crate::Broker;
 use throttle::Throttle;
 
@@ -55,6 +62,21 @@ const READ_PROBE: usize = 64;
 const READ_SIZE_MAX: usize = 64 * 1024;
 /// Best-effort time to flush a final packet (a refusing CONNACK, a DISCONNECT) before closing.
 const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// A wait that stops this connection reading: the publish rate limit, or subscribers' full
+/// queues (flow control). Boxed: it is rare, and every idle connection would carry it inline.
+type Pause = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// What woke the connected phase.
+enum Wake {
+    End(Ending),
+    /// Input was read, or a pause of ours ended: handle what the read buffer holds.
+    Input,
+    /// Deliveries are pending and the in-flight window has room.
+    Deliver,
+    /// Output was written or flushed.
+    Wrote,
+}
 
 /// Why a network connection ended. The will is published unless the client sent DISCONNECT
 /// with reason 0x00 [MQTT-3.1.2-8], [MQTT-3.14.4-3].
@@ -163,7 +185,10 @@ pub fn serve(
     let span = tracing::info_span!("conn", %peer, client_id = tracing::field::Empty);
     let establish = Box::pin(establish(stream, listener, broker, admission));
     async move {
-        if let Some(mut conn) = establish.await {
+        // Not awaited in the `if let` itself: its temporaries, the spent boxed future among
+        // them, would live as long as the connection.
+        let established = establish.await;
+        if let Some(mut conn) = established {
             conn.run().await;
         }
     }
@@ -204,17 +229,19 @@ struct Connection {
     listener: Arc<Listener>,
     /// Refused when a connection limit was reached: the CONNECT is answered "server busy".
     admission: Admission,
-    reader: Reader,
-    writer: Writer,
+    stream: Stream,
     /// Bytes were written since the last flush (TLS and WebSocket buffer until flushed).
     unflushed: bool,
     /// The user a verified client certificate names, if the listener takes it from there.
-    certificate_user: Option<ByteString>,
+    certificate_user: Option<Box<ByteString>>,
     /// The user this connection authenticated as; ACL checks use it.
     username: Option<ByteString>,
-    throttle: Option<Throttle>,
+    /// Boxed, as are the rarely used fields below: every idle connection carries them.
+    throttle: Option<Box<Throttle>>,
     /// Sessions whose full queues this client's messages are waiting on (flow control).
     congested: Vec<Arc<Mailbox>>,
+    /// Reading is paused until this completes.
+    pause: Option<Pause>,
     codec: Codec,
     version: ProtocolVersion,
     rbuf: BytesMut,
@@ -225,11 +252,11 @@ struct Connection {
     wbuf: BytesMut,
     /// Packets produced by the session, encoded into `wbuf` after each event.
     out: Vec<Packet>,
-    /// Storage changes of the packets handled since the last `settle`.
+    /// Storage changes of the packets handled since the last `commit_ops`.
     ops: Vec<Op>,
-    /// Messages routed since the last `settle`, handed to their sessions once stored.
+    /// Messages routed since the last `commit_ops`, handed to their sessions once stored.
     routed: Vec<Routed>,
-    auth: Option<AuthState>,
+    auth: Option<Box<AuthState>>,
 }
 
 impl Connection {
@@ -241,18 +268,18 @@ impl Connection {
     ) -> Self {
         let mqtt = &broker.config.mqtt;
         let codec = Codec::new(mqtt.max_packet_size, mqtt.topic_alias_maximum);
-        let throttle = Throttle::new(broker.config.limits.max_publish_rate, Instant::now());
+        let throttle = Throttle::new(broker.config.limits.max_publish_rate, Instant::now()).map(Box::new);
         Connection {
             broker,
             listener,
             admission,
-            reader: established.reader,
-            writer: established.writer,
+            stream: established.stream,
             unflushed: false,
-            certificate_user: established.certificate_user,
+            certificate_user: established.certificate_user.map(Box::new),
             username: None,
             throttle,
             congested: Vec::new(),
+            pause: None,
             codec,
             version: ProtocolVersion::V311,
             rbuf: BytesMut::new(),
@@ -269,116 +296,133 @@ impl Connection {
     async fn run(&mut self) {
         // Boxed, see `serve`.
         let Some(mut accepted) = Box::pin(self.handshake()).await else { return };
-        self.auth = accepted.auth_method.take().map(|method| AuthState {
-            method,
-            client_id: accepted.session.client_id.clone(),
-            exchange: None,
-        });
-        let handshake::Accepted { session, keep_alive, receive_maximum, control, .. } = &mut *accepted;
-        session.pending.mailbox().set_online(true);
-        session.resume(*receive_maximum, &mut self.out, Instant::now());
-        // Packets that arrived in the same read as CONNECT are handled before waiting for more.
-        let ending = match self.handle_input(session) {
-            Some(ending) => ending,
-            None => match self.settle(session).await {
-                Ok(()) => self.serve_session(session, *keep_alive, control).await,
-                Err(e) => Ending::Protocol(e),
-            },
-        };
-        // What the last packets routed or changed is stored and handed over even when the
-        // connection ends with them (e.g. PUBLISH then DISCONNECT in one read).
-        let ending = match self.settle(session).await {
-            Ok(()) => ending,
-            Err(e) => Ending::Protocol(e),
-        };
-        session.pending.mailbox().set_online(false);
+        accepted.session.pending.mailbox().set_online(true);
+        accepted.session.resume(accepted.receive_maximum, &mut self.out, Instant::now());
+        let ending = self.serve_session(&mut accepted).await;
+        // The control slot goes on with the session (offline, or handed over): no deadline.
+        accepted.control.set_deadline(None);
+        accepted.session.pending.mailbox().set_online(false);
         let handshake::Accepted { session, will, owner, control, .. } = *accepted;
         Box::pin(self.finish(session, will.map(|w| *w), ending, owner, control)).await;
     }
 
-    /// The connected phase.
-    async fn serve_session(
-        &mut self,
-        session: &mut Session,
-        keep_alive: Option<Duration>,
-        control: &mut ControlReceiver,
-    ) -> Ending {
-        let grace = keep_alive.unwrap_or(Duration::MAX);
-        let deadline = tokio::time::sleep(grace.min(Duration::from_secs(86_400 * 365)));
-        tokio::pin!(deadline);
-        let shutdown = self.broker.shutdown.clone();
+    /// The connected phase. Takes the whole `Accepted` by one reference (rather than its
+    /// fields): each argument of an async fn is stored twice in its state.
+    async fn serve_session(&mut self, accepted: &mut handshake::Accepted) -> Ending {
+        // The registry tells its owners about a shutdown; one registered after it was told
+        // finds the token cancelled.
+        if self.broker.shutdown.is_cancelled() {
+            return Ending::Shutdown;
+        }
+        // Packets that arrived in the same read as CONNECT are handled before waiting for more.
+        let mut wake = Wake::Input;
         loop {
-            self.release_idle_buffers();
-            let writable = self.wbuf.len() < WRITE_HIGH_WATER;
-            let paused_until = self.throttle.as_mut().and_then(|t| t.resume_at(Instant::now()));
-            let waiting_for_room = !self.congested.is_empty();
-            // While we do not read, the client's silence says nothing about it.
-            let listening = paused_until.is_none() && !waiting_for_room;
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => return Ending::Shutdown,
-                Control::Takeover(reply) = control.recv() => return Ending::TakenOver(reply),
-                // Paused by the publish rate limit: packets already read wait in the buffer
-                // until the rate allows them.
-                // (Boxed, as is the wait for room: rare waits that every idle task would carry.)
-                _ = async { Box::pin(tokio::time::sleep_until(paused_until.unwrap_or_else(Instant::now))).await }, if paused_until.is_some() => {
-                    if let Some(ending) = self.take_input(session, keep_alive, deadline.as_mut()).await {
-                        return ending;
-                    }
-                }
-                // Flow control: a subscriber's queue is full; reading resumes when it has room.
-                _ = async { Box::pin(wait_for_room(&mut self.congested)).await }, if waiting_for_room => {
-                    if let Some(ending) = self.take_input(session, keep_alive, deadline.as_mut()).await {
-                        return ending;
-                    }
-                }
-                read = read_some(&mut self.reader, &mut self.rbuf, &mut self.read_size), if writable && listening => match read {
-                    Ok(0) => return Ending::PeerClosed,
-                    Ok(n) => {
-                        self.last_read = n;
-                        if let Some(ending) = self.take_input(session, keep_alive, deadline.as_mut()).await {
-                            return ending;
-                        }
-                    }
-                    Err(e) => return Ending::Io(e),
-                },
-                delivery = session.pending.pop(), if writable && session.can_deliver() => {
-                    let now = Instant::now();
-                    session.handle_deliver(delivery, &mut self.out, now);
-                    session.pump(&mut self.out, now);
-                    if let Err(e) = self.settle(session).await {
-                        return Ending::Protocol(e);
-                    }
-                }
-                // Written only when nothing more can be read or delivered right now (or the buffer
-                // is full): one write carries everything that is ready, and each write to a
-                // loopback peer costs a wake-up on its side as well as ours.
-                written = write_or_flush(&mut self.writer, &mut self.wbuf), if !self.wbuf.is_empty() || self.unflushed => {
-                    match written {
-                        Ok(wrote) => self.unflushed = wrote,
-                        Err(e) => return Ending::Io(e),
-                    }
-                }
-                _ = &mut deadline, if keep_alive.is_some() && listening => return Ending::KeepAliveTimeout,
+            let ending = self.on_wake(wake, accepted);
+            // Nothing is acknowledged, forwarded or sent before it is stored ("acknowledge only
+            // what can be kept"); what the last packets routed or changed is stored and handed
+            // over even when the connection ends with them (e.g. PUBLISH then DISCONNECT).
+            if let Err(e) = self.commit_ops(&mut accepted.session).await {
+                return Ending::Protocol(self.abandon_output(e));
             }
+            if let Err(e) = self.deliver_routed(&mut accepted.session) {
+                return Ending::Protocol(e);
+            }
+            if let Some(ending) = ending {
+                return ending;
+            }
+            self.release_idle_buffers();
+            self.start_pause(&accepted.control);
+            wake = poll_fn(|cx| self.poll_wake(cx, accepted)).await;
         }
     }
 
-    /// After a read, or when a pause of ours ends: the keep-alive restarts (the client was not
-    /// silent, or we were not listening), then what the buffer holds is handled and settled.
-    async fn take_input(
-        &mut self,
-        session: &mut Session,
-        keep_alive: Option<Duration>,
-        deadline: std::pin::Pin<&mut tokio::time::Sleep>,
-    ) -> Option<Ending> {
-        if let Some(grace) = keep_alive {
-            deadline.reset(Instant::now() + grace);
+    /// Handles what woke the connected phase; `Some` when the connection ends.
+    fn on_wake(&mut self, wake: Wake, accepted: &mut handshake::Accepted) -> Option<Ending> {
+        match wake {
+            Wake::End(ending) => Some(ending),
+            Wake::Input => {
+                // The client was not silent, or we were not listening.
+                let now = Instant::now();
+                accepted.control.set_deadline(accepted.keep_alive.map(|grace| now + grace));
+                self.handle_input(&mut accepted.session)
+            }
+            Wake::Deliver => {
+                accepted.session.pump(&mut self.out, Instant::now());
+                None
+            }
+            Wake::Wrote => None,
         }
-        if let Some(ending) = self.handle_input(session) {
-            return Some(ending);
+    }
+
+    /// The first thing ready, in order: a control request, the end of a pause, input, pending
+    /// deliveries, writing. Output is written only when nothing more
+    /// can be read or delivered right now (or the buffer is full): one write carries everything
+    /// that is ready, and each write to a loopback peer costs a wake-up on its side as well as
+    /// ours. While the buffer is full, neither reading nor deliveries go on.
+    fn poll_wake(&mut self, cx: &mut Context<'_>, accepted: &mut handshake::Accepted) -> Poll<Wake> {
+        if let Poll::Ready(request) = accepted.control.poll_recv(cx) {
+            return Poll::Ready(Wake::End(match request {
+                Control::Shutdown => Ending::Shutdown,
+                Control::Takeover(reply) => Ending::TakenOver(reply),
+                Control::KeepAliveTimeout => Ending::KeepAliveTimeout,
+            }));
         }
-        self.settle(session).await.err().map(Ending::Protocol)
+        if let Some(pause) = &mut self.pause {
+            if pause.as_mut().poll(cx).is_ready() {
+                self.pause = None;
+                return Poll::Ready(Wake::Input);
+            }
+        }
+        let writable = self.wbuf.len() < WRITE_HIGH_WATER;
+        if writable && self.pause.is_none() {
+            match self.poll_read_some(cx) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Wake::End(Ending::PeerClosed)),
+                Poll::Ready(Ok(n)) => {
+                    self.last_read = n;
+                    return Poll::Ready(Wake::Input);
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Wake::End(Ending::Io(e))),
+                Poll::Pending => {}
+            }
+        }
+        let session = &mut accepted.session;
+        if writable && session.can_deliver() && session.pending.poll_pending(cx).is_ready() {
+            return Poll::Ready(Wake::Deliver);
+        }
+        if !self.wbuf.is_empty() || self.unflushed {
+            match self.poll_write_or_flush(cx) {
+                Poll::Ready(Ok(wrote)) => {
+                    self.unflushed = wrote;
+                    return Poll::Ready(Wake::Wrote);
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Wake::End(Ending::Io(e))),
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
+    }
+
+    /// Stops reading when the publish rate limit says to wait (packets already read wait in
+    /// the buffer until the rate allows them) or a subscriber's queue is full (flow control:
+    /// reading resumes once every such queue has room, or went offline, or stalled). While we
+    /// do not read, the client's silence says nothing about it: no keep-alive deadline.
+    fn start_pause(&mut self, control: &ControlReceiver) {
+        if self.pause.is_some() {
+            return;
+        }
+        if let Some(until) = self.throttle.as_mut().and_then(|t| t.resume_at(Instant::now())) {
+            self.pause = Some(Box::pin(tokio::time::sleep_until(until)));
+        } else if !self.congested.is_empty() {
+            let congested = std::mem::take(&mut self.congested);
+            self.pause = Some(Box::pin(async move {
+                for mailbox in congested {
+                    mailbox.wait_for_room().await;
+                }
+            }));
+        }
+        if self.pause.is_some() {
+            control.set_deadline(None);
+        }
     }
 
     /// A quiet client (it sends less than a probe at a time) keeps no buffers between packets:
@@ -419,24 +463,31 @@ impl Connection {
         None
     }
 
-    /// Stores what the packets handled since the last call changed, then hands the routed
-    /// messages to their sessions and encodes the output: nothing is acknowledged, forwarded
-    /// or sent before it is stored ("acknowledge only what can be kept").
-    async fn settle(&mut self, session: &mut Session) -> Result<(), ProtocolError> {
+    /// Queues the storage changes of the packets handled since the last call; the commit
+    /// resolves once they are stored when output depends on them. Clean-up alone (acknowledged
+    /// deliveries) is queued, not waited for: any later batch of this connection is applied
+    /// after it anyway.
+    fn commit_ops(&mut self, session: &mut Session) -> Commit {
         let mut ops = std::mem::take(&mut self.ops);
         ops.append(&mut session.journal);
-        // Clean-up alone (acknowledged deliveries) is queued, not waited for; any later batch
-        // of this connection is applied after it anyway.
         if ops.iter().any(Op::gates_output) {
-            if let Err(e) = self.broker.store.commit(ops).await {
-                // Not stored: not acknowledged, not forwarded. The client re-sends.
-                self.routed.drain(..).for_each(Routed::abandon);
-                self.out.clear();
-                return Err(e.into());
-            }
-        } else if !ops.is_empty() {
+            return self.broker.store.commit(ops);
+        }
+        if !ops.is_empty() {
             drop(self.broker.store.commit(ops));
         }
+        Commit::done(Ok(()))
+    }
+
+    /// Not stored: not acknowledged, not forwarded. The client re-sends.
+    fn abandon_output(&mut self, e: StoreError) -> ProtocolError {
+        self.routed.drain(..).for_each(Routed::abandon);
+        self.out.clear();
+        e.into()
+    }
+
+    /// After the commit: hands the routed messages to their sessions and encodes the output.
+    fn deliver_routed(&mut self, session: &mut Session) -> Result<(), ProtocolError> {
         for routed in self.routed.drain(..) {
             routed.deliver();
         }
@@ -461,20 +512,69 @@ impl Connection {
         Ok(())
     }
 
-    /// Writes the output now (used during the handshake, outside the select loop).
+    /// Reads what the client sent into `rbuf`, making room for `read_size` bytes first; the
+    /// size doubles (up to `READ_SIZE_MAX`) while reads fill it and halves again when they come
+    /// back small. A quiet client's buffer is released between packets (`release_idle_buffers`):
+    /// it then reads into a small probe on the stack, so an idle connection holds no buffer.
+    fn poll_read_some(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let stream = Pin::new(&mut self.stream);
+        if self.rbuf.capacity() == 0 {
+            let mut probe = [0u8; READ_PROBE];
+            let mut probe = ReadBuf::new(&mut probe);
+            ready!(stream.poll_read(cx, &mut probe))?;
+            let n = probe.filled().len();
+            self.rbuf.extend_from_slice(probe.filled());
+            if n == READ_PROBE {
+                // More is probably waiting: read into a real buffer from now on.
+                self.read_size = READ_SIZE_MIN * 2;
+            }
+            return Poll::Ready(Ok(n));
+        }
+        if self.rbuf.capacity() - self.rbuf.len() < self.read_size / 2 {
+            self.rbuf.reserve(self.read_size);
+        }
+        let room = self.rbuf.capacity() - self.rbuf.len();
+        let n = ready!(poll_read_buf(stream, cx, &mut self.rbuf))?;
+        if n == room && self.read_size < READ_SIZE_MAX {
+            self.read_size *= 2;
+        } else if n < self.read_size / 4 && self.read_size > READ_SIZE_MIN {
+            self.read_size /= 2;
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    /// Waits for input (during the handshake, outside the connected phase's wait).
+    async fn read_some(&mut self) -> io::Result<usize> {
+        poll_fn(|cx| self.poll_read_some(cx)).await
+    }
+
+    /// Writes some of `wbuf`, or flushes once it is empty; true when it wrote (a flush is due).
+    fn poll_write_or_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>> {
+        let stream = Pin::new(&mut self.stream);
+        if self.wbuf.is_empty() {
+            ready!(stream.poll_flush(cx))?;
+            return Poll::Ready(Ok(false));
+        }
+        match ready!(poll_write_buf(stream, cx, &mut self.wbuf))? {
+            0 => Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+            _ => Poll::Ready(Ok(true)),
+        }
+    }
+
+    /// Writes the output now (used during the handshake, outside the connected phase's wait).
     async fn write_out(&mut self) -> io::Result<()> {
         for packet in self.out.drain(..) {
             self.codec.encode(packet, &mut self.wbuf).map_err(io::Error::other)?;
         }
-        self.writer.write_all_buf(&mut self.wbuf).await?;
-        self.writer.flush().await
+        self.stream.write_all_buf(&mut self.wbuf).await?;
+        self.stream.flush().await
     }
 
     /// Writes what is left, briefly, then closes the socket; used when closing.
     async fn flush_final(&mut self) {
         let write = async {
             self.write_out().await?;
-            self.writer.shutdown().await
+            self.stream.shutdown().await
         };
         if let Ok(Err(e)) = tokio::time::timeout(FINAL_FLUSH_TIMEOUT, write).await {
             debug!("final flush failed: {e}");
@@ -546,53 +646,17 @@ impl Connection {
     }
 }
 
-/// Waits until every session in `congested` has room (or went offline or stalled), forgetting
-/// each one
-/// as it does. Cancel-safe: what is left stays in `congested`.
-async fn wait_for_room(congested: &mut Vec<Arc<Mailbox>>) {
-    while let Some(mailbox) = congested.last() {
-        mailbox.wait_for_room().await;
-        congested.pop();
-    }
-}
-
-/// Reads what the client sent into `rbuf`, making room for `read_size` bytes first; the size
-/// doubles (up to `READ_SIZE_MAX`) while reads fill it and halves again when they come back
-/// small. A quiet client's buffer is released between packets (`release_idle_buffers`): it
-/// then waits with a small probe on the stack, so an idle connection holds no read buffer.
-async fn read_some(reader: &mut Reader, rbuf: &mut BytesMut, read_size: &mut usize) -> io::Result<usize> {
-    if rbuf.capacity() == 0 {
-        let mut probe = [0u8; READ_PROBE];
-        let n = reader.read(&mut probe).await?;
-        rbuf.extend_from_slice(&probe[..n]);
-        if n == READ_PROBE {
-            // More is probably waiting: read into a real buffer from now on.
-            *read_size = READ_SIZE_MIN * 2;
+/// Times out the connections whose clients went silent for 1.5 × their keep-alive
+/// [MQTT-3.1.2-24]: one task checks every deadline each `KEEP_ALIVE_TICK`, where a timer in
+/// each connection would cost every idle one a timer entry. Ends at shutdown.
+pub async fn watch_keep_alives(broker: Arc<Broker>) {
+    let mut tick = tokio::time::interval(KEEP_ALIVE_TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = broker.shutdown.cancelled() => return,
+            _ = tick.tick() => broker.router.registry.expire_keep_alives(Instant::now()),
         }
-        return Ok(n);
-    }
-    if rbuf.capacity() - rbuf.len() < *read_size / 2 {
-        rbuf.reserve(*read_size);
-    }
-    let room = rbuf.capacity() - rbuf.len();
-    let n = reader.read_buf(rbuf).await?;
-    if n == room && *read_size < READ_SIZE_MAX {
-        *read_size *= 2;
-    } else if n < *read_size / 4 && *read_size > READ_SIZE_MIN {
-        *read_size /= 2;
-    }
-    Ok(n)
-}
-
-/// Writes some of `wbuf`, or flushes once it is empty; true when it wrote (a flush is due).
-async fn write_or_flush(writer: &mut Writer, wbuf: &mut BytesMut) -> io::Result<bool> {
-    if wbuf.is_empty() {
-        writer.flush().await?;
-        return Ok(false);
-    }
-    match writer.write_buf(wbuf).await? {
-        0 => Err(io::ErrorKind::WriteZero.into()),
-        _ => Ok(true),
     }
 }
 

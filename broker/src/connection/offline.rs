@@ -62,7 +62,7 @@ fn expiry_deadline(expiry: u32, elapsed: Duration) -> Instant {
 /// are queued (within the queue limits) until a connection with the same client id takes the
 /// session over [MQTT-3.1.2-5], or the Session Expiry Interval passes [MQTT-3.1.2-23]. A
 /// delayed will is published when its delay or the session ends, whichever is first, unless
-/// the client returns before [MQTT-3.1.3-9]. Ends at shutdown.
+/// the client returns before [MQTT-3.1.3-9]. Ends at shutdown (told through the control slot).
 pub(super) async fn run(
     broker: Arc<Broker>,
     mut session: Session,
@@ -79,8 +79,13 @@ pub(super) async fn run(
     loop {
         tokio::select! {
             biased;
-            _ = broker.shutdown.cancelled() => return,
-            Control::Takeover(reply) = control.recv() => {
+            request = control.recv() => {
+                let reply = match request {
+                    Control::Takeover(reply) => reply,
+                    Control::Shutdown => return,
+                    // No deadline is set while offline.
+                    Control::KeepAliveTimeout => continue,
+                };
                 if Instant::now() >= expires_at {
                     // The expiry passed at the same moment: the session is over, not resumed.
                     let _ = reply.send(None);

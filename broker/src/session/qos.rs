@@ -226,42 +226,42 @@ impl OutboundWindow {
     }
 }
 
-/// Inbound QoS 2 packet ids awaiting PUBREL.
+/// Inbound QoS 2 packet ids awaiting PUBREL. The set is allocated with the first one: most
+/// clients never publish at QoS 2, and every session carries this.
 #[derive(Debug, Default)]
 pub struct InboundQos2 {
-    awaiting_pubrel: HashSet<PacketId>,
+    // Boxed on purpose: the empty set inline costs 48 bytes in every session, the box 8.
+    #[allow(clippy::box_collection)]
+    awaiting_pubrel: Option<Box<HashSet<PacketId>>>,
 }
 
 impl InboundQos2 {
     /// A QoS 2 PUBLISH arrived: true when it is new and must be routed, false for a re-send
     /// of one already routed [MQTT-4.3.3-2]. Either way the answer is PUBREC.
     pub fn handle_publish(&mut self, packet_id: PacketId) -> bool {
-        self.awaiting_pubrel.insert(packet_id)
+        self.awaiting_pubrel.get_or_insert_default().insert(packet_id)
     }
 
     /// PUBREL: forget the id and answer PUBCOMP, also for an id already forgotten (the
     /// client re-sends PUBREL until it sees PUBCOMP) [MQTT-4.3.3-1]; MQTT 5 clients then see
     /// reason 0x92, Packet Identifier not found.
     pub fn handle_pubrel(&mut self, packet_id: PacketId) -> Packet {
-        let reason = if self.awaiting_pubrel.remove(&packet_id) {
-            ReasonCode::SUCCESS
-        } else {
-            ReasonCode::PACKET_IDENTIFIER_NOT_FOUND
-        };
+        let removed = self.awaiting_pubrel.as_mut().is_some_and(|ids| ids.remove(&packet_id));
+        let reason = if removed { ReasonCode::SUCCESS } else { ReasonCode::PACKET_IDENTIFIER_NOT_FOUND };
         Packet::PubComp(Ack { packet_id, reason })
     }
 
     /// True while `packet_id`'s PUBLISH was routed and its PUBREL has not come.
     pub fn contains(&self, packet_id: PacketId) -> bool {
-        self.awaiting_pubrel.contains(&packet_id)
+        self.awaiting_pubrel.as_ref().is_some_and(|ids| ids.contains(&packet_id))
     }
 
     pub fn len(&self) -> usize {
-        self.awaiting_pubrel.len()
+        self.awaiting_pubrel.as_ref().map_or(0, |ids| ids.len())
     }
 
     pub fn is_empty(&self) -> bool {
-        self.awaiting_pubrel.is_empty()
+        self.len() == 0
     }
 }
 

@@ -9,9 +9,11 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use bytestring::ByteString;
+use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
 
 use crate::message::Delivery;
@@ -29,13 +31,15 @@ pub struct QueueLimits {
 #[derive(Debug)]
 pub struct Mailbox {
     client_id: ClientId,
-    /// The user the session's client authenticated as (for read ACLs while routing).
-    username: RwLock<Option<ByteString>>,
+    /// The user the session's client authenticated as (for read ACLs while routing). Boxed:
+    /// written once per connection, and most sessions have none.
+    username: Mutex<Option<Box<ByteString>>>,
     /// Deliveries handed over, taken by the session in batches. A plain deque: it allocates
     /// nothing until used, where a channel would hold a block per idle session.
     inbox: Mutex<VecDeque<Delivery>>,
-    /// Wakes the session when `inbox` gets something (a permit is kept if it is not waiting).
-    arrived: Notify,
+    /// Wakes the session when `inbox` gets something. The session is its only waiter, and it
+    /// looks at `inbox` after registering, so nothing is missed.
+    arrived: AtomicWaker,
     /// The session's queue was dropped: nothing more is taken.
     closed: AtomicBool,
     limits: QueueLimits,
@@ -89,11 +93,11 @@ impl Mailbox {
     }
 
     pub fn username(&self) -> Option<ByteString> {
-        self.username.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.username.lock().unwrap_or_else(|e| e.into_inner()).as_deref().cloned()
     }
 
     pub fn set_username(&self, username: Option<ByteString>) {
-        *self.username.write().unwrap_or_else(|e| e.into_inner()) = username;
+        *self.username.lock().unwrap_or_else(|e| e.into_inner()) = username.map(Box::new);
     }
 
     /// Queues `delivery` if the limits allow.
@@ -209,7 +213,7 @@ impl Mailbox {
         // The session takes the whole inbox at once: one wake-up per batch is enough (waking
         // it for every message of a fan-out was the hottest spot of routing).
         if was_empty {
-            self.arrived.notify_one();
+            self.arrived.wake();
         }
         Offer::Queued
     }
@@ -295,9 +299,9 @@ impl PendingQueue {
     pub fn new(client_id: ClientId, limits: QueueLimits) -> Self {
         let mailbox = Arc::new(Mailbox {
             client_id,
-            username: RwLock::default(),
+            username: Mutex::default(),
             inbox: Mutex::default(),
-            arrived: Notify::new(),
+            arrived: AtomicWaker::new(),
             closed: AtomicBool::new(false),
             limits,
             messages: AtomicUsize::new(0),
@@ -352,10 +356,26 @@ impl PendingQueue {
         true
     }
 
-    /// Waits until something was handed over and collects it. Cancel-safe.
-    async fn collect_arrivals(&mut self) {
-        while !self.collect() {
-            self.mailbox.arrived.notified().await;
+    /// Ready once something is pending, collecting what was handed over; otherwise the
+    /// session's task is woken when something arrives.
+    pub fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.local.is_empty() {
+            self.poll_arrival(cx)
+        } else {
+            Poll::Ready(())
+        }
+    }
+
+    /// Ready once something was handed over (and collected into `local`).
+    fn poll_arrival(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.collect() {
+            return Poll::Ready(());
+        }
+        self.mailbox.arrived.register(cx.waker());
+        if self.collect() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
         }
     }
 
@@ -368,20 +388,11 @@ impl PendingQueue {
         Some(self.released(next))
     }
 
-    /// The next pending delivery, waiting for one. Cancel-safe.
-    pub async fn pop(&mut self) -> Delivery {
-        if self.local.is_empty() {
-            self.collect_arrivals().await;
-        }
-        let next = self.local.pop_front().unwrap_or_else(|| unreachable!("collected at least one"));
-        self.released(next)
-    }
-
     /// While offline: waits for what arrives and keeps it in the local queue, dropping QoS 0
     /// (not queued for offline sessions).
     pub async fn absorb(&mut self) {
         let before = self.local.len();
-        self.collect_arrivals().await;
+        std::future::poll_fn(|cx| self.poll_arrival(cx)).await;
         let arrived: Vec<Delivery> = self.local.drain(before..).collect();
         for delivery in arrived {
             if delivery.qos == QoS::AtMostOnce {

@@ -6,13 +6,21 @@
 //! session's mailbox travels inside it, messages routed during the hand-off are not lost.
 
 use std::collections::HashMap;
+use std::future::poll_fn;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::sync::{oneshot, Notify};
+use futures_util::task::AtomicWaker;
+use tokio::sync::oneshot;
+use tokio::time::Instant;
 
 use super::{ClientId, Session};
+
+/// How often `Registry::expire_keep_alives` should run: the keep-alive timeout comes at most
+/// this long after 1.5 × the keep-alive.
+pub const KEEP_ALIVE_TICK: Duration = Duration::from_millis(250);
 
 /// How long a claim waits for the previous owner to hand the session over. The owner answers
 /// from its select loop, so this only expires if that task is wedged in a socket write to a
@@ -22,13 +30,20 @@ const TAKEOVER_TIMEOUT: Duration = Duration::from_secs(10);
 /// A request to the task that owns a session.
 #[derive(Debug)]
 pub enum Control {
+    /// Broker shutdown: close the connection (DISCONNECT 0x8B).
+    Shutdown,
+    /// The keep-alive deadline set with `set_deadline` has passed.
+    KeepAliveTimeout,
     /// Give the session up: answer with it if it is persistent, `None` after ending it otherwise.
     Takeover(oneshot::Sender<Option<Session>>),
 }
 
-/// The owning task's end of its control slot. A slot, not a channel: at most one request is
+/// The owning task's end of its control slot. A slot, not a channel: at most one takeover is
 /// ever sent to an owner (the claim that replaced it), and every idle connection carries one,
-/// so it should cost a few bytes rather than a channel's buffers.
+/// so it should cost a few bytes rather than a channel's buffers. It also carries the broker's
+/// shutdown and the keep-alive timeout, so a connection waits on this one small thing instead
+/// of a cancellation future and a timer of its own as well: one task watches every deadline
+/// (`Registry::expire_keep_alives`).
 #[derive(Debug)]
 pub struct ControlReceiver(Arc<ControlSlot>);
 
@@ -39,15 +54,20 @@ pub struct ControlSender(Arc<ControlSlot>);
 #[derive(Debug, Default)]
 struct ControlSlot {
     state: Mutex<SlotState>,
-    /// Wakes the owner; a permit is kept if it is not waiting yet.
-    wake: Notify,
+    /// Wakes the owner, which has only one waiting place.
+    wake: AtomicWaker,
+    /// When the owner's client is overdue, on the `clock_ms` scale; 0 for no deadline.
+    deadline_ms: AtomicU64,
 }
 
 #[derive(Debug, Default)]
 struct SlotState {
     /// The owner ended: requests are refused (and their reply channel dropped).
     closed: bool,
-    request: Option<Control>,
+    shutdown: bool,
+    /// The deadline was seen passed; the owner checks it again (it may have moved since).
+    overdue: bool,
+    takeover: Option<oneshot::Sender<Option<Session>>>,
 }
 
 /// A slot for one owner: the registry keeps the sender, the owner waits on the receiver.
@@ -64,28 +84,75 @@ impl ControlSlot {
 }
 
 impl ControlSender {
-    /// Hands `request` to the owner; gives it back if the owner has ended or already holds one.
-    fn send(&self, request: Control) -> Result<(), Control> {
+    /// Hands a takeover to the owner; gives it back if the owner has ended or already holds one.
+    fn send(&self, reply: oneshot::Sender<Option<Session>>) -> Result<(), oneshot::Sender<Option<Session>>> {
         let mut state = self.0.state();
-        if state.closed || state.request.is_some() {
-            return Err(request);
+        if state.closed || state.takeover.is_some() {
+            return Err(reply);
         }
-        state.request = Some(request);
+        state.takeover = Some(reply);
         drop(state);
-        self.0.wake.notify_one();
+        self.0.wake.wake();
         Ok(())
+    }
+
+    fn shut_down(&self) {
+        self.0.state().shutdown = true;
+        self.0.wake.wake();
+    }
+
+    /// Tells the owner if its deadline has passed at `now_ms`.
+    fn check_deadline(&self, now_ms: u64) {
+        if passed(self.0.deadline_ms.load(Ordering::Relaxed), now_ms) {
+            self.0.state().overdue = true;
+            self.0.wake.wake();
+        }
     }
 }
 
+/// Milliseconds since the first call in this process, never 0 (0 means "no deadline").
+fn clock_ms(at: Instant) -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    at.saturating_duration_since(epoch).as_millis() as u64 + 1
+}
+
+fn passed(deadline_ms: u64, now_ms: u64) -> bool {
+    deadline_ms != 0 && deadline_ms <= now_ms
+}
+
 impl ControlReceiver {
-    /// Waits for a request. Cancel-safe: a request not yet taken stays in the slot.
-    pub async fn recv(&mut self) -> Control {
-        loop {
-            if let Some(request) = self.0.state().request.take() {
-                return request;
+    /// Sets (or with `None` clears) the keep-alive deadline. It is checked every
+    /// `KEEP_ALIVE_TICK`, so the timeout comes up to that much after the deadline.
+    pub fn set_deadline(&self, at: Option<Instant>) {
+        self.0.deadline_ms.store(at.map_or(0, clock_ms), Ordering::Relaxed);
+    }
+
+    /// Shutdown first, then a takeover, then the keep-alive timeout. Cancel-safe: a request
+    /// not yet taken stays in the slot.
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Control> {
+        let deadline_ms = &self.0.deadline_ms;
+        let take = |state: &mut SlotState| {
+            if state.shutdown {
+                return Some(Control::Shutdown);
             }
-            self.0.wake.notified().await;
+            if let Some(reply) = state.takeover.take() {
+                return Some(Control::Takeover(reply));
+            }
+            let overdue = std::mem::take(&mut state.overdue);
+            (overdue && passed(deadline_ms.load(Ordering::Relaxed), clock_ms(Instant::now())))
+                .then_some(Control::KeepAliveTimeout)
+        };
+        if let Some(request) = take(&mut self.0.state()) {
+            return Poll::Ready(request);
         }
+        self.0.wake.register(cx.waker());
+        take(&mut self.0.state()).map_or(Poll::Pending, Poll::Ready)
+    }
+
+    /// Waits for a request. Cancel-safe.
+    pub async fn recv(&mut self) -> Control {
+        poll_fn(|cx| self.poll_recv(cx)).await
     }
 }
 
@@ -96,7 +163,7 @@ impl Drop for ControlReceiver {
         let pending = {
             let mut state = self.0.state();
             state.closed = true;
-            state.request.take()
+            state.takeover.take()
         };
         drop(pending);
     }
@@ -134,7 +201,7 @@ impl Registry {
         let previous = previous?;
         let (reply, answer) = oneshot::channel();
         // A refused request means the previous owner already ended (a clean session).
-        previous.control.send(Control::Takeover(reply)).ok()?;
+        previous.control.send(reply).ok()?;
         match tokio::time::timeout(TAKEOVER_TIMEOUT, answer).await {
             Ok(answer) => answer.ok().flatten(),
             Err(_) => {
@@ -154,6 +221,22 @@ impl Registry {
         let mut owners = self.lock();
         if owners.get(client_id).is_some_and(|o| o.id == owner) {
             owners.remove(client_id);
+        }
+    }
+
+    /// Tells every owner that the broker is shutting down. An owner registered later sees the
+    /// broker's shutdown token already cancelled (it checks after registering).
+    pub fn shut_down(&self) {
+        for owner in self.lock().values() {
+            owner.control.shut_down();
+        }
+    }
+
+    /// Tells every owner whose keep-alive deadline has passed at `now`.
+    pub fn expire_keep_alives(&self, now: Instant) {
+        let now_ms = clock_ms(now);
+        for owner in self.lock().values() {
+            owner.control.check_deadline(now_ms);
         }
     }
 
@@ -182,7 +265,7 @@ mod tests {
         let waiting = tokio::spawn(async move { matches!(receiver.recv().await, Control::Takeover(_)) });
         tokio::task::yield_now().await;
         let (reply, _answer) = oneshot::channel();
-        assert!(sender.send(Control::Takeover(reply)).is_ok());
+        assert!(sender.send(reply).is_ok());
         assert!(waiting.await.unwrap());
     }
 
@@ -190,12 +273,49 @@ mod tests {
     async fn an_ended_owner_refuses_requests_and_drops_the_one_it_never_took() {
         let (sender, receiver) = control_slot();
         let (reply, answer) = oneshot::channel();
-        assert!(sender.send(Control::Takeover(reply)).is_ok());
+        assert!(sender.send(reply).is_ok());
         drop(receiver);
         // The claimant waiting on the answer learns at once that no session comes back.
         assert!(answer.await.is_err());
         let (reply, _answer) = oneshot::channel();
-        assert!(sender.send(Control::Takeover(reply)).is_err());
+        assert!(sender.send(reply).is_err());
+    }
+
+    #[tokio::test]
+    async fn shutdown_reaches_every_owner_before_a_takeover() {
+        let registry = Registry::default();
+        let (sender, mut receiver) = control_slot();
+        registry.register(&ClientId::from("c"), registry.new_owner_id(), sender);
+        let waiting = tokio::spawn(async move { matches!(receiver.recv().await, Control::Shutdown) });
+        tokio::task::yield_now().await;
+        registry.shut_down();
+        assert!(waiting.await.unwrap());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_passed_keep_alive_deadline_times_out_and_a_moved_one_does_not() {
+        let registry = Registry::default();
+        let (sender, mut receiver) = control_slot();
+        registry.register(&ClientId::from("c"), registry.new_owner_id(), sender);
+        let start = Instant::now();
+        receiver.set_deadline(Some(start + Duration::from_secs(1)));
+        registry.expire_keep_alives(start + Duration::from_millis(500));
+        let now = std::future::poll_fn(|cx| Poll::Ready(receiver.poll_recv(cx).is_pending())).await;
+        assert!(now, "not yet due");
+        // Seen passed by the watcher, but moved by the owner before it looked: no timeout.
+        tokio::time::advance(Duration::from_secs(2)).await;
+        registry.expire_keep_alives(Instant::now());
+        receiver.set_deadline(Some(Instant::now() + Duration::from_secs(1)));
+        let pending = std::future::poll_fn(|cx| Poll::Ready(receiver.poll_recv(cx).is_pending())).await;
+        assert!(pending, "the deadline moved");
+        tokio::time::advance(Duration::from_secs(2)).await;
+        registry.expire_keep_alives(Instant::now());
+        assert!(matches!(receiver.recv().await, Control::KeepAliveTimeout));
+        // Cleared deadlines (an offline session) never time out.
+        receiver.set_deadline(None);
+        registry.expire_keep_alives(Instant::now() + Duration::from_secs(3600));
+        let pending = std::future::poll_fn(|cx| Poll::Ready(receiver.poll_recv(cx).is_pending())).await;
+        assert!(pending);
     }
 
     #[tokio::test]

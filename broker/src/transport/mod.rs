@@ -8,18 +8,64 @@
 pub mod tls;
 pub mod ws;
 
+use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 
 use bytestring::ByteString;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use crate::config::{ListenerConfig, Transport};
 use tls::{TlsContext, TlsError};
 use ws::WsError;
 
-pub type Reader = Box<dyn AsyncRead + Send + Unpin>;
-pub type Writer = Box<dyn AsyncWrite + Send + Unpin>;
+/// The byte stream of one connection. Plain TCP is held as it is: every idle connection would
+/// otherwise carry a shared socket and two boxed halves for nothing (the connection reads and
+/// writes from one task, so it never needs split halves).
+pub enum Stream {
+    Tcp(TcpStream),
+    /// TLS, WebSocket or both.
+    Wrapped(Box<dyn Duplex>),
+}
+
+/// What a wrapped transport provides.
+pub trait Duplex: AsyncRead + AsyncWrite + Send + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Duplex for T {}
+
+impl AsyncRead for Stream {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Wrapped(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Wrapped(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Stream::Wrapped(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Wrapped(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
 
 /// Room a WebSocket message may take beyond the largest MQTT packet (a message may carry the
 /// end of one packet and the start of the next).
@@ -36,8 +82,7 @@ pub enum TransportError {
 
 /// A connection ready for MQTT.
 pub struct Established {
-    pub reader: Reader,
-    pub writer: Writer,
+    pub stream: Stream,
     /// The user named by a verified client certificate, when the listener takes it from there.
     pub certificate_user: Option<ByteString>,
 }
@@ -77,32 +122,35 @@ impl Listener {
         tcp: TcpStream,
         max_packet_size: usize,
     ) -> Result<Established, TransportError> {
+        if self.tls.is_none() && self.config.transport != Transport::Ws {
+            return Ok(Established { stream: Stream::Tcp(tcp), certificate_user: None });
+        }
+        // Boxed: TLS and WebSocket handshakes take several KiB of state, which every plain TCP
+        // connection would otherwise reserve while it connects.
+        Box::pin(self.establish_wrapped(tcp, max_packet_size)).await
+    }
+
+    async fn establish_wrapped(
+        &self,
+        tcp: TcpStream,
+        max_packet_size: usize,
+    ) -> Result<Established, TransportError> {
         let ws_limit = max_packet_size.saturating_add(WS_MESSAGE_HEADROOM);
         let path = &self.config.ws_path;
-        let (reader, writer, certificate_user): (Reader, Writer, _) = match (&self.tls, self.config.transport)
-        {
-            (None, Transport::Ws) => {
-                let (r, w) = tokio::io::split(ws::accept(tcp, path, ws_limit).await?);
-                (Box::new(r), Box::new(w), None)
-            }
-            (Some(tls), Transport::Wss) => {
+        let (stream, certificate_user) = match &self.tls {
+            None => (Stream::Wrapped(Box::new(ws::accept(tcp, path, ws_limit).await?)), None),
+            Some(tls) => {
                 let stream = tls.accept(tcp).await.map_err(TransportError::Tls)?;
                 let user = tls.certificate_user(&stream);
-                let (r, w) = tokio::io::split(ws::accept(stream, path, ws_limit).await?);
-                (Box::new(r), Box::new(w), user)
-            }
-            (Some(tls), _) => {
-                let stream = tls.accept(tcp).await.map_err(TransportError::Tls)?;
-                let user = tls.certificate_user(&stream);
-                let (r, w) = tokio::io::split(stream);
-                (Box::new(r), Box::new(w), user)
-            }
-            (None, _) => {
-                let (r, w) = tcp.into_split();
-                (Box::new(r), Box::new(w), None)
+                match self.config.transport {
+                    Transport::Wss => {
+                        (Stream::Wrapped(Box::new(ws::accept(stream, path, ws_limit).await?)), user)
+                    }
+                    _ => (Stream::Wrapped(Box::new(stream)), user),
+                }
             }
         };
-        Ok(Established { reader, writer, certificate_user })
+        Ok(Established { stream, certificate_user })
     }
 }
 
