@@ -2,7 +2,7 @@
 //! (password hook, or an MQTT 5 enhanced-authentication exchange), claim or take over the
 //! session, answer CONNACK with the limits this broker enforces.
 
-use std::time::Duration;
+use std::num::NonZeroU16;
 
 use bytestring::ByteString;
 use tracing::{info, warn};
@@ -22,8 +22,8 @@ pub(super) struct Accepted {
     pub session: Session,
     /// Boxed: most clients have none, and it is large.
     pub will: Option<Box<Will>>,
-    /// 1.5 × the keep-alive in force; `None` when it is 0 (disabled).
-    pub keep_alive: Option<Duration>,
+    /// The keep-alive in force, in seconds; `None` when it is 0 (disabled).
+    pub keep_alive: Option<NonZeroU16>,
     /// The client's Receive Maximum.
     pub receive_maximum: u16,
     pub owner: OwnerId,
@@ -178,7 +178,9 @@ impl Connection {
         // An empty id gets one assigned: 3.1.1 only with clean session (the decoder refused the
         // rest), MQTT 5 always, reported in CONNACK [MQTT-3.1.3-6], [MQTT-3.2.2-16].
         let assigned = connect.client_id.is_empty().then(|| ByteString::from(self.broker.assign_client_id()));
-        let client_id = ClientId(assigned.clone().unwrap_or_else(|| connect.client_id.clone()));
+        // Copied out of the CONNECT's buffer (as is the user name below), which kept for the
+        // connection's life would also keep its password and will in memory.
+        let client_id = ClientId(assigned.clone().unwrap_or_else(|| ByteString::from(&*connect.client_id)));
         tracing::Span::current().record("client_id", tracing::field::display(&client_id));
         // Who the client is: a verified certificate wins, then an enhanced-authentication
         // method, then CONNECT's user name (checked against the password file).
@@ -203,7 +205,7 @@ impl Connection {
         };
         // An unproven user name is anonymous: it gets no user's rights.
         let username = match verdict {
-            Ok(proven) => username.filter(|_| proven),
+            Ok(proven) => username.filter(|_| proven).map(|name| ByteString::from(&*name)),
             Err(code) => {
                 let who = username.as_deref().unwrap_or("(anonymous)");
                 return Err(Refusal::Code(code, format!("authentication failed for user {who}")));
@@ -268,8 +270,7 @@ impl Connection {
         Ok(Accepted {
             session,
             will: connect.will.map(Box::new),
-            keep_alive: (keep_alive.seconds > 0)
-                .then(|| Duration::from_millis(u64::from(keep_alive.seconds) * 1500)),
+            keep_alive: NonZeroU16::new(keep_alive.seconds),
             receive_maximum: connect.receive_maximum,
             owner,
             control,

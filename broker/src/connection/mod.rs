@@ -19,6 +19,7 @@ mod throttle;
 use std::future::{poll_fn, Future};
 use std::io;
 use std::net::SocketAddr;
+use std::num::NonZeroU16;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
@@ -343,7 +344,7 @@ impl Connection {
             Wake::Input => {
                 // The client was not silent, or we were not listening.
                 let now = Instant::now();
-                accepted.control.set_deadline(accepted.keep_alive.map(|grace| now + grace));
+                accepted.control.set_deadline(accepted.keep_alive.map(|secs| now + grace(secs)));
                 self.handle_input(&mut accepted.session)
             }
             Wake::Deliver => {
@@ -644,6 +645,11 @@ impl Connection {
             }
         }
     }
+}
+
+/// How long a client may be silent: 1.5 × its keep-alive [MQTT-3.1.2-24].
+fn grace(keep_alive_secs: NonZeroU16) -> Duration {
+    Duration::from_millis(u64::from(keep_alive_secs.get()) * 1500)
 }
 
 /// Times out the connections whose clients went silent for 1.5 × their keep-alive

@@ -67,8 +67,9 @@ pub struct Session {
     pub pending: PendingQueue,
     pub outbound: OutboundWindow,
     pub inbound: InboundQos2,
-    /// The configured in-flight window; a client's Receive Maximum may lower it.
-    max_inflight: usize,
+    /// The configured in-flight window; a client's Receive Maximum may lower it. (Packet
+    /// identifiers bound any window to 65,535.)
+    max_inflight: u16,
     /// Storage changes made by the methods above, for the owner to commit before it writes
     /// the packets they produced (nothing reaches the wire before it is stored).
     pub journal: Vec<Op>,
@@ -76,15 +77,16 @@ pub struct Session {
 
 impl Session {
     pub fn new(client_id: ClientId, version: ProtocolVersion, expiry: u32, limits: SessionLimits) -> Self {
+        let max_inflight = u16::try_from(limits.max_inflight).unwrap_or(u16::MAX);
         Session {
             pending: PendingQueue::new(client_id.clone(), limits.queue),
             client_id,
             version,
             expiry,
             subscriptions: HashMap::new(),
-            outbound: OutboundWindow::new(limits.max_inflight),
+            outbound: OutboundWindow::new(usize::from(max_inflight)),
             inbound: InboundQos2::default(),
-            max_inflight: limits.max_inflight,
+            max_inflight,
             journal: Vec::new(),
         }
     }
@@ -152,7 +154,7 @@ impl Session {
     /// On (re)connect: the window follows the client's Receive Maximum [MQTT-3.3.4-9]; the
     /// unacknowledged window is re-sent first, in order, then the queue.
     pub fn resume(&mut self, receive_maximum: u16, out: &mut Vec<Packet>, now: Instant) {
-        self.outbound.set_capacity(self.max_inflight.min(usize::from(receive_maximum)));
+        self.outbound.set_capacity(usize::from(self.max_inflight.min(receive_maximum)));
         self.publish_window();
         self.outbound.resend_all(out, now);
         self.pump(out, now);

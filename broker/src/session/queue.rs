@@ -8,7 +8,7 @@
 //! episode. QoS 0 messages are not queued for an offline session (Mosquitto's default too).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
@@ -48,8 +48,8 @@ pub struct Mailbox {
     online: AtomicBool,
     /// In-flight count and window of the owning session, so shared-subscription routing can
     /// skip members whose window is full.
-    inflight: AtomicUsize,
-    window: AtomicUsize,
+    inflight: AtomicU32,
+    window: AtomicU32,
     /// The session is persistent: its QoS 1/2 deliveries are stored, keyed by `next_seq`.
     persistent: AtomicBool,
     next_seq: AtomicU64,
@@ -121,9 +121,11 @@ impl Mailbox {
     }
 
     /// Published by the session as its in-flight window changes.
+    /// (Both at most 65,535: the window is bounded by the packet identifiers.)
     pub fn set_inflight(&self, inflight: usize, window: usize) {
-        self.inflight.store(inflight, Ordering::Relaxed);
-        self.window.store(window, Ordering::Relaxed);
+        let narrow = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        self.inflight.store(narrow(inflight), Ordering::Relaxed);
+        self.window.store(narrow(window), Ordering::Relaxed);
     }
 
     pub fn set_persistent(&self, persistent: bool) {
@@ -221,8 +223,9 @@ impl Mailbox {
     /// True when the session is online and its window has room for one more message beyond
     /// those already in flight and pending.
     pub fn has_credit(&self) -> bool {
-        let committed = self.inflight.load(Ordering::Relaxed) + self.messages.load(Ordering::Relaxed);
-        self.is_online() && committed < self.window.load(Ordering::Relaxed)
+        let committed =
+            self.inflight.load(Ordering::Relaxed) as usize + self.messages.load(Ordering::Relaxed);
+        self.is_online() && committed < self.window.load(Ordering::Relaxed) as usize
     }
 
     /// Counts a message against `headroom` times the limits; false (and the drop is counted)
@@ -307,8 +310,8 @@ impl PendingQueue {
             messages: AtomicUsize::new(0),
             bytes: AtomicUsize::new(0),
             online: AtomicBool::new(false),
-            inflight: AtomicUsize::new(0),
-            window: AtomicUsize::new(0),
+            inflight: AtomicU32::new(0),
+            window: AtomicU32::new(0),
             persistent: AtomicBool::new(false),
             next_seq: AtomicU64::new(1),
             overflowing: AtomicBool::new(false),
