@@ -120,14 +120,14 @@ impl Session {
             return;
         }
         if delivery.qos == QoS::AtMostOnce {
-            out.push(Packet::Publish(Box::new(delivery.to_publish(None, false, now))));
+            out.push(Packet::Forward(delivery.into_forward(None, false, now)));
             return;
         }
         let stored = delivery.seq.map(|seq| (seq, delivery_record(&delivery, DeliveryState::Queued)));
         let qos = delivery.qos;
         let packet = self.outbound.send(delivery, now);
-        if let (Some((seq, mut record)), Packet::Publish(publish)) = (stored, &packet) {
-            let id = publish.packet_id.unwrap_or_else(|| unreachable!("the window assigns an id"));
+        if let (Some((seq, mut record)), Packet::Forward(forward)) = (stored, &packet) {
+            let id = forward.packet_id.unwrap_or_else(|| unreachable!("the window assigns an id"));
             record.state = match qos {
                 QoS::AtLeastOnce => DeliveryState::AwaitingPubAck(id),
                 _ => DeliveryState::AwaitingPubRec(id),
