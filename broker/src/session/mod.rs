@@ -138,15 +138,17 @@ impl Session {
         self.publish_window();
     }
 
-    /// Moves pending deliveries to the wire while the window has room, at most one batch.
+    /// Moves pending deliveries to the wire while the window has room, at most one batch,
+    /// counted out of the queue limits together at the end.
     pub fn pump(&mut self, out: &mut Vec<Packet>, now: Instant) {
         for _ in 0..DELIVERY_BATCH {
             if !self.can_deliver() {
                 break;
             }
-            let Some(delivery) = self.pending.try_pop() else { break };
+            let Some(delivery) = self.pending.take() else { break };
             self.handle_deliver(delivery, out, now);
         }
+        self.pending.count_out_taken();
     }
 
     /// On (re)connect: the window follows the client's Receive Maximum [MQTT-3.3.4-9]; the
