@@ -4,6 +4,7 @@
 //! facts (granted QoS, retain flag on this delivery, subscription identifiers, packet id) live
 //! beside it in a `Delivery`, never in it.
 
+use std::fmt;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -190,19 +191,66 @@ impl Delivery {
     }
 
     /// The PUBLISH that carries this delivery at `now` (expiry decremented [MQTT-3.3.2-6]).
-    pub fn to_publish(&self, packet_id: Option<PacketId>, dup: bool, now: Instant) -> Publish {
-        let mut properties = self.message.properties.clone();
-        properties.message_expiry = self.message.remaining_expiry(now);
-        properties.subscription_ids.clone_from(&self.subscription_ids);
-        Publish {
+    pub fn into_forward(self, packet_id: Option<PacketId>, dup: bool, now: Instant) -> Forward {
+        Forward {
+            message_expiry: self.message.remaining_expiry(now),
+            message: self.message,
+            qos: self.qos,
+            retain: self.retain,
             dup,
+            packet_id,
+            subscription_ids: self.subscription_ids,
+        }
+    }
+}
+
+/// A PUBLISH the broker sends to a subscriber: the shared message and what belongs to this one
+/// delivery. The 3.1.1 encoder writes topic and payload straight from the message, so a fan-out
+/// neither copies them nor touches their reference counts per subscriber.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Forward {
+    pub message: Arc<Message>,
+    pub qos: QoS,
+    pub retain: bool,
+    pub dup: bool,
+    /// Present exactly when `qos` is 1 or 2.
+    pub packet_id: Option<PacketId>,
+    pub subscription_ids: Vec<u32>,
+    /// Seconds left when the PUBLISH was made, forwarded in place of the original interval.
+    pub message_expiry: Option<u32>,
+}
+
+impl Forward {
+    /// The packet as a stand-alone PUBLISH, properties included (what MQTT 5 encodes).
+    pub fn into_publish(self) -> Publish {
+        let mut properties = self.message.properties.clone();
+        properties.message_expiry = self.message_expiry;
+        properties.subscription_ids = self.subscription_ids;
+        Publish {
+            dup: self.dup,
             qos: self.qos,
             retain: self.retain,
             topic: self.message.topic.clone(),
-            packet_id,
+            packet_id: self.packet_id,
             payload: self.message.payload.clone(),
             properties,
         }
+    }
+}
+
+impl fmt::Debug for Forward {
+    // Payloads are user data: never written to logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Forward")
+            .field("topic", &self.message.topic)
+            .field("qos", &self.qos)
+            .field("packet_id", &self.packet_id)
+            .field("dup", &self.dup)
+            .field("retain", &self.retain)
+            .field("payload_len", &self.message.payload.len())
+            .field("subscription_ids", &self.subscription_ids)
+            .field("message_expiry", &self.message_expiry)
+            .finish()
     }
 }
 
@@ -238,7 +286,7 @@ mod tests {
         let m = Arc::new(message(Some(60)));
         let mut d = Delivery::new(m.clone(), QoS::AtLeastOnce, false);
         d.subscription_ids = vec![3, 9];
-        let p = d.to_publish(None, false, m.received + Duration::from_secs(15));
+        let p = d.into_forward(None, false, m.received + Duration::from_secs(15)).into_publish();
         assert_eq!(p.properties.message_expiry, Some(45));
         assert_eq!(p.properties.subscription_ids, vec![3, 9]);
     }

@@ -12,6 +12,8 @@ use std::num::NonZeroU16;
 use bytes::Bytes;
 use bytestring::ByteString;
 
+use crate::message::Forward;
+
 /// The protocol revision a client connected with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProtocolVersion {
@@ -332,6 +334,8 @@ pub enum Packet {
     Connect(Box<Connect>),
     ConnAck(Box<ConnAck>),
     Publish(Box<Publish>),
+    /// An outbound PUBLISH of a routed message (see `Forward`).
+    Forward(Forward),
     PubAck(Ack),
     PubRec(Ack),
     PubRel(Ack),
@@ -365,7 +369,7 @@ impl Packet {
         match self {
             Packet::Connect(_) => "CONNECT",
             Packet::ConnAck(_) => "CONNACK",
-            Packet::Publish(_) => "PUBLISH",
+            Packet::Publish(_) | Packet::Forward(_) => "PUBLISH",
             Packet::PubAck(_) => "PUBACK",
             Packet::PubRec(_) => "PUBREC",
             Packet::PubRel(_) => "PUBREL",

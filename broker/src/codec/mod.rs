@@ -195,6 +195,11 @@ impl Codec {
     pub fn encode(&mut self, packet: Packet, dst: &mut BytesMut) -> Result<Encoded, CodecError> {
         let start = dst.len();
         let mut new_alias = None;
+        let packet = match (packet, &self.state) {
+            // An MQTT 5 PUBLISH carries properties and may get a topic alias: built in full.
+            (Packet::Forward(forward), State::V5(_)) => Packet::Publish(Box::new(forward.into_publish())),
+            (packet, _) => packet,
+        };
         match &mut self.state {
             State::V5(inner) => {
                 let packet = match packet {

@@ -323,9 +323,48 @@ fn v3_publish_fast_path_matches_the_reference_encoder() {
         };
         let mut fast = BytesMut::new();
         v3::encode(Packet::Publish(Box::new(publish.clone())), &mut fast).unwrap();
+        let mut forwarded = BytesMut::new();
+        v3::encode(Packet::Forward(forward_of(&publish)), &mut forwarded).unwrap();
         let mut reference = BytesMut::new();
         let wire = v3::to_wire(Packet::Publish(Box::new(publish))).unwrap();
         rmqtt_codec::v3::Codec::new(0).encode(wire, &mut reference).unwrap();
         assert_eq!(fast, reference, "qos {qos:?} id {id:?} dup {dup} retain {retain} payload {size}");
+        assert_eq!(forwarded, reference, "forwarded: qos {qos:?} id {id:?} dup {dup} retain {retain}");
     }
+}
+
+/// The forwarding form of `publish`: a routed message with the same fields.
+fn forward_of(publish: &Publish) -> crate::message::Forward {
+    let mut message =
+        crate::message::Message::new(publish.topic.clone(), publish.payload.clone(), publish.qos);
+    message.properties = publish.properties.clone();
+    let mut delivery =
+        crate::message::Delivery::new(std::sync::Arc::new(message), publish.qos, publish.retain);
+    delivery.subscription_ids.clone_from(&publish.properties.subscription_ids);
+    delivery.into_forward(publish.packet_id, publish.dup, tokio::time::Instant::now())
+}
+
+#[test]
+fn v5_forwarded_publish_is_encoded_with_its_properties_and_aliases() {
+    let mut codec = Codec::new(1024, 4);
+    codec.decode(&mut BytesMut::from(CONNECT_5)).unwrap();
+    codec.set_client_limits(None, 1);
+    let mut publish = publish("long/topic", "x");
+    publish.properties.subscription_ids = vec![4];
+    publish.properties.content_type = Some("text/plain".into());
+    let mut direct = BytesMut::new();
+    codec.encode(Packet::Publish(Box::new(publish.clone())), &mut direct).unwrap();
+    let mut aliased = BytesMut::new();
+    codec.encode(Packet::Forward(forward_of(&publish)), &mut aliased).unwrap();
+    assert_eq!(
+        direct.len() - aliased.len(),
+        "long/topic".len(),
+        "the alias applies to forwarded PUBLISH too"
+    );
+    let mut fresh = Codec::new(1024, 4);
+    fresh.decode(&mut BytesMut::from(CONNECT_5)).unwrap();
+    fresh.set_client_limits(None, 1);
+    let mut forwarded = BytesMut::new();
+    fresh.encode(Packet::Forward(forward_of(&publish)), &mut forwarded).unwrap();
+    assert_eq!(forwarded, direct, "same bytes as the PUBLISH it stands for");
 }

@@ -8,7 +8,7 @@ use tokio_util::codec::Encoder;
 
 use super::CodecError;
 use crate::packet::{
-    Ack, Connect, Disconnect, Packet, PacketId, ProtocolVersion, Publish, PublishProperties, ReasonCode,
+    Ack, Connect, Disconnect, Packet, PacketId, ProtocolVersion, Publish, PublishProperties, QoS, ReasonCode,
     SubscriptionOptions, Will,
 };
 
@@ -101,7 +101,12 @@ fn connack_return_code(reason: ReasonCode) -> ConnectAckReason {
 /// its header fields per delivery. Everything else goes through `to_wire`.
 pub(super) fn encode(packet: Packet, dst: &mut BytesMut) -> Result<(), CodecError> {
     match packet {
-        Packet::Publish(publish) => encode_publish(&publish, dst),
+        Packet::Publish(p) => encode_publish(p.dup, p.qos, p.retain, &p.topic, p.packet_id, &p.payload, dst),
+        // Topic and payload are read from the shared message: nothing is copied but the bytes.
+        Packet::Forward(f) => {
+            let m = &f.message;
+            encode_publish(f.dup, f.qos, f.retain, &m.topic, f.packet_id, &m.payload, dst);
+        }
         other => {
             if let Some(wire) = to_wire(other) {
                 v3::Codec::new(0).encode(wire, dst)?;
@@ -114,11 +119,19 @@ pub(super) fn encode(packet: Packet, dst: &mut BytesMut) -> Result<(), CodecErro
 /// PUBLISH (section 3.3): fixed header with DUP, QoS and RETAIN, Remaining Length, topic,
 /// packet identifier for QoS 1/2 [MQTT-2.3.1-5], payload. The topic is at most 65,535 bytes
 /// (checked when it was received) and the packet within the broker's maximum packet size.
-fn encode_publish(publish: &Publish, dst: &mut BytesMut) {
-    let id_len = if publish.packet_id.is_some() { 2 } else { 0 };
-    let remaining = 2 + publish.topic.len() + id_len + publish.payload.len();
+fn encode_publish(
+    dup: bool,
+    qos: QoS,
+    retain: bool,
+    topic: &str,
+    packet_id: Option<PacketId>,
+    payload: &[u8],
+    dst: &mut BytesMut,
+) {
+    let id_len = if packet_id.is_some() { 2 } else { 0 };
+    let remaining = 2 + topic.len() + id_len + payload.len();
     dst.reserve(5 + remaining);
-    dst.put_u8(0x30 | u8::from(publish.dup) << 3 | (publish.qos as u8) << 1 | u8::from(publish.retain));
+    dst.put_u8(0x30 | u8::from(dup) << 3 | (qos as u8) << 1 | u8::from(retain));
     let mut left = remaining;
     loop {
         let byte = (left % 128) as u8;
@@ -129,12 +142,12 @@ fn encode_publish(publish: &Publish, dst: &mut BytesMut) {
         }
         dst.put_u8(byte | 0x80);
     }
-    dst.put_u16(publish.topic.len() as u16);
-    dst.put_slice(publish.topic.as_bytes());
-    if let Some(id) = publish.packet_id {
+    dst.put_u16(topic.len() as u16);
+    dst.put_slice(topic.as_bytes());
+    if let Some(id) = packet_id {
         dst.put_u16(id.0.get());
     }
-    dst.put_slice(&publish.payload);
+    dst.put_slice(payload);
 }
 
 /// Converts an outbound packet. DISCONNECT and AUTH have no 3.1.1 form from a server: they
@@ -154,6 +167,7 @@ pub(super) fn to_wire(packet: Packet) -> Option<v3::Packet> {
             payload: p.payload,
             properties: None,
         })),
+        Packet::Forward(f) => return to_wire(Packet::Publish(Box::new(f.into_publish()))),
         Packet::PubAck(a) => v3::Packet::PublishAck { packet_id: a.packet_id.0 },
         Packet::PubRec(a) => v3::Packet::PublishReceived { packet_id: a.packet_id.0 },
         Packet::PubRel(a) => v3::Packet::PublishRelease { packet_id: a.packet_id.0 },

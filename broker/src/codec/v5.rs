@@ -198,18 +198,23 @@ fn connack_to_wire(a: ConnAck) -> v5::ConnectAck {
     }
 }
 
+fn publish_to_wire(p: Publish) -> v5::Packet {
+    v5::Packet::Publish(Box::new(WirePublish {
+        dup: p.dup,
+        retain: p.retain,
+        qos: qos_to_wire(p.qos),
+        topic: p.topic,
+        packet_id: p.packet_id.map(|i| i.0),
+        payload: p.payload,
+        properties: Some(properties_to_wire(p.properties)),
+    }))
+}
+
 pub(super) fn to_wire(packet: Packet) -> v5::Packet {
     match packet {
         Packet::ConnAck(a) => v5::Packet::ConnectAck(Box::new(connack_to_wire(*a))),
-        Packet::Publish(p) => v5::Packet::Publish(Box::new(WirePublish {
-            dup: p.dup,
-            retain: p.retain,
-            qos: qos_to_wire(p.qos),
-            topic: p.topic,
-            packet_id: p.packet_id.map(|i| i.0),
-            payload: p.payload,
-            properties: Some(properties_to_wire(p.properties)),
-        })),
+        Packet::Publish(p) => publish_to_wire(*p),
+        Packet::Forward(f) => publish_to_wire(f.into_publish()),
         Packet::PubAck(a) => v5::Packet::PublishAck(ack_to_wire(a)),
         Packet::PubRec(a) => v5::Packet::PublishReceived(ack_to_wire(a)),
         Packet::PubRel(a) => v5::Packet::PublishRelease(ack2_to_wire(a)),

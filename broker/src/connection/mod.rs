@@ -500,7 +500,7 @@ impl Connection {
     fn encode_out(&mut self, session: &mut Session) -> Result<(), ProtocolError> {
         for packet in self.out.drain(..) {
             let packet_id = match &packet {
-                Packet::Publish(p) => Some(p.packet_id),
+                Packet::Forward(p) => Some(p.packet_id),
                 _ => None,
             };
             if self.codec.encode(packet, &mut self.wbuf)? == Encoded::TooLargeForClient {

@@ -90,6 +90,18 @@ impl Routed {
         }
     }
 
+    /// Admits one delivery for all of a session's matching subscriptions (`same_session`, not
+    /// empty): at their highest QoS, with every Subscription Identifier.
+    fn admit_merged(&mut self, message: &Arc<Message>, same_session: &[&Subscriber]) {
+        let best = same_session.iter().map(|s| s.subscription.options.qos).max().unwrap_or(message.qos);
+        let retain =
+            message.retain && same_session.iter().any(|s| s.subscription.options.retain_as_published);
+        let mut delivery = Delivery::new(message.clone(), best.min(message.qos), retain);
+        delivery.subscription_ids = same_session.iter().filter_map(|s| s.subscription.id).collect();
+        delivery.subscription_ids.sort_unstable();
+        self.admit(&same_session[0].mailbox, delivery);
+    }
+
     /// Adds the storage records: the message once, a delivery per persistent session.
     fn record(&mut self, message: &Arc<Message>, ids: &AtomicU64) {
         let stored: Vec<_> = self.targets.iter().filter(|(_, d)| d.seq.is_some()).collect();
@@ -193,25 +205,40 @@ impl Router {
 
     fn route_direct(&self, message: &Arc<Message>, routed: &mut Routed, gate: &dyn ReadGate) {
         let tree = self.subscriptions.read().unwrap_or_else(|e| e.into_inner());
-        let mut matches: Vec<&Subscriber> = Vec::new();
+        // Most topics match a single filter: its sessions are distinct and need no merging, and
+        // nothing is collected per message.
+        let mut first: Option<&SubscriberSet> = None;
+        let mut more: Vec<&SubscriberSet> = Vec::new();
         trie::for_each_matching_filter(&tree, &message.topic, &mut |set: &SubscriberSet| {
-            matches.extend(set.values());
+            if !set.is_empty() {
+                match first {
+                    None => first = Some(set),
+                    Some(_) => more.push(set),
+                }
+            }
         });
+        let Some(first) = first else { return };
         // [MQTT-3.8.3-3]: No Local subscriptions do not get the client's own messages.
-        if let Some(origin) = &message.origin {
-            matches.retain(|s| !(s.subscription.options.no_local && s.mailbox.client_id() == origin));
+        let wanted = |s: &Subscriber| {
+            let own = s.subscription.options.no_local
+                && message.origin.as_ref().is_some_and(|origin| s.mailbox.client_id() == origin);
+            !own && gate.may_read(&s.mailbox, &message.topic)
+        };
+        if more.is_empty() {
+            routed.targets.reserve(first.len());
+            for subscriber in first.values().filter(|s| wanted(s)) {
+                routed.admit_merged(message, &[subscriber]);
+            }
+            return;
         }
-        matches.retain(|s| gate.may_read(&s.mailbox, &message.topic));
+        let mut matches: Vec<&Subscriber> =
+            Vec::with_capacity(first.len() + more.iter().map(|set| set.len()).sum::<usize>());
+        matches.extend(std::iter::once(first).chain(more).flat_map(|set| set.values()).filter(|s| wanted(s)));
         // Group the matches of each session together.
         matches.sort_unstable_by_key(|s| Arc::as_ptr(&s.mailbox));
+        routed.targets.reserve(matches.len());
         for same_session in matches.chunk_by(|a, b| Arc::ptr_eq(&a.mailbox, &b.mailbox)) {
-            let best = same_session.iter().map(|s| s.subscription.options.qos).max().unwrap_or(message.qos);
-            let retain =
-                message.retain && same_session.iter().any(|s| s.subscription.options.retain_as_published);
-            let mut delivery = Delivery::new(message.clone(), best.min(message.qos), retain);
-            delivery.subscription_ids = same_session.iter().filter_map(|s| s.subscription.id).collect();
-            delivery.subscription_ids.sort_unstable();
-            routed.admit(&same_session[0].mailbox, delivery);
+            routed.admit_merged(message, same_session);
         }
     }
 

@@ -122,14 +122,14 @@ impl Session {
             return;
         }
         if delivery.qos == QoS::AtMostOnce {
-            out.push(Packet::Publish(Box::new(delivery.to_publish(None, false, now))));
+            out.push(Packet::Forward(delivery.into_forward(None, false, now)));
             return;
         }
         let stored = delivery.seq.map(|seq| (seq, delivery_record(&delivery, DeliveryState::Queued)));
         let qos = delivery.qos;
         let packet = self.outbound.send(delivery, now);
-        if let (Some((seq, mut record)), Packet::Publish(publish)) = (stored, &packet) {
-            let id = publish.packet_id.unwrap_or_else(|| unreachable!("the window assigns an id"));
+        if let (Some((seq, mut record)), Packet::Forward(forward)) = (stored, &packet) {
+            let id = forward.packet_id.unwrap_or_else(|| unreachable!("the window assigns an id"));
             record.state = match qos {
                 QoS::AtLeastOnce => DeliveryState::AwaitingPubAck(id),
                 _ => DeliveryState::AwaitingPubRec(id),
@@ -140,15 +140,17 @@ impl Session {
         self.publish_window();
     }
 
-    /// Moves pending deliveries to the wire while the window has room, at most one batch.
+    /// Moves pending deliveries to the wire while the window has room, at most one batch,
+    /// counted out of the queue limits together at the end.
     pub fn pump(&mut self, out: &mut Vec<Packet>, now: Instant) {
         for _ in 0..DELIVERY_BATCH {
             if !self.can_deliver() {
                 break;
             }
-            let Some(delivery) = self.pending.try_pop() else { break };
+            let Some(delivery) = self.pending.take() else { break };
             self.handle_deliver(delivery, out, now);
         }
+        self.pending.count_out_taken();
     }
 
     /// On (re)connect: the window follows the client's Receive Maximum [MQTT-3.3.4-9]; the

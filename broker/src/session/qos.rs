@@ -89,14 +89,14 @@ impl OutboundWindow {
     /// The caller checks `has_credit` first.
     pub fn send(&mut self, delivery: Delivery, now: Instant) -> Packet {
         let packet_id = self.allocate_id();
-        let publish = delivery.to_publish(Some(packet_id), false, now);
+        let forward = delivery.clone().into_forward(Some(packet_id), false, now);
         let state = match delivery.qos {
             QoS::AtLeastOnce => Outbound::AwaitingPubAck(delivery),
             QoS::ExactlyOnce => Outbound::AwaitingPubRec(delivery),
             QoS::AtMostOnce => unreachable!("QoS 0 never enters the window"),
         };
         self.entries.push_back((packet_id, state));
-        Packet::Publish(Box::new(publish))
+        Packet::Forward(forward)
     }
 
     /// Drops an entry without an acknowledgement: its PUBLISH could not be sent to this
@@ -218,7 +218,7 @@ impl OutboundWindow {
         for (packet_id, state) in &self.entries {
             out.push(match state {
                 Outbound::AwaitingPubAck(d) | Outbound::AwaitingPubRec(d) => {
-                    Packet::Publish(Box::new(d.to_publish(Some(*packet_id), true, now)))
+                    Packet::Forward(d.clone().into_forward(Some(*packet_id), true, now))
                 }
                 Outbound::AwaitingPubComp { .. } => Packet::PubRel(Ack::success(*packet_id)),
             });
@@ -270,8 +270,7 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::message::Message;
-    use crate::packet::Publish;
+    use crate::message::{Forward, Message};
 
     impl OutboundWindow {
         fn send_now(&mut self, d: Delivery) -> Packet {
@@ -293,9 +292,9 @@ mod tests {
         PacketId(NonZeroU16::new(n).unwrap())
     }
 
-    fn publish_of(p: &Packet) -> &Publish {
+    fn publish_of(p: &Packet) -> &Forward {
         match p {
-            Packet::Publish(p) => p.as_ref(),
+            Packet::Forward(p) => p,
             other => panic!("expected PUBLISH, got {other:?}"),
         }
     }
@@ -340,7 +339,7 @@ mod tests {
         w.resend_all(&mut out, Instant::now());
         assert_eq!(out.len(), 3);
         let first = publish_of(&out[0]);
-        assert!(first.dup && first.packet_id == Some(a) && first.payload[..] == [1]);
+        assert!(first.dup && first.packet_id == Some(a) && first.message.payload[..] == [1]);
         assert_eq!(out[1], Packet::PubRel(ok(b)));
         let third = publish_of(&out[2]);
         assert!(third.dup && third.packet_id == Some(c) && third.qos == QoS::ExactlyOnce);

@@ -198,13 +198,13 @@ impl Mailbox {
 
     /// Undoes `admit` for a delivery that will not be handed over.
     pub fn unadmit(&self, delivery: &Delivery) {
-        self.release(delivery.message.weight());
+        self.release(1, delivery.message.weight());
     }
 
     /// Hands over a delivery that `admit` accepted.
     pub fn deliver(&self, delivery: Delivery) -> Offer {
         if self.closed.load(Ordering::Acquire) {
-            self.release(delivery.message.weight());
+            self.release(1, delivery.message.weight());
             return Offer::Closed;
         }
         let was_empty = {
@@ -238,7 +238,7 @@ impl Mailbox {
         if messages < max_messages && bytes + weight <= max_bytes {
             return true;
         }
-        self.release(weight);
+        self.release(1, weight);
         self.dropped.fetch_add(1, Ordering::Relaxed);
         if !self.overflowing.swap(true, Ordering::Relaxed) {
             tracing::warn!(
@@ -251,15 +251,15 @@ impl Mailbox {
         false
     }
 
-    fn release(&self, weight: usize) {
-        self.messages.fetch_sub(1, Ordering::AcqRel);
-        self.bytes.fetch_sub(weight, Ordering::AcqRel);
+    fn release(&self, messages: usize, bytes: usize) {
+        self.messages.fetch_sub(messages, Ordering::AcqRel);
+        self.bytes.fetch_sub(bytes, Ordering::AcqRel);
     }
 
-    /// Called as messages leave the queue: wakes paused publishers once there is room, ends an
+    /// Called as `messages` left the queue: wakes paused publishers once there is room, ends an
     /// overflow episode once half the room is back.
-    fn note_drained(&self) {
-        self.taken.fetch_add(1, Ordering::SeqCst);
+    fn note_drained(&self, messages: usize) {
+        self.taken.fetch_add(messages as u64, Ordering::SeqCst);
         if !self.is_full() {
             self.stalled.store(false, Ordering::Relaxed);
             if self.waited_on.load(Ordering::SeqCst) && self.waited_on.swap(false, Ordering::SeqCst) {
@@ -296,6 +296,8 @@ pub struct PendingQueue {
     mailbox: Arc<Mailbox>,
 
     local: VecDeque<Delivery>,
+    /// Messages and bytes `take`n but not yet counted out of the limits (`count_out_taken`).
+    taken: (usize, usize),
 }
 
 impl PendingQueue {
@@ -321,7 +323,7 @@ impl PendingQueue {
             taken: AtomicU64::new(0),
             stalled: AtomicBool::new(false),
         });
-        PendingQueue { mailbox, local: VecDeque::new() }
+        PendingQueue { mailbox, local: VecDeque::new(), taken: (0, 0) }
     }
 
     pub fn mailbox(&self) -> &Arc<Mailbox> {
@@ -384,11 +386,31 @@ impl PendingQueue {
 
     /// The next pending delivery without waiting.
     pub fn try_pop(&mut self) -> Option<Delivery> {
+        let next = self.take();
+        self.count_out_taken();
+        next
+    }
+
+    /// The next pending delivery without waiting, still counted against the limits until
+    /// `count_out_taken`: a batch then updates the counters that publishers share once, not
+    /// once per message.
+    pub fn take(&mut self) -> Option<Delivery> {
         if self.local.is_empty() {
             self.collect();
         }
         let next = self.local.pop_front()?;
-        Some(self.released(next))
+        self.taken.0 += 1;
+        self.taken.1 += next.message.weight();
+        Some(next)
+    }
+
+    /// Counts out everything `take`n since the last call (waking publishers paused for room).
+    pub fn count_out_taken(&mut self) {
+        let (messages, bytes) = std::mem::take(&mut self.taken);
+        if messages > 0 {
+            self.mailbox.release(messages, bytes);
+            self.mailbox.note_drained(messages);
+        }
     }
 
     /// While offline: waits for what arrives and keeps it in the local queue, dropping QoS 0
@@ -417,8 +439,8 @@ impl PendingQueue {
     }
 
     fn released(&self, delivery: Delivery) -> Delivery {
-        self.mailbox.release(delivery.message.weight());
-        self.mailbox.note_drained();
+        self.mailbox.release(1, delivery.message.weight());
+        self.mailbox.note_drained(1);
         delivery
     }
 }
@@ -428,6 +450,7 @@ impl Drop for PendingQueue {
     /// deliveries are refused as `Closed`.
     fn drop(&mut self) {
         self.mailbox.closed.store(true, Ordering::Release);
+        self.count_out_taken();
         self.collect();
         for delivery in std::mem::take(&mut self.local) {
             self.released(delivery);
@@ -530,6 +553,28 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(!waiter.is_finished());
         q.try_pop().unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(1), waiter).await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_taken_batch_is_counted_out_at_once_and_wakes_paused_publishers() {
+        let mut q = queue(2, 1 << 20);
+        let mb = q.mailbox().clone();
+        mb.offer(delivery(QoS::AtLeastOnce, b"1"));
+        mb.offer(delivery(QoS::AtLeastOnce, b"2"));
+        let waiter = tokio::spawn({
+            let mb = mb.clone();
+            async move { mb.wait_for_room().await }
+        });
+        tokio::task::yield_now().await;
+        assert_eq!(&q.take().unwrap().message.payload[..], b"1");
+        assert_eq!(&q.take().unwrap().message.payload[..], b"2");
+        assert!(q.take().is_none());
+        tokio::task::yield_now().await;
+        assert_eq!(mb.pending(), 2, "counted until the batch is counted out");
+        assert!(!waiter.is_finished());
+        q.count_out_taken();
+        assert_eq!(mb.pending(), 0);
         tokio::time::timeout(std::time::Duration::from_secs(1), waiter).await.unwrap().unwrap();
     }
 
