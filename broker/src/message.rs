@@ -179,7 +179,9 @@ pub struct Delivery {
     pub retain: bool,
     /// Identifiers of every matching subscription of the receiver [MQTT-3.3.4-3].
     pub subscription_ids: Vec<u32>,
-    pub shared: Option<SharedRoute>,
+    /// Boxed: rare, and a `Delivery` stays within a cache line, which every hand-over to
+    /// another core's session writes.
+    pub shared: Option<Box<SharedRoute>>,
     /// Key of the stored delivery in the receiving session (persistent sessions, QoS 1/2).
     pub seq: Option<u64>,
 }

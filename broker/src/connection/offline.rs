@@ -249,7 +249,7 @@ fn restore_session(
             qos: d.qos,
             retain: d.retain,
             subscription_ids: d.subscription_ids.clone(),
-            shared: d.shared.clone().map(|share| SharedRoute { share }),
+            shared: d.shared.clone().map(|share| Box::new(SharedRoute { share })),
             seq: Some(seq),
         });
         match (d.state, delivery) {

@@ -286,7 +286,7 @@ fn shared_delivery(message: Arc<Message>, member: &Subscriber, group: &Group) ->
     let qos = options.qos.min(message.qos);
     let mut delivery = Delivery::new(message, qos, retain);
     delivery.subscription_ids.extend(member.subscription.id);
-    delivery.shared = Some(SharedRoute { share: group.share.clone() });
+    delivery.shared = Some(Box::new(SharedRoute { share: group.share.clone() }));
     delivery
 }
 

@@ -359,7 +359,7 @@ mod tests {
     fn shared_entries_leave_with_take_shared() {
         let mut w = OutboundWindow::new(4);
         let mut shared = delivery(QoS::AtLeastOnce, 1);
-        shared.shared = Some(crate::message::SharedRoute { share: "$share/g/t".into() });
+        shared.shared = Some(Box::new(crate::message::SharedRoute { share: "$share/g/t".into() }));
         w.send_now(shared);
         w.send_now(delivery(QoS::AtLeastOnce, 2));
         let taken = w.take_shared();
