@@ -140,14 +140,18 @@ impl Codec {
     /// Decodes the next packet from `src`, or `Ok(None)` when more bytes are needed.
     pub fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Packet>, CodecError> {
         let Some(header) = self.peek_header(src)? else { return Ok(None) };
-        let whole_frame = src.len() >= header.total_len();
+        if matches!(self.state, State::AwaitingConnect) && header.first_byte != CONNECT_HEADER {
+            return Err(CodecError::ExpectedConnect);
+        }
+        // The inner decoders are handed whole frames only. Given part of one, they consume its
+        // fixed header and keep it as state, and the next `peek_header` would read the body as
+        // a header: over WebSocket, where MQTT.js sends a packet's header and body in separate
+        // frames, that misread packets and stalled QoS 2 flows. Not reserving the announced
+        // length here either: a header alone must not make us allocate up to the maximum.
+        if src.len() < header.total_len() {
+            return Ok(None);
+        }
         if let State::AwaitingConnect = self.state {
-            if header.first_byte != CONNECT_HEADER {
-                return Err(CodecError::ExpectedConnect);
-            }
-            if !whole_frame {
-                return Ok(None);
-            }
             // The underlying limits count the remaining length only; ours is checked above.
             self.state = match check_protocol(&src[header.header_len..header.total_len()])? {
                 ProtocolVersion::V5 => State::V5(rmqtt_codec::v5::Codec::new(self.max_packet_size, 0)),
@@ -156,7 +160,7 @@ impl Codec {
         }
         let packet = match &mut self.state {
             State::V3(inner) => {
-                if whole_frame && header.first_byte == SUBSCRIBE_HEADER {
+                if header.first_byte == SUBSCRIBE_HEADER {
                     check_subscribe_options(&src[header.header_len..header.total_len()])?;
                 }
                 let Some((packet, _)) = inner.decode(src).map_err(map_decode_error)? else { return Ok(None) };
