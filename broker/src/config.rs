@@ -184,6 +184,11 @@ pub struct LimitsConfig {
     pub max_topic_levels: usize,
     /// PUBLISH packets per second one client may send, sustained; 0 = unlimited.
     pub max_publish_rate: u32,
+    /// Bytes that partly received large packets may hold, all connections together.
+    pub max_incomplete_packet_bytes: usize,
+    /// Persistent sessions kept while their clients are away; beyond it the one offline
+    /// longest ends. 0 = unlimited.
+    pub max_offline_sessions: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -194,6 +199,9 @@ pub struct MqttConfig {
     pub max_inflight_messages: u32,
     pub max_queued_messages: usize,
     pub max_queued_bytes: usize,
+    /// A connected subscriber whose publishers are paused and that takes nothing from its
+    /// queue for this long is stalled: the publishers go on without it.
+    pub stall_interval_ms: u64,
     pub receive_maximum: u16,
     pub topic_alias_maximum: u16,
     pub max_keep_alive_secs: u16,
@@ -286,8 +294,14 @@ impl Config {
         if !(1..=65_535).contains(&mqtt.max_inflight_messages) {
             return invalid("mqtt.max_inflight_messages", "must be between 1 and 65535");
         }
+        if !(1..=3_600_000).contains(&mqtt.stall_interval_ms) {
+            return invalid("mqtt.stall_interval_ms", "must be between 1 and 3600000");
+        }
         if mqtt.max_queued_messages == 0 {
             return invalid("mqtt.max_queued_messages", "must be at least 1");
+        }
+        if limits.max_incomplete_packet_bytes < mqtt.max_packet_size as usize {
+            return invalid("limits.max_incomplete_packet_bytes", "must be at least mqtt.max_packet_size");
         }
         if mqtt.max_queued_bytes < mqtt.max_packet_size as usize {
             return invalid("mqtt.max_queued_bytes", "must be at least mqtt.max_packet_size");
@@ -324,6 +338,7 @@ impl Config {
             queue: QueueLimits {
                 max_messages: self.mqtt.max_queued_messages,
                 max_bytes: self.mqtt.max_queued_bytes,
+                stall_after: Duration::from_millis(self.mqtt.stall_interval_ms),
             },
         }
     }

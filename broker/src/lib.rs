@@ -42,6 +42,7 @@ pub use error::{Error, Result};
 pub use server::Server;
 
 use auth::{EnhancedAuthenticator, Security};
+use connection::budget::PacketBudget;
 use router::Router;
 use storage::Store;
 
@@ -64,6 +65,8 @@ pub struct Broker {
     assigned_ids: AtomicU64,
     /// Next storage id for a message (continues after the largest stored one).
     pub message_ids: AtomicU64,
+    /// Memory for partly read large packets, all connections together.
+    pub packet_budget: Arc<PacketBudget>,
 }
 
 impl Broker {
@@ -74,7 +77,6 @@ impl Broker {
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
         Broker {
-            config,
             router: Router::default(),
             store,
             security,
@@ -84,6 +86,8 @@ impl Broker {
             connections: AtomicUsize::new(0),
             assigned_ids: AtomicU64::new(seed),
             message_ids: AtomicU64::new(1),
+            packet_budget: PacketBudget::new(config.limits.max_incomplete_packet_bytes),
+            config,
         }
     }
 

@@ -268,6 +268,29 @@ async fn receive_maximum_client_to_server_0x93() {
     p.expect_disconnect_reason(0x93, "receive maximum exceeded").await;
 }
 
+// A client that is still writing when the broker closes on it reads the DISCONNECT and its
+// reason code all the same: the broker shuts its side down and keeps reading (and discarding)
+// for a short time rather than closing on unread input, which would reset the connection
+// [MQTT-4.13.2-1]. Here the client sends a third QoS 2 PUBLISH over Receive Maximum 2 (0x93)
+// and goes on writing for 300 ms.
+#[tokio::test]
+async fn disconnect_reason_reaches_a_client_that_is_still_writing() {
+    let b = Broker::start_with("[mqtt]\nreceive_maximum = 2\n");
+    let (mut p, _) = Raw::handshake5(b.addr(), &Connect::new("writer")).await;
+    for pid in 1..=3u16 {
+        p.send(&v5::publish("rx/t", 2, false, pid, &no_props(), b"x")).await;
+    }
+    let chunk: Vec<u8> = (10..100u16).flat_map(|pid| v5::publish("rx/t", 1, false, pid, &no_props(), &[0; 32])).collect();
+    let until = tokio::time::Instant::now() + Duration::from_millis(300);
+    while tokio::time::Instant::now() < until {
+        let written = tokio::io::AsyncWriteExt::write_all(&mut p.stream, &chunk).await;
+        assert!(written.is_ok(), "the broker reset the connection while the client wrote: {written:?}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (d, before) = p.expect_disconnect().await;
+    assert_eq!(d.reason, 0x93, "DISCONNECT reason (after {before:?})");
+}
+
 // [MQTT-3.1.2-27] [MQTT-3.1.2-28]: a PUBLISH larger than the client's Maximum Packet Size is not
 // sent to it (dropped for that client, as if delivered: later messages flow); a packet of
 // exactly the maximum is sent; other subscribers get everything.

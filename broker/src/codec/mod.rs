@@ -195,6 +195,12 @@ impl Codec {
         }
     }
 
+    /// The whole size of the packet at the front of `src` when only part of it is there.
+    pub fn incomplete_frame(&self, src: &[u8]) -> Option<usize> {
+        let header = self.peek_header(src).ok()??;
+        (src.len() < header.total_len()).then_some(header.total_len())
+    }
+
     /// Appends the encoding of `packet` to `dst`, unless it exceeds the client's maximum.
     pub fn encode(&mut self, packet: Packet, dst: &mut BytesMut) -> Result<Encoded, CodecError> {
         let start = dst.len();

@@ -144,6 +144,10 @@ impl Connection {
                 }
                 Err(e) => return Err(Refusal::Close(e.to_string())),
             }
+            if let Some(wait) = self.reserve_large_packet() {
+                wait.await;
+                continue;
+            }
             match self.read_some().await {
                 Ok(0) => return Err(Refusal::Close("connection closed during CONNECT".into())),
                 Ok(_) => {}
@@ -325,6 +329,7 @@ impl Connection {
                 // [MQTT-3.2.2-6]: session present 0 with a non-zero reason code.
                 self.out.push(Packet::ConnAck(Box::new(ConnAck::refuse(reason))));
                 self.flush_final().await;
+                self.drain_input().await;
             }
             Refusal::Close(why) => info!("closing before CONNECT completed: {why}"),
         }

@@ -11,6 +11,7 @@
 //! does not read cannot make the broker buffer without bound. The buffer is written once
 //! nothing more is ready to read or deliver, so one write syscall carries a whole batch.
 
+pub mod budget;
 mod handshake;
 mod inbound;
 mod offline;
@@ -27,7 +28,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use bytestring::ByteString;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
@@ -48,6 +49,7 @@ use crate::session::{ClientId, Session};
 use crate::storage::{Commit, Op, StoreError};
 use crate::transport::{Established, Listener, Stream};
 use crate::Broker;
+use budget::Reservation;
 use throttle::Throttle;
 
 pub use offline::restore;
@@ -63,6 +65,9 @@ const READ_PROBE: usize = 64;
 const READ_SIZE_MAX: usize = 64 * 1024;
 /// Best-effort time to flush a final packet (a refusing CONNACK, a DISCONNECT) before closing.
 const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a closing connection keeps reading (and discarding) what the client still sends,
+/// after its final packet went out and its write side was shut down.
+const CLOSE_DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A wait that stops this connection reading: the publish rate limit, or subscribers' full
 /// queues (flow control). Boxed: it is rare, and every idle connection would carry it inline.
@@ -246,6 +251,8 @@ struct Connection {
     codec: Codec,
     version: ProtocolVersion,
     rbuf: BytesMut,
+    /// The share of `limits.max_incomplete_packet_bytes` held by a large packet being read.
+    large_packet: Option<Box<Reservation>>,
     /// How much to make room for before a read; grows for busy clients.
     read_size: usize,
     /// Bytes the last read returned: a client that sends less than a probe at a time is quiet.
@@ -284,6 +291,7 @@ impl Connection {
             codec,
             version: ProtocolVersion::V311,
             rbuf: BytesMut::new(),
+            large_packet: None,
             read_size: READ_SIZE_MIN,
             last_read: 0,
             wbuf: BytesMut::new(),
@@ -413,6 +421,8 @@ impl Connection {
         }
         if let Some(until) = self.throttle.as_mut().and_then(|t| t.resume_at(Instant::now())) {
             self.pause = Some(Box::pin(tokio::time::sleep_until(until)));
+        } else if let Some(wait) = self.reserve_large_packet() {
+            self.pause = Some(wait);
         } else if !self.congested.is_empty() {
             let congested = std::mem::take(&mut self.congested);
             self.pause = Some(Box::pin(async move {
@@ -423,6 +433,38 @@ impl Connection {
         }
         if self.pause.is_some() {
             control.set_deadline(None);
+        }
+    }
+
+    /// Holds a share of the budget for partly read packets while the read buffer starts with a
+    /// packet larger than one read (see `budget`), and gives it back, with the large buffer,
+    /// once that packet is decoded. `Some` is a wait: the budget is spent, reading pauses.
+    fn reserve_large_packet(&mut self) -> Option<Pause> {
+        let wanted = self.codec.incomplete_frame(&self.rbuf).filter(|&size| size > READ_SIZE_MAX);
+        match (wanted, &self.large_packet) {
+            (Some(size), Some(held)) if held.bytes == size => None,
+            (None, None) => None,
+            (None, Some(_)) => {
+                self.large_packet = None;
+                if self.rbuf.capacity() > 2 * READ_SIZE_MAX {
+                    self.rbuf = BytesMut::from(&self.rbuf[..]);
+                }
+                None
+            }
+            (Some(size), _) => {
+                self.large_packet = None;
+                match self.broker.packet_budget.try_reserve(size) {
+                    Some(reservation) => {
+                        self.rbuf.reserve(size - self.rbuf.len());
+                        self.large_packet = Some(Box::new(reservation));
+                        None
+                    }
+                    None => {
+                        debug!(size, "budget for partly read packets spent: reading pauses");
+                        Some(Box::pin(self.broker.packet_budget.clone().wait_for(size)))
+                    }
+                }
+            }
         }
     }
 
@@ -571,7 +613,7 @@ impl Connection {
         self.stream.flush().await
     }
 
-    /// Writes what is left, briefly, then closes the socket; used when closing.
+    /// Writes what is left, briefly, then shuts the write side down; used when closing.
     async fn flush_final(&mut self) {
         let write = async {
             self.write_out().await?;
@@ -580,6 +622,18 @@ impl Connection {
         if let Ok(Err(e)) = tokio::time::timeout(FINAL_FLUSH_TIMEOUT, write).await {
             debug!("final flush failed: {e}");
         }
+    }
+
+    /// The last step of closing: reads and discards what the client still sends, until it
+    /// closes or `CLOSE_DRAIN_TIMEOUT`. Closing a socket with unread input makes the kernel
+    /// send a reset, and a client still writing would then lose the DISCONNECT (or refusing
+    /// CONNACK) with its reason code before reading it.
+    async fn drain_input(&mut self) {
+        let drain = async {
+            let mut scratch = [0u8; 1024];
+            while matches!(self.stream.read(&mut scratch).await, Ok(n) if n > 0) {}
+        };
+        let _ = tokio::time::timeout(CLOSE_DRAIN_TIMEOUT, drain).await;
     }
 
     /// Closes the connection: DISCONNECT (MQTT 5), will, then hand-off, offline life or end
@@ -636,7 +690,11 @@ impl Connection {
             (_, Some(offline)) => {
                 // Unacknowledged shared-subscription messages go to other members [MQTT-4.8.2-6].
                 offline::redistribute_shared(&self.broker, &mut session).await;
-                offline::run(self.broker.clone(), session, owner, control, offline).await;
+                // The session lives on in a task of its own, so this one ends and drops the
+                // connection: an offline session owns no socket and no buffers.
+                let span = tracing::info_span!(parent: None, "session", client_id = %session.client_id);
+                let run = offline::run(self.broker.clone(), session, owner, control, offline);
+                self.broker.tasks.spawn(run.instrument(span));
             }
             (_, None) => {
                 offline::end_session(&self.broker, session, owner).await;
@@ -644,6 +702,7 @@ impl Connection {
                 drop(control);
             }
         }
+        self.drain_input().await;
     }
 }
 

@@ -71,9 +71,18 @@ pub(super) async fn run(
     offline: Offline,
 ) {
     debug!("session offline");
+    let mut roster =
+        broker.router.registry.go_offline(&session.client_id, broker.config.limits.max_offline_sessions);
     let Offline { mut will, expires_at } = offline;
     let will_at = will.as_ref().map_or(expires_at, |(_, at)| (*at).min(expires_at));
-    let expiry = tokio::time::sleep_until(expires_at);
+    // Expiry, or eviction (too many sessions offline, this one away longest) ends it alike.
+    let evicted = &mut roster.evicted;
+    let expiry = async move {
+        tokio::select! {
+            () = tokio::time::sleep_until(expires_at) => {}
+            Ok(()) = evicted => {}
+        }
+    };
     let will_timer = tokio::time::sleep_until(will_at);
     tokio::pin!(expiry, will_timer);
     loop {
@@ -117,6 +126,7 @@ pub(super) async fn run(
                 drop(control);
                 return;
             }
+
             () = session.pending.absorb() => {}
         }
     }

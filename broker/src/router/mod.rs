@@ -131,7 +131,7 @@ impl Routed {
     pub fn full_targets(&self) -> impl Iterator<Item = &Arc<Mailbox>> {
         self.targets
             .iter()
-            .filter(|(m, d)| d.qos != crate::packet::QoS::AtMostOnce && m.needs_flow_control())
+            .filter(|(m, _)| m.needs_flow_control())
             .map(|(m, _)| m)
     }
 

@@ -1,16 +1,26 @@
 //! The bounded pending queue of a session: messages routed to it but not yet sent (or, for QoS
 //! 1/2, not yet in the in-flight window).
 //!
-//! Publishers never wait on a subscriber. `Mailbox::offer` is called by the publishing task and
-//! only touches atomics and an unbounded channel; the bound is kept by counting messages and bytes
-//! across the channel and the session's local queue. Policy when a limit is reached: the new
-//! message is dropped for this session (as Mosquitto does), counted, and logged once per overflow
-//! episode. QoS 0 messages are not queued for an offline session (Mosquitto's default too).
+//! `Mailbox::offer` is called by the publishing task and never blocks; the bound is kept by
+//! counting messages and bytes across the inbox and the session's local queue. The policy:
+//! - A connected subscriber that keeps taking from its queue loses nothing, at any QoS: once its
+//!   queue holds `PAUSE_AT_MESSAGES` (or `PAUSE_AT_BYTES`), the clients publishing to it stop
+//!   being read (flow control, `needs_flow_control` / `wait_for_room`) until it has taken half of
+//!   that. TCP then pushes back on them. The pause comes early, far below the limits, so a message
+//!   waits behind a few dozen others at most, not behind a thousand.
+//! - A connected subscriber that takes nothing for the stall interval is stalled: publishers stop
+//!   waiting for it and its queue fills up to twice the limits, beyond which new messages are
+//!   dropped for it, until it takes again.
+//! - An offline session queues QoS 1/2 up to the limits and drops beyond; QoS 0 is not queued
+//!   for it (Mosquitto's default too).
+//! Every drop is counted and logged once per overflow episode.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+
+use std::time::Duration;
 
 use bytestring::ByteString;
 use futures_util::task::AtomicWaker;
@@ -19,13 +29,6 @@ use tokio::sync::Notify;
 use crate::message::Delivery;
 use crate::packet::QoS;
 use crate::session::ClientId;
-
-/// Per-session limits on pending messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QueueLimits {
-    pub max_messages: usize,
-    pub max_bytes: usize,
-}
 
 /// The publishers' side of a session's pending queue.
 #[derive(Debug)]
@@ -43,6 +46,8 @@ pub struct Mailbox {
     /// The session's queue was dropped: nothing more is taken.
     closed: AtomicBool,
     limits: QueueLimits,
+    /// Publishers pause at these (the limits, or less).
+    pause_at: (usize, usize),
     messages: AtomicUsize,
     bytes: AtomicUsize,
     online: AtomicBool,
@@ -61,18 +66,32 @@ pub struct Mailbox {
     waited_on: AtomicBool,
     /// Deliveries taken from the queue so far: progress, as paused publishers see it.
     taken: AtomicU64,
-    /// Full and taking nothing for `STALL_AFTER`: not worth pausing publishers for.
+    /// Congested and taking nothing for the stall interval: not worth pausing publishers for.
     stalled: AtomicBool,
 }
 
-/// A full queue from which nothing is taken for this long belongs to a stalled subscriber (one
-/// that stopped reading, or two clients waiting on each other): its publishers stop waiting and
-/// its new messages are dropped until it catches up, so one stuck client cannot stall others.
-const STALL_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+/// Per-session queue policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueLimits {
+    pub max_messages: usize,
+    pub max_bytes: usize,
+    /// A congested queue from which nothing is taken for this long belongs to a stalled
+    /// subscriber (one that stopped reading, or two clients waiting on each other): its
+    /// publishers stop waiting, so one stuck client cannot stall others.
+    pub stall_after: Duration,
+}
 
-/// A connected session's QoS 1/2 messages may fill its queue up to this many times the limits:
-/// publishers pause once the limits are reached, and the headroom absorbs what they routed in
-/// the meantime, so nothing they were acknowledged for is dropped.
+/// Publishers pause once a connected subscriber's queue holds this many messages (fewer if the
+/// limits are lower). Small, so that the time a message waits inside the broker stays short:
+/// the queue only has to cover the moment between a batch being taken and the publishers
+/// running again; a deeper backlog waits in TCP buffers, where it costs the broker nothing.
+const PAUSE_AT_MESSAGES: usize = 64;
+/// The same in bytes: a few large messages pause publishers as well.
+const PAUSE_AT_BYTES: usize = 1 << 20;
+
+/// A connected session's queue may hold up to this many times the limits: publishers pause
+/// long before, and the headroom absorbs what they routed in the meantime, so nothing is dropped
+/// for a subscriber that keeps reading.
 const FLOW_CONTROL_HEADROOM: usize = 2;
 
 /// What became of an offered delivery.
@@ -149,26 +168,33 @@ impl Mailbox {
         if delivery.qos == QoS::AtMostOnce && !online {
             return Offer::SkippedOffline;
         }
-        let headroom = if delivery.qos != QoS::AtMostOnce && online { FLOW_CONTROL_HEADROOM } else { 1 };
+        let headroom = if online { FLOW_CONTROL_HEADROOM } else { 1 };
         if !self.reserve(delivery.message.weight(), headroom) {
             return Offer::DroppedFull;
         }
         Offer::Queued
     }
 
-    fn is_full(&self) -> bool {
-        self.messages.load(Ordering::SeqCst) >= self.limits.max_messages
-            || self.bytes.load(Ordering::SeqCst) >= self.limits.max_bytes
+    /// The queue holds what makes publishers pause.
+    fn is_congested(&self) -> bool {
+        self.messages.load(Ordering::SeqCst) >= self.pause_at.0 || self.bytes.load(Ordering::SeqCst) >= self.pause_at.1
     }
 
-    /// The queue of this connected, progressing session has reached its limits: publishers of
-    /// QoS 1/2 messages to it should pause (`wait_for_room`).
+    /// The queue is down to half of what makes publishers pause: they may go on.
+    fn has_room(&self) -> bool {
+        self.messages.load(Ordering::SeqCst) <= self.pause_at.0 / 2
+            && self.bytes.load(Ordering::SeqCst) <= self.pause_at.1 / 2
+    }
+
+    /// The queue of this connected, progressing session is congested: publishers to it should
+    /// pause (`wait_for_room`).
     pub fn needs_flow_control(&self) -> bool {
-        self.is_online() && self.is_full() && !self.stalled.load(Ordering::SeqCst)
+        self.is_online() && self.is_congested() && !self.stalled.load(Ordering::SeqCst)
     }
 
-    /// Returns once the queue is below its limits, the session went offline, or it took nothing
-    /// from its queue for `STALL_AFTER` (it is then treated as stalled).
+    /// Returns once the queue is down to half of what made publishers pause, the session went
+    /// offline, or it took nothing from its queue for the stall interval (it is then treated as
+    /// stalled).
     pub async fn wait_for_room(&self) {
         let mut seen = self.taken.load(Ordering::SeqCst);
         loop {
@@ -176,17 +202,18 @@ impl Mailbox {
             tokio::pin!(notified);
             notified.as_mut().enable();
             self.waited_on.store(true, Ordering::SeqCst);
-            if !self.needs_flow_control() {
+            if !self.is_online() || self.has_room() || self.stalled.load(Ordering::SeqCst) {
                 return;
             }
-            if tokio::time::timeout(STALL_AFTER, notified).await.is_err() {
+            if tokio::time::timeout(self.limits.stall_after, notified).await.is_err() {
                 let taken = self.taken.load(Ordering::SeqCst);
                 if taken == seen {
                     if !self.stalled.swap(true, Ordering::SeqCst) {
                         tracing::warn!(
                             client_id = %self.client_id,
-                            "queue full and nothing taken for {STALL_AFTER:?}: subscriber treated as stalled, \
-                             publishers resume, its new messages are dropped beyond twice the limits"
+                            stall_after = ?self.limits.stall_after,
+                            "subscriber takes nothing from its queue: treated as stalled, publishers resume, \
+                             its new messages are dropped beyond twice the queue limits"
                         );
                     }
                     return;
@@ -260,7 +287,7 @@ impl Mailbox {
     /// overflow episode once half the room is back.
     fn note_drained(&self, messages: usize) {
         self.taken.fetch_add(messages as u64, Ordering::SeqCst);
-        if !self.is_full() {
+        if self.has_room() {
             self.stalled.store(false, Ordering::Relaxed);
             if self.waited_on.load(Ordering::SeqCst) && self.waited_on.swap(false, Ordering::SeqCst) {
                 self.room.notify_waiters();
@@ -309,6 +336,7 @@ impl PendingQueue {
             arrived: AtomicWaker::new(),
             closed: AtomicBool::new(false),
             limits,
+            pause_at: (limits.max_messages.min(PAUSE_AT_MESSAGES), limits.max_bytes.min(PAUSE_AT_BYTES)),
             messages: AtomicUsize::new(0),
             bytes: AtomicUsize::new(0),
             online: AtomicBool::new(false),
@@ -463,12 +491,15 @@ mod tests {
     use super::*;
     use crate::message::Message;
 
+    const STALL_AFTER: Duration = Duration::from_secs(2);
+
     fn delivery(qos: QoS, payload: &'static [u8]) -> Delivery {
         Delivery::new(Arc::new(Message::new("t", payload, qos)), qos, false)
     }
 
     fn queue(max_messages: usize, max_bytes: usize) -> PendingQueue {
-        let q = PendingQueue::new(ClientId::from("c"), QueueLimits { max_messages, max_bytes });
+        let limits = QueueLimits { max_messages, max_bytes, stall_after: STALL_AFTER };
+        let q = PendingQueue::new(ClientId::from("c"), limits);
         q.mailbox().set_online(true);
         q
     }
@@ -522,23 +553,36 @@ mod tests {
     }
 
     #[test]
-    fn connected_sessions_get_headroom_for_reliable_messages_and_ask_for_flow_control() {
+    fn connected_sessions_get_headroom_at_every_qos_and_ask_for_flow_control() {
         let mut q = queue(2, 1 << 20);
         let mb = q.mailbox().clone();
         for n in 0..2 {
             assert!(!mb.needs_flow_control(), "{n} queued");
-            assert_eq!(mb.offer(delivery(QoS::AtLeastOnce, b"m")), Offer::Queued);
+            assert_eq!(mb.offer(delivery(QoS::AtMostOnce, b"m")), Offer::Queued);
         }
         assert!(mb.needs_flow_control(), "full: publishers should pause");
         // What publishers routed before pausing still fits, up to twice the limits.
         assert_eq!(mb.offer(delivery(QoS::AtLeastOnce, b"m")), Offer::Queued);
         assert_eq!(mb.offer(delivery(QoS::ExactlyOnce, b"m")), Offer::Queued);
         assert_eq!(mb.offer(delivery(QoS::AtLeastOnce, b"m")), Offer::DroppedFull);
-        assert_eq!(mb.offer(delivery(QoS::AtMostOnce, b"m")), Offer::DroppedFull, "QoS 0: no headroom");
-        for _ in 0..3 {
+        assert_eq!(mb.offer(delivery(QoS::AtMostOnce, b"m")), Offer::DroppedFull);
+        for _ in 0..2 {
             q.try_pop().unwrap();
         }
+        assert!(mb.needs_flow_control(), "publishers wait until half the pause mark is free again");
+        q.try_pop().unwrap();
         assert!(!mb.needs_flow_control());
+    }
+
+    #[test]
+    fn publishers_pause_long_before_the_limits() {
+        let q = queue(1000, 1 << 30);
+        let mb = q.mailbox().clone();
+        for _ in 0..PAUSE_AT_MESSAGES {
+            assert!(!mb.needs_flow_control());
+            assert_eq!(mb.offer(delivery(QoS::AtMostOnce, b"m")), Offer::Queued);
+        }
+        assert!(mb.needs_flow_control(), "paused at {PAUSE_AT_MESSAGES} queued messages");
     }
 
     #[tokio::test]

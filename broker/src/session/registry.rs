@@ -5,7 +5,7 @@
 //! network connection (if any) and sends the `Session` back by value [MQTT-3.1.4-2]. Because the
 //! session's mailbox travels inside it, messages routed during the hand-off are not lost.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -182,6 +182,33 @@ struct Owner {
 pub struct Registry {
     owners: Mutex<HashMap<ClientId, Owner>>,
     next_owner: AtomicU64,
+    offline: Mutex<OfflineRoster>,
+}
+
+/// The persistent sessions whose clients are away, in the order they went offline: 3.1.1
+/// sessions never expire, so their number is bounded (`limits.max_offline_sessions`) by
+/// ending the one offline longest when a new one would exceed it.
+#[derive(Debug, Default)]
+struct OfflineRoster {
+    next: u64,
+    /// By when they went offline; the sender tells the session's task to end it.
+    sessions: BTreeMap<u64, (ClientId, oneshot::Sender<()>)>,
+}
+
+/// An offline session's place in the roster; leaves it when dropped (the session resumed,
+/// expired or was evicted).
+#[derive(Debug)]
+pub struct OfflineEntry<'a> {
+    registry: &'a Registry,
+    ticket: u64,
+    /// Resolves when the session is evicted to make room for a newer one.
+    pub evicted: oneshot::Receiver<()>,
+}
+
+impl Drop for OfflineEntry<'_> {
+    fn drop(&mut self) {
+        self.registry.roster().sessions.remove(&self.ticket);
+    }
 }
 
 impl Registry {
@@ -247,6 +274,32 @@ impl Registry {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Enters a session that went offline into the roster; beyond `limit` (0 = none) the
+    /// session offline longest is told to end.
+    pub fn go_offline(&self, client_id: &ClientId, limit: usize) -> OfflineEntry<'_> {
+        let (evict, evicted) = oneshot::channel();
+        let mut roster = self.roster();
+        let ticket = roster.next;
+        roster.next += 1;
+        roster.sessions.insert(ticket, (client_id.clone(), evict));
+        while limit != 0 && roster.sessions.len() > limit {
+            let Some((_, (oldest, evict))) = roster.sessions.pop_first() else { break };
+            tracing::warn!(client_id = %oldest, limit, "too many offline sessions: ending the one offline longest");
+            // Its task may be ending by itself at this moment; then there is nothing to do.
+            let _ = evict.send(());
+        }
+        OfflineEntry { registry: self, ticket, evicted }
+    }
+
+    /// Persistent sessions whose clients are away.
+    pub fn offline_len(&self) -> usize {
+        self.roster().sessions.len()
+    }
+
+    fn roster(&self) -> std::sync::MutexGuard<'_, OfflineRoster> {
+        self.offline.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ClientId, Owner>> {
@@ -316,6 +369,24 @@ mod tests {
         registry.expire_keep_alives(Instant::now() + Duration::from_secs(3600));
         let pending = std::future::poll_fn(|cx| Poll::Ready(receiver.poll_recv(cx).is_pending())).await;
         assert!(pending);
+    }
+
+    #[tokio::test]
+    async fn beyond_the_limit_the_session_offline_longest_is_evicted() {
+        let registry = Registry::default();
+        let mut first = registry.go_offline(&ClientId::from("a"), 2);
+        let mut second = registry.go_offline(&ClientId::from("b"), 2);
+        assert_eq!(registry.offline_len(), 2);
+        assert!(first.evicted.try_recv().is_err(), "within the limit");
+        let third = registry.go_offline(&ClientId::from("c"), 2);
+        assert!(first.evicted.try_recv().is_ok(), "the oldest goes");
+        assert!(second.evicted.try_recv().is_err());
+        drop(first);
+        assert_eq!(registry.offline_len(), 2);
+        drop((second, third));
+        assert_eq!(registry.offline_len(), 0);
+        let _unbounded: Vec<_> = (0..10).map(|n| registry.go_offline(&ClientId::from(n.to_string()), 0)).collect();
+        assert_eq!(registry.offline_len(), 10);
     }
 
     #[tokio::test]
