@@ -280,7 +280,8 @@ async fn disconnect_reason_reaches_a_client_that_is_still_writing() {
     for pid in 1..=3u16 {
         p.send(&v5::publish("rx/t", 2, false, pid, &no_props(), b"x")).await;
     }
-    let chunk: Vec<u8> = (10..100u16).flat_map(|pid| v5::publish("rx/t", 1, false, pid, &no_props(), &[0; 32])).collect();
+    let chunk: Vec<u8> =
+        (10..100u16).flat_map(|pid| v5::publish("rx/t", 1, false, pid, &no_props(), &[0; 32])).collect();
     let until = tokio::time::Instant::now() + Duration::from_millis(300);
     while tokio::time::Instant::now() < until {
         let written = tokio::io::AsyncWriteExt::write_all(&mut p.stream, &chunk).await;

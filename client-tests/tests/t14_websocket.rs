@@ -694,3 +694,103 @@ async fn mqtt_js_over_ws() {
     assert!(b.wait_log("client_id=mqttjs", WAIT).await, "MQTT.js connection logged:\n{}", b.logs());
     tcp.disconnect().await;
 }
+
+/// MQTT.js, repeated: argv = url, protocol version (4 or 5), QoS, rounds, CA file or "-".
+/// Each round connects a fresh subscriber and publisher; the publisher sends 20 messages back
+/// to back (all in flight at once, as MQTT.js does), and the round ends once every publish
+/// was acknowledged (PUBACK, or PUBREC/PUBREL/PUBCOMP) and the subscriber got all 20, in order.
+const MQTT_JS_BURST_SCRIPT: &str = r#"
+const fs = require('fs');
+const mqtt = require('mqtt');
+const [url, version, qosArg, roundsArg, caFile] = process.argv.slice(2);
+const qos = Number(qosArg), rounds = Number(roundsArg), count = 20;
+const options = (id) => ({
+  protocolVersion: Number(version), clientId: id, reconnectPeriod: 0, connectTimeout: 5000,
+  ...(caFile !== '-' ? { ca: fs.readFileSync(caFile) } : {}),
+});
+const connected = (id) => new Promise((resolve, reject) => {
+  const client = mqtt.connect(url, options(id));
+  client.once('connect', () => resolve(client));
+  client.once('error', reject);
+});
+const round = async (n) => {
+  const topic = `burst/${version}/${qos}/${n}`;
+  const sub = await connected(`burst-sub-${n}`);
+  await sub.subscribeAsync(topic, { qos });
+  const got = [];
+  const all = new Promise((resolve) => sub.on('message', (_t, payload) => {
+    got.push(payload.toString());
+    if (got.length === count) resolve();
+  }));
+  const pub = await connected(`burst-pub-${n}`);
+  await Promise.all([...Array(count).keys()].map((i) => pub.publishAsync(topic, String(i), { qos })));
+  await all;
+  const want = [...Array(count).keys()].map(String);
+  if (JSON.stringify(got) !== JSON.stringify(want)) throw new Error(`round ${n}: got ${got}`);
+  await Promise.all([pub.endAsync(), sub.endAsync()]);
+};
+(async () => {
+  const timer = setTimeout(() => { console.error('timed out'); process.exit(1); }, 60000);
+  for (let n = 0; n < rounds; n++) {
+    try { await Promise.race([round(n), new Promise((_, reject) => setTimeout(() => reject(new Error('stalled 5 s')), 5000))]); }
+    catch (e) { console.error(`round ${n} failed: ${e.message}`); process.exit(1); }
+  }
+  clearTimeout(timer);
+  console.log(`ok ${rounds}`);
+  process.exit(0);
+})();
+"#;
+
+/// Runs [`MQTT_JS_BURST_SCRIPT`] against `url` for each protocol version and QoS 1 and 2.
+async fn mqtt_js_bursts(url: &str, ca_file: Option<&std::path::Path>) {
+    let node_modules = install_mqtt_js(Duration::from_secs(45)).await.join("node_modules");
+    let script_dir = tempfile::tempdir().unwrap();
+    let script = script_dir.path().join("burst.js");
+    std::fs::write(&script, MQTT_JS_BURST_SCRIPT).unwrap();
+    const ROUNDS: &str = "30";
+    for (version, qos) in [("4", "1"), ("4", "2"), ("5", "1"), ("5", "2")] {
+        let run = tokio::process::Command::new("node")
+            .arg(&script)
+            .args([url, version, qos, ROUNDS])
+            .arg(ca_file.map_or("-".into(), |f| f.display().to_string()))
+            .env("NODE_PATH", &node_modules)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let out =
+            tokio::time::timeout(Duration::from_secs(70), run).await.expect("node timed out").expect("node");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && stdout.contains(&format!("ok {ROUNDS}")),
+            "MQTT.js protocol level {version}, QoS {qos}, 20 in flight over {url} ({}):\n{stdout}\n{stderr}",
+            out.status
+        );
+    }
+}
+
+// MQTT.js sends a packet's header and body in separate WebSocket frames and several packets in
+// one: with 20 QoS 1 or QoS 2 messages in flight, every flow completes and every message
+// arrives, 30 rounds for each of 3.1.1 and 5.0 (this stalled in 5 of 7 runs when the codec
+// misread a header cut from its body) [MQTT-6.0.0-2] [MQTT-4.3.3-1].
+#[tokio::test]
+async fn mqtt_js_many_in_flight_over_ws() {
+    if !on_path("npm") || !on_path("node") {
+        eprintln!("SKIPPED mqtt_js_many_in_flight_over_ws: npm/node not on PATH");
+        return;
+    }
+    let b = ws_broker();
+    mqtt_js_bursts(&format!("ws://{}/mqtt", b.addr()), None).await;
+}
+
+// The same over WebSocket inside TLS.
+#[tokio::test]
+async fn mqtt_js_many_in_flight_over_wss() {
+    if !on_path("npm") || !on_path("node") {
+        eprintln!("SKIPPED mqtt_js_many_in_flight_over_wss: npm/node not on PATH");
+        return;
+    }
+    let pki = Pki::new("wss-js");
+    let b = wss_broker(&pki);
+    mqtt_js_bursts(&format!("wss://127.0.0.1:{}/mqtt", b.port()), Some(&pki.ca_file)).await;
+}

@@ -11,24 +11,37 @@ use client_tests::*;
 
 const TRIALS: usize = 100;
 
-/// Runs the trials; `subscriber` connects a fresh client, `subscribe` and `publish` encode the
-/// packets of the protocol version under test. Returns the trials that missed the message.
-async fn trials<S, F>(b: &Broker, mut subscriber: S, subscribe: fn(&str) -> Vec<u8>, publish: fn(&str) -> Vec<u8>) -> Vec<usize>
-where
-    S: FnMut(usize) -> F,
-    F: std::future::Future<Output = Raw>,
-{
-    let mut publisher = Raw::connected(b.addr(), "order-publisher", true).await;
+/// Runs the trials with a publisher and fresh subscribers of MQTT 5 (`v5`) or 3.1.1; returns
+/// the trials that missed the message.
+async fn trials(b: &Broker, v5: bool) -> Vec<usize> {
+    let mut publisher = if v5 {
+        Raw::handshake5(b.addr(), &v5::Connect::new("order-publisher")).await.0
+    } else {
+        Raw::connected(b.addr(), "order-publisher", true).await
+    };
     let mut missed = Vec::new();
     for trial in 0..TRIALS {
         let topic = format!("order/{trial}");
-        let mut sub = subscriber(trial).await;
-        sub.send(&subscribe(&topic)).await;
+        let id = format!("order-sub-{trial}");
+        let (mut sub, subscribe) = if v5 {
+            let sub = Raw::handshake5(b.addr(), &v5::Connect::new(&id)).await.0;
+            (sub, v5::subscribe(1, &Props::new(), &[(&topic, 0)]))
+        } else {
+            (Raw::connected(b.addr(), &id, true).await, pkt::subscribe(1, &[(&topic, 0)]))
+        };
+        sub.send(&subscribe).await;
         // Strictly after the SUBSCRIBE bytes were written to B's socket.
-        publisher.send(&publish(&topic)).await;
-        let mut got = false;
+        let publish = if v5 {
+            v5::publish(&topic, 0, false, 0, &Props::new(), b"m")
+        } else {
+            pkt::publish(&topic, 0, false, false, 0, b"m")
+        };
+        publisher.send(&publish).await;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
-        while let ReadOutcome::Packet(p) = sub.read(deadline.saturating_duration_since(tokio::time::Instant::now())).await {
+        let mut got = false;
+        while let ReadOutcome::Packet(p) =
+            sub.read(deadline.saturating_duration_since(tokio::time::Instant::now())).await
+        {
             if p.kind() == 3 {
                 got = true;
                 break;
@@ -45,25 +58,13 @@ where
 #[tokio::test]
 async fn subscribe_then_publish_by_another_client_is_delivered_311() {
     let b = Broker::start();
-    let missed = trials(
-        &b,
-        |n| Raw::connected(b.addr(), &format!("order-sub-{n}"), true),
-        |topic| pkt::subscribe(1, &[(topic, 0)]),
-        |topic| pkt::publish(topic, 0, false, false, 0, b"m"),
-    )
-    .await;
+    let missed = trials(&b, false).await;
     assert!(missed.is_empty(), "{} of {TRIALS} trials missed the message: {missed:?}", missed.len());
 }
 
 #[tokio::test]
 async fn subscribe_then_publish_by_another_client_is_delivered_v5() {
     let b = Broker::start();
-    let missed = trials(
-        &b,
-        |n| async move { Raw::handshake5(b.addr(), &v5::Connect::new(&format!("order-sub5-{n}"))).await.0 },
-        |topic| v5::subscribe(1, &Props::new(), &[(topic, 0)]),
-        |topic| pkt::publish(topic, 0, false, false, 0, b"m"),
-    )
-    .await;
+    let missed = trials(&b, true).await;
     assert!(missed.is_empty(), "{} of {TRIALS} trials missed the message: {missed:?}", missed.len());
 }

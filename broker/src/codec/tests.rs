@@ -369,25 +369,30 @@ fn v5_forwarded_publish_is_encoded_with_its_properties_and_aliases() {
     assert_eq!(forwarded, direct, "same bytes as the PUBLISH it stands for");
 }
 
-/// A client's byte stream: CONNECT, then QoS 2 PUBLISHes (short and with a two-byte remaining
+/// A client's packets: CONNECT, then QoS 2 PUBLISHes (short and with a two-byte remaining
 /// length), PUBREL, SUBSCRIBE and PINGREQ, the mix MQTT.js sends with many messages in flight.
-fn client_stream(connect: &[u8], v5: bool) -> Vec<u8> {
-    let mut stream = connect.to_vec();
-    for (id, len) in [(1u16, 3usize), (2, 200), (3, 0), (4, 130), (5, 17)] {
+/// Packet ids such as 0xC085 make bodies that look like fixed headers: 0xC0 is PINGREQ's first
+/// byte, and 0x85 a remaining-length byte that asks for more.
+fn client_packets(connect: &[u8], v5: bool) -> Vec<Vec<u8>> {
+    let mut packets = vec![connect.to_vec()];
+    for (id, len) in [(0x0001u16, 3usize), (0xC085, 200), (0x0085, 0), (0xE001, 130), (0x8180, 17)] {
         let topic = b"\x00\x03a/b";
         let props: &[u8] = if v5 { b"\x00" } else { b"" };
-        let remaining = topic.len() + 2 + props.len() + len;
-        stream.push(0x34);
-        encode_remaining(remaining, &mut stream);
-        stream.extend_from_slice(topic);
-        stream.extend_from_slice(&id.to_be_bytes());
-        stream.extend_from_slice(props);
-        stream.extend((0..len).map(|i| i as u8));
-        stream.extend_from_slice(&[0x62, 0x02, 0x00, id as u8]); // PUBREL
-        stream.extend_from_slice(b"\xc0\x00"); // PINGREQ
+        let mut publish = vec![0x34];
+        encode_remaining(topic.len() + 2 + props.len() + len, &mut publish);
+        publish.extend_from_slice(topic);
+        publish.extend_from_slice(&id.to_be_bytes());
+        publish.extend_from_slice(props);
+        publish.extend((0..len).map(|i| i as u8));
+        packets.push(publish);
+        let [hi, lo] = id.to_be_bytes();
+        packets.push(vec![0x62, 0x02, hi, lo]); // PUBREL
+        packets.push(b"\xc0\x00".to_vec()); // PINGREQ
     }
-    stream.extend_from_slice(if v5 { b"\x82\x07\x00\x09\x00\x00\x02x\x02" } else { b"\x82\x06\x00\x09\x00\x01x\x02" });
-    stream
+    let subscribe: &[u8] =
+        if v5 { b"\x82\x07\x00\x09\x00\x00\x01x\x02" } else { b"\x82\x06\x00\x09\x00\x01x\x02" };
+    packets.push(subscribe.to_vec());
+    packets
 }
 
 fn encode_remaining(mut n: usize, out: &mut Vec<u8>) {
@@ -401,33 +406,46 @@ fn encode_remaining(mut n: usize, out: &mut Vec<u8>) {
     }
 }
 
-/// Decodes `stream` fed in the given chunks, decoding after each one as the connection does.
-fn decode_chunked(stream: &[u8], cuts: &[usize]) -> Vec<String> {
+/// Feeds the packets' bytes in the given chunks, decoding after each one as the connection
+/// does; every packet must come out as soon as its last byte is in (nothing waits for bytes
+/// that belong to a later packet).
+fn decode_chunked(packets: &[Vec<u8>], cuts: &[usize]) -> Vec<String> {
+    let stream = packets.concat();
+    let ends: Vec<usize> = packets
+        .iter()
+        .scan(0, |at, p| {
+            *at += p.len();
+            Some(*at)
+        })
+        .collect();
     let mut codec = Codec::new(1024, 4);
     let mut buf = BytesMut::new();
-    let mut packets = Vec::new();
+    let mut decoded = Vec::new();
     let mut at = 0;
     for &cut in cuts.iter().chain(std::iter::once(&stream.len())) {
         buf.extend_from_slice(&stream[at..cut]);
         at = cut;
         while let Some(p) = codec.decode(&mut buf).unwrap_or_else(|e| panic!("cuts {cuts:?}: {e}")) {
-            packets.push(format!("{p:?}"));
+            decoded.push(format!("{p:?}"));
         }
+        let complete = ends.iter().filter(|&&end| end <= at).count();
+        assert_eq!(decoded.len(), complete, "cuts {cuts:?}: packets complete after {at} bytes");
     }
-    assert!(buf.is_empty(), "cuts {cuts:?}: {} bytes left undecoded", buf.len());
-    packets
+    decoded
 }
 
-/// However the stream is cut into reads (or WebSocket frames), it decodes to the same packets:
-/// every single cut, then random cuttings from a fixed-seed generator.
+/// However the stream is cut into reads (or WebSocket frames), it decodes to the same packets,
+/// each as soon as it is complete: every single cut, then random cuttings from a fixed-seed
+/// generator.
 #[test]
 fn any_cutting_of_the_stream_decodes_to_the_same_packets() {
     for (connect, v5) in [(CONNECT_311, false), (CONNECT_5, true)] {
-        let stream = client_stream(connect, v5);
-        let whole = decode_chunked(&stream, &[]);
-        assert_eq!(whole.len(), 1 + 5 * 3 + 1, "{whole:?}");
-        for cut in 1..stream.len() {
-            assert_eq!(decode_chunked(&stream, &[cut]), whole, "cut at {cut}");
+        let packets = client_packets(connect, v5);
+        let len = packets.concat().len();
+        let whole = decode_chunked(&packets, &[]);
+        assert_eq!(whole.len(), packets.len(), "{whole:?}");
+        for cut in 1..len {
+            assert_eq!(decode_chunked(&packets, &[cut]), whole, "cut at {cut}");
         }
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
         for _ in 0..500 {
@@ -438,12 +456,12 @@ fn any_cutting_of_the_stream_decodes_to_the_same_packets() {
                 seed ^= seed >> 7;
                 seed ^= seed << 17;
                 at += 1 + (seed % 40) as usize;
-                if at >= stream.len() {
+                if at >= len {
                     break;
                 }
                 cuts.push(at);
             }
-            assert_eq!(decode_chunked(&stream, &cuts), whole, "cuts {cuts:?}");
+            assert_eq!(decode_chunked(&packets, &cuts), whole, "cuts {cuts:?}");
         }
     }
 }

@@ -137,7 +137,12 @@ impl Connection {
     async fn read_packet(&mut self) -> Result<Packet, Refusal> {
         loop {
             match self.codec.decode(&mut self.rbuf) {
-                Ok(Some(packet)) => return Ok(packet),
+                Ok(Some(packet)) => {
+                    // What came with CONNECT is not ordered against other connections: the
+                    // handshake may wait (authentication, takeover) and must hold nobody up.
+                    self.arrival.release();
+                    return Ok(packet);
+                }
                 Ok(None) => {}
                 Err(e @ (CodecError::UnacceptableProtocolLevel(_) | CodecError::IdentifierRejected)) => {
                     return Err(Refusal::Code(e.reason_code(), e.to_string()))

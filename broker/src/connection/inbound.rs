@@ -208,12 +208,12 @@ impl Connection {
     fn refuse_by_policy(&self, session: &Session, filter: &ByteString) -> Option<ReasonCode> {
         let limits = &self.broker.config.limits;
         if let Err(e) = topic::check_limits(filter, limits.max_topic_length, limits.max_topic_levels) {
-            warn!(%filter, "subscription refused: {e}");
+            warn!(client_id = %session.client_id, %filter, "subscription refused: {e}");
             return Some(ReasonCode::TOPIC_FILTER_INVALID);
         }
         let max = limits.max_subscriptions_per_client;
         if max > 0 && session.subscriptions.len() >= max && !session.subscriptions.contains_key(filter) {
-            warn!(%filter, "subscription refused: limits.max_subscriptions_per_client ({max}) reached");
+            warn!(client_id = %session.client_id, %filter, "subscription refused: limits.max_subscriptions_per_client ({max}) reached");
             return Some(ReasonCode::QUOTA_EXCEEDED);
         }
         if !self.broker.security.may_subscribe(self.username.as_deref(), &session.client_id, filter) {

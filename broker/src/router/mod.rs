@@ -129,10 +129,7 @@ impl Routed {
     /// Connected sessions whose queue this message filled: the publisher pauses until they
     /// have room (flow control) rather than have its next messages dropped.
     pub fn full_targets(&self) -> impl Iterator<Item = &Arc<Mailbox>> {
-        self.targets
-            .iter()
-            .filter(|(m, _)| m.needs_flow_control())
-            .map(|(m, _)| m)
+        self.targets.iter().filter(|(m, _)| m.needs_flow_control()).map(|(m, _)| m)
     }
 
     /// Hands the deliveries to their sessions.

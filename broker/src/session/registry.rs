@@ -385,7 +385,8 @@ mod tests {
         assert_eq!(registry.offline_len(), 2);
         drop((second, third));
         assert_eq!(registry.offline_len(), 0);
-        let _unbounded: Vec<_> = (0..10).map(|n| registry.go_offline(&ClientId::from(n.to_string()), 0)).collect();
+        let _unbounded: Vec<_> =
+            (0..10).map(|n| registry.go_offline(&ClientId::from(n.to_string().as_str()), 0)).collect();
         assert_eq!(registry.offline_len(), 10);
     }
 

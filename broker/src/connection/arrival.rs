@@ -1,0 +1,206 @@
+//! Order across connections: a subscription sees every PUBLISH that reached the broker after it.
+//!
+//! Client B writes SUBSCRIBE, then client A publishes to that topic. Both sockets become
+//! readable in that order, and the I/O driver wakes B's task before A's; but the scheduler may
+//! run A first (a task woken last runs next on its worker), or both at once on two workers, and
+//! A's message would be routed before B's subscription exists. Mosquitto, with one thread that
+//! serves sockets in the order they became readable, never misses it, and scripts and test
+//! suites rely on that.
+//!
+//! So each wake-up for input takes a ticket, in the order the driver delivers them, and a
+//! connection routes what it read only when no connection woken earlier still has input it may
+//! not have handled. A ticket is given back as soon as its connection has read, unless what it
+//! read holds a SUBSCRIBE or UNSUBSCRIBE: then once that is handled. Publishers therefore wait
+//! only for earlier connections to be polled and read (microseconds), never for each other's
+//! routing, and keep their multi-core throughput.
+
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Wake, Waker};
+
+use futures_util::task::AtomicWaker;
+
+/// Tickets of wake-ups whose input may still change subscriptions, in arrival order.
+static PENDING: Mutex<BTreeSet<u64>> = Mutex::new(BTreeSet::new());
+static NEXT_TICKET: AtomicU64 = AtomicU64::new(1);
+
+fn pending() -> std::sync::MutexGuard<'static, BTreeSet<u64>> {
+    PENDING.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The waker a connection reads its socket with: stamps each wake-up with a ticket, then wakes
+/// the connection's task.
+#[derive(Debug, Default)]
+pub struct ReadWaker {
+    task: AtomicWaker,
+    /// The ticket of the wake-up not yet seen by the connection; 0 = none.
+    ticket: AtomicU64,
+}
+
+impl Wake for ReadWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if self.ticket.load(Ordering::Acquire) == 0 {
+            let ticket = NEXT_TICKET.fetch_add(1, Ordering::AcqRel);
+            pending().insert(ticket);
+            if self.ticket.compare_exchange(0, ticket, Ordering::AcqRel, Ordering::Acquire).is_err() {
+                pending().remove(&ticket);
+            }
+        }
+        self.task.wake();
+    }
+}
+
+/// A connection's side: its read waker and the ticket of the input it is handling.
+#[derive(Debug)]
+pub struct Arrival {
+    waker: Arc<ReadWaker>,
+    /// When the input being handled arrived (its ticket); 0 when it was read without a wake-up.
+    arrived: u64,
+    /// `arrived` is still pending: the input may hold a SUBSCRIBE or UNSUBSCRIBE.
+    holding: bool,
+}
+
+impl Default for Arrival {
+    fn default() -> Self {
+        Arrival { waker: Arc::new(ReadWaker::default()), arrived: 0, holding: false }
+    }
+}
+
+impl Arrival {
+    /// The waker to read the socket with, on behalf of the task behind `cx`.
+    pub fn read_waker(&self, cx: &Context<'_>) -> Waker {
+        self.waker.task.register(cx.waker());
+        Waker::from(self.waker.clone())
+    }
+
+    /// After the connection was woken: takes the ticket of the wake-up, if any, as the time
+    /// of the input it reads now. `read` holds the bytes now buffered (from a packet boundary)
+    /// when something was read; the ticket then stays pending while they hold a packet that
+    /// changes subscriptions. Without `read` (nothing to read, or not reading while paused)
+    /// it is given back at once: a connection that does not read holds nobody up.
+    pub fn note_wake(&mut self, read: Option<&[u8]>) {
+        let ticket = self.waker.ticket.swap(0, Ordering::AcqRel);
+        if ticket == 0 {
+            return;
+        }
+        if self.holding {
+            // Older input that changes subscriptions is not handled yet; it keeps the place.
+            pending().remove(&ticket);
+            return;
+        }
+        self.arrived = ticket;
+        if read.is_some_and(holds_subscription_change) {
+            self.holding = true;
+        } else {
+            pending().remove(&ticket);
+        }
+    }
+
+    /// The input read so far was handled (or will not be soon): later arrivals may go on.
+    pub fn release(&mut self) {
+        if std::mem::take(&mut self.holding) {
+            pending().remove(&self.arrived);
+        }
+    }
+
+    /// True while input that arrived before ours may still change subscriptions: routing
+    /// ours now could miss a subscription made before it.
+    pub fn must_wait(&self) -> bool {
+        self.arrived != 0 && pending().first().is_some_and(|&earliest| earliest < self.arrived)
+    }
+}
+
+impl Drop for Arrival {
+    fn drop(&mut self) {
+        self.note_wake(None);
+        self.release();
+    }
+}
+
+/// Whether the packets buffered in `bytes` (from a packet boundary; the last may be partial)
+/// include a SUBSCRIBE or UNSUBSCRIBE.
+fn holds_subscription_change(bytes: &[u8]) -> bool {
+    let mut at = 0;
+    while let Some(&first) = bytes.get(at) {
+        if matches!(first >> 4, 8 | 10) {
+            return true;
+        }
+        let mut remaining = 0usize;
+        let mut len_bytes = 0;
+        loop {
+            let Some(&byte) = bytes.get(at + 1 + len_bytes) else { return false };
+            remaining |= usize::from(byte & 0x7F) << (7 * len_bytes);
+            len_bytes += 1;
+            if byte & 0x80 == 0 {
+                break;
+            }
+            if len_bytes == 4 {
+                return false; // malformed: the codec reports it
+            }
+        }
+        at += 1 + len_bytes + remaining;
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subscription_changes_are_found_among_buffered_packets() {
+        let publish = b"\x30\x05\x00\x01ab\x00";
+        let mut bytes = publish.repeat(3);
+        assert!(!holds_subscription_change(&bytes));
+        bytes.extend_from_slice(b"\x82\x06\x00\x01\x00\x01a\x00");
+        assert!(holds_subscription_change(&bytes));
+        assert!(holds_subscription_change(b"\xa2\x05\x00\x01\x00\x01a"), "UNSUBSCRIBE");
+        assert!(holds_subscription_change(b"\x82"), "the start of one");
+        let mut long = vec![0x30, 0x80, 0x01];
+        long.extend(std::iter::repeat_n(0u8, 128));
+        long.extend_from_slice(b"\x82\x00");
+        assert!(holds_subscription_change(&long), "after a two-byte remaining length");
+    }
+
+    #[test]
+    fn a_later_arrival_waits_for_an_earlier_subscribe_until_it_is_handled() {
+        let waker = Waker::noop();
+        let cx = Context::from_waker(waker);
+        let (mut subscriber, mut publisher) = (Arrival::default(), Arrival::default());
+        subscriber.read_waker(&cx).wake_by_ref();
+        publisher.read_waker(&cx).wake_by_ref();
+        // The publisher runs first.
+        publisher.note_wake(Some(b"\x30\x03\x00\x01a"));
+        assert!(publisher.must_wait(), "the subscriber woke earlier and has not read");
+        subscriber.note_wake(Some(b"\x82\x06\x00\x01\x00\x01a\x00"));
+        assert!(publisher.must_wait(), "its SUBSCRIBE is not handled yet");
+        subscriber.release();
+        assert!(!publisher.must_wait());
+        publisher.release();
+    }
+
+    #[test]
+    fn an_earlier_arrival_without_subscription_changes_holds_nobody_once_read() {
+        let waker = Waker::noop();
+        let cx = Context::from_waker(waker);
+        let (mut first, mut second) = (Arrival::default(), Arrival::default());
+        first.read_waker(&cx).wake_by_ref();
+        second.read_waker(&cx).wake_by_ref();
+        second.note_wake(Some(b"\x30\x03\x00\x01a"));
+        assert!(second.must_wait());
+        first.note_wake(Some(b"\x30\x03\x00\x01a"));
+        assert!(!second.must_wait(), "publishers do not wait for each other's routing");
+        drop(first);
+        let (mut paused, mut later) = (Arrival::default(), Arrival::default());
+        paused.read_waker(&cx).wake_by_ref();
+        later.read_waker(&cx).wake_by_ref();
+        later.note_wake(Some(b"\x30\x03\x00\x01a"));
+        paused.note_wake(None);
+        assert!(!later.must_wait(), "a connection that does not read holds nobody up");
+    }
+}
