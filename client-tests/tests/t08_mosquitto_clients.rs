@@ -147,6 +147,31 @@ async fn mosquitto_retained_and_mqtt31() {
     assert_eq!(out, "");
 }
 
+// With the default configuration, `mosquitto_pub -f` of a camera snapshot or firmware chunk
+// (1 MiB and 4 MiB payloads, QoS 1, retained) is accepted and comes back byte for byte to a later
+// mosquitto_sub (the default max_packet_size was 1 MiB, header included, and refused the first).
+#[tokio::test]
+async fn mosquitto_pub_file_of_several_mebibytes_with_defaults() {
+    let b = Broker::start();
+    let dir = tempfile::tempdir().unwrap();
+    for size in [1usize << 20, 4 << 20] {
+        let payload: Vec<u8> = (0..size).map(|i| (i * 7 % 251) as u8).collect();
+        let file = dir.path().join(format!("blob-{size}"));
+        std::fs::write(&file, &payload).unwrap();
+        let topic = format!("files/{size}");
+        let (ok, _, err) =
+            run("mosquitto_pub", &b, &["-t", &topic, "-q", "1", "-r", "-f", file.to_str().unwrap()]).await;
+        assert!(ok, "mosquitto_pub -f of {size} bytes: {err}\n{}", b.logs());
+        let sub = mosq("mosquitto_sub", &b, &["-t", &topic, "-C", "1", "-N"]).output();
+        let out = tokio::time::timeout(PROC_WAIT, sub)
+            .await
+            .expect("mosquitto_sub timed out")
+            .expect("mosquitto_sub");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.stdout == payload, "{size} bytes sent, {} received", out.stdout.len());
+    }
+}
+
 // mosquitto_pub over MQTT 3.1 reaches a rumqttc subscriber.
 #[tokio::test]
 async fn mosquitto_pub_mqtt31_to_rumqttc() {

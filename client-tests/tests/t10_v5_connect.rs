@@ -24,7 +24,7 @@ async fn connack_properties_default() {
     let (r, ack) = Raw::handshake5(b.addr(), &Connect::new("defaults")).await;
     let p = &ack.props;
     assert!(!ack.session_present);
-    assert_eq!(p.num(v5::MAXIMUM_PACKET_SIZE), Some(1_048_576), "{p:?}");
+    assert_eq!(p.num(v5::MAXIMUM_PACKET_SIZE), Some(16 << 20), "{p:?}");
     assert_eq!(p.num(v5::TOPIC_ALIAS_MAXIMUM), Some(10), "{p:?}");
     assert_eq!(p.num(v5::RECEIVE_MAXIMUM).unwrap_or(65535), 65535, "{p:?}");
     for id in [

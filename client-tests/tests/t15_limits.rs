@@ -424,3 +424,111 @@ async fn full_subscriber_queue_pauses_the_publisher_instead_of_dropping() {
     assert_eq!(acked, 200, "every message acknowledged to the publisher");
     sub.expect_nothing(QUIET).await;
 }
+
+// The policy for a connected subscriber that keeps reading holds at QoS 0 as well: 5,000 QoS 0
+// messages pipelined at a subscriber that reads slowly, with max_queued_messages = 10, all
+// arrive once, in order; nothing is dropped (the publisher is paused instead).
+#[tokio::test]
+async fn slow_but_reading_qos0_subscriber_loses_nothing() {
+    let b = Broker::start_with("[mqtt]\nmax_queued_messages = 10\n");
+    let mut sub = Raw::connected(b.addr(), "slow-q0-sub", true).await;
+    assert_eq!(sub.subscribe(1, &[("slow/q0", 0)]).await, vec![0]);
+    let mut publisher = Raw::connected(b.addr(), "fast-q0-pub", true).await;
+    let burst: Vec<u8> = (0..5000u32)
+        .flat_map(|i| pkt::publish("slow/q0", 0, false, false, 0, i.to_string().as_bytes()))
+        .collect();
+    publisher.send(&burst).await;
+    for i in 0..5000u32 {
+        let m = sub.recv_publish().await;
+        assert_eq!(m.payload, i.to_string().as_bytes(), "message {i}: every one, in order");
+        if i % 500 == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    sub.expect_nothing(QUIET).await;
+    assert!(!b.logs().contains("pending queue full"), "nothing dropped:\n{}", b.logs());
+}
+
+/// A subscriber that stops reading (it holds its socket and reads nothing) next to one that
+/// reads: with `stall_interval_ms = 300`, the publisher's messages keep reaching the reader
+/// (paused at most about the stall interval), the stalled one's queue overflows (logged), and
+/// the broker's memory stays bounded by the queue limits.
+async fn stalled_subscriber_does_not_stop_the_others(qos: u8) {
+    let b = Broker::start_with("[mqtt]\nmax_queued_messages = 10\nstall_interval_ms = 300\n");
+    let topic = format!("stall/q{qos}");
+    let mut stalled = Raw::connected(b.addr(), &format!("stalled-{qos}"), true).await;
+    assert_eq!(stalled.subscribe(1, &[(&topic, qos)]).await, vec![qos]);
+    let mut reader = Raw::connected(b.addr(), &format!("reader-{qos}"), true).await;
+    assert_eq!(reader.subscribe(1, &[(&topic, qos)]).await, vec![qos]);
+    let mut publisher = Raw::connected(b.addr(), &format!("publisher-{qos}"), true).await;
+    // 16 KiB payloads: enough to fill the stalled client's socket buffers many times over.
+    let payload = vec![b'x'; 16 << 10];
+    let count = 2000u16;
+    let started = Instant::now();
+    let sending = async {
+        for i in 0..count {
+            publisher.send(&pkt::publish(&topic, qos, false, false, i + 1, &payload)).await;
+        }
+    };
+    let receiving = async {
+        for _ in 0..count {
+            let m = reader.recv_publish().await;
+            if let Some(pid) = m.pid {
+                reader.send(&pkt::puback(pid)).await;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), async { tokio::join!(sending, receiving) })
+        .await
+        .expect("the reading subscriber got every message");
+    let took = started.elapsed();
+    assert!(b.wait_log("treated as stalled", WAIT).await, "stall logged:\n{}", b.logs());
+    assert!(b.logs().contains("pending queue full"), "the stalled subscriber's overflow logged");
+    let rss_kib = std::fs::read_to_string(format!("/proc/{}/status", b.pid()))
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VmHWM:").map(|v| v.trim().trim_end_matches(" kB").parse::<u64>().unwrap())
+        })
+        .unwrap();
+    // 2,000 × 16 KiB = 31 MiB went through; the stalled queue may hold 2 × 10 messages.
+    assert!(rss_kib < 64 * 1024, "peak broker RSS {rss_kib} KiB");
+    eprintln!("QoS {qos}: {count} messages to the reader in {took:?}, peak RSS {rss_kib} KiB");
+    drop(stalled);
+}
+
+#[tokio::test]
+async fn stalled_qos0_subscriber_does_not_stop_the_others() {
+    stalled_subscriber_does_not_stop_the_others(0).await;
+}
+
+#[tokio::test]
+async fn stalled_qos1_subscriber_does_not_stop_the_others() {
+    stalled_subscriber_does_not_stop_the_others(1).await;
+}
+
+// limits.max_incomplete_packet_bytes: two clients each start a 150 KiB PUBLISH while the budget
+// holds only one. The second is not read until the first completes, then goes through: both
+// are acknowledged, nothing is refused or dropped.
+#[tokio::test]
+async fn large_packets_wait_for_the_incomplete_packet_budget() {
+    let b = Broker::start_with(
+        "[mqtt]\nmax_packet_size = 200000\n[limits]\nmax_incomplete_packet_bytes = 200000\n",
+    );
+    let payload = vec![b'p'; 150_000];
+    let first_packet = pkt::publish("big/1", 1, false, false, 1, &payload);
+    let second_packet = pkt::publish("big/2", 1, false, false, 2, &payload);
+    let mut first = Raw::connected(b.addr(), "big-first", true).await;
+    let mut second = Raw::connected(b.addr(), "big-second", true).await;
+    first.send(&first_packet[..first_packet.len() / 2]).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    second.send(&second_packet).await;
+    // The second is complete on the wire but not read: no PUBACK while the first holds the budget.
+    assert!(
+        matches!(second.read(QUIET).await, ReadOutcome::Timeout),
+        "second read while the budget was spent"
+    );
+    first.send(&first_packet[first_packet.len() / 2..]).await;
+    assert_eq!(first.recv().await.kind(), 4, "first PUBACK");
+    assert_eq!(second.recv().await.kind(), 4, "second PUBACK once the first completed");
+}
