@@ -1,4 +1,4 @@
-//! Area 16: what an offline persistent session holds. It owns no socket: a client that leaves
+//! Area 18: what an offline persistent session holds. It owns no socket: a client that leaves
 //! (DISCONNECT, a dropped connection, or a takeover) gives its file descriptor back, so
 //! persistent clients coming and going cannot exhaust the broker's descriptors. And the number
 //! of offline sessions is bounded (`limits.max_offline_sessions`): 3.1.1 sessions never expire.
