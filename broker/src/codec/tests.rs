@@ -386,7 +386,7 @@ fn client_stream(connect: &[u8], v5: bool) -> Vec<u8> {
         stream.extend_from_slice(&[0x62, 0x02, 0x00, id as u8]); // PUBREL
         stream.extend_from_slice(b"\xc0\x00"); // PINGREQ
     }
-    stream.extend_from_slice(if v5 { b"\x82\x07\x00\x09\x00\x00\x02x\x02" } else { b"\x82\x06\x00\x09\x00\x01x\x02" });
+    stream.extend_from_slice(if v5 { b"\x82\x07\x00\x09\x00\x00\x01x\x02" } else { b"\x82\x06\x00\x09\x00\x01x\x02" });
     stream
 }
 
