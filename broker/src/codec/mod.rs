@@ -7,6 +7,9 @@
 //!   level is answered with CONNACK 0x01/0x84 by the caller, not a silent close) [MQTT-3.1.2-2];
 //! - the maximum packet size is checked from the fixed header, before the body is buffered;
 //! - reserved bits of SUBSCRIBE options must be zero in 3.1.1 [MQTT-3.8.3-4];
+//! - MQTT 5 properties: a repeated property and a Subscription Identifier of 0 are Protocol
+//!   Errors, a Topic Alias of 0 is "Topic Alias invalid" (the decoder would call each of them
+//!   malformed); a client PUBLISH carries no Subscription Identifier [MQTT-3.3.4-6];
 //! - PINGREQ (and 3.1.1 DISCONNECT) have remaining length 0;
 //! - DUP must be 0 on a QoS 0 PUBLISH [MQTT-3.3.1-2];
 //! - MQTT 5 topic aliases, both ways: inbound aliases are resolved here, so the broker only
@@ -16,6 +19,7 @@
 //! One `Codec` per connection: the decoder and the alias tables are per-connection state.
 
 mod alias;
+mod scan;
 mod v3;
 mod v5;
 
@@ -58,6 +62,10 @@ pub enum CodecError {
     /// A topic alias of 0, above our maximum, or unknown [MQTT-3.3.2-8], [MQTT-3.3.2-9].
     #[error("invalid topic alias {0} [MQTT-3.3.2-9]")]
     TopicAliasInvalid(u16),
+    /// An MQTT 5 property other than User Property included twice: a Protocol Error, as the
+    /// description of each property says (section 3).
+    #[error("property {0:#04x} included more than once")]
+    DuplicateProperty(u8),
     /// The outbound packet could not be encoded (a broker bug, never peer input).
     #[error("encode failed: {0}")]
     Encode(#[from] EncodeError),
@@ -73,9 +81,10 @@ impl CodecError {
             CodecError::UnacceptableProtocolLevel(_) => ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
             CodecError::IdentifierRejected => ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
             CodecError::Encode(_) => ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR,
-            CodecError::ExpectedConnect | CodecError::UnknownProtocolName | CodecError::Violation(_) => {
-                ReasonCode::PROTOCOL_ERROR
-            }
+            CodecError::ExpectedConnect
+            | CodecError::UnknownProtocolName
+            | CodecError::Violation(_)
+            | CodecError::DuplicateProperty(_) => ReasonCode::PROTOCOL_ERROR,
         }
     }
 }
@@ -158,11 +167,10 @@ impl Codec {
                 _ => State::V3(rmqtt_codec::v3::Codec::new(self.max_packet_size)),
             };
         }
+        let body = &src[header.header_len..header.total_len()];
         let packet = match &mut self.state {
             State::V3(inner) => {
-                if header.first_byte == SUBSCRIBE_HEADER {
-                    check_subscribe_options(&src[header.header_len..header.total_len()])?;
-                }
+                scan::v3(header.first_byte, body)?;
                 let Some((packet, _)) = inner.decode(src).map_err(map_decode_error)? else { return Ok(None) };
                 if header.first_byte == DISCONNECT_HEADER && header.remaining != 0 {
                     return Err(CodecError::Violation("DISCONNECT with a non-zero remaining length"));
@@ -170,6 +178,7 @@ impl Codec {
                 v3::from_wire(packet)?
             }
             State::V5(inner) => {
+                scan::v5(header.first_byte, body)?;
                 let Some((packet, _)) = inner.decode(src).map_err(map_decode_error)? else { return Ok(None) };
                 v5::from_wire(packet)?
             }
@@ -182,11 +191,6 @@ impl Codec {
             Packet::Publish(mut publish) => {
                 if publish.dup && publish.qos == crate::packet::QoS::AtMostOnce {
                     return Err(CodecError::Violation("DUP set on a QoS 0 PUBLISH [MQTT-3.3.1-2]"));
-                }
-                if !publish.properties.subscription_ids.is_empty() {
-                    return Err(CodecError::Violation(
-                        "Subscription Identifier in a client PUBLISH [MQTT-3.3.4-6]",
-                    ));
                 }
                 self.inbound_aliases.resolve(&mut publish)?;
                 Ok(Some(Packet::Publish(publish)))
@@ -279,23 +283,6 @@ fn check_protocol(body: &[u8]) -> Result<ProtocolVersion, CodecError> {
         return Err(CodecError::Violation("password flag set without user name flag [MQTT-3.1.2-22]"));
     }
     Ok(version)
-}
-
-/// Rejects 3.1.1 SUBSCRIBE option bytes with reserved bits set [MQTT-3.8.3-4]. Framing errors
-/// are left to the decoder, which reports them as malformed.
-fn check_subscribe_options(body: &[u8]) -> Result<(), CodecError> {
-    let mut at = 2; // packet identifier
-    while let Some(len) = body.get(at..at + 2) {
-        let option_at = at + 2 + usize::from(u16::from_be_bytes([len[0], len[1]]));
-        match body.get(option_at) {
-            Some(options) if options & 0b1111_1100 != 0 => {
-                return Err(CodecError::Violation("reserved bits set in SUBSCRIBE options [MQTT-3.8.3-4]"))
-            }
-            Some(_) => at = option_at + 1,
-            None => break,
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -386,7 +386,11 @@ fn client_stream(connect: &[u8], v5: bool) -> Vec<u8> {
         stream.extend_from_slice(&[0x62, 0x02, 0x00, id as u8]); // PUBREL
         stream.extend_from_slice(b"\xc0\x00"); // PINGREQ
     }
-    stream.extend_from_slice(if v5 { b"\x82\x07\x00\x09\x00\x00\x01x\x02" } else { b"\x82\x06\x00\x09\x00\x01x\x02" });
+    stream.extend_from_slice(if v5 {
+        b"\x82\x07\x00\x09\x00\x00\x01x\x02"
+    } else {
+        b"\x82\x06\x00\x09\x00\x01x\x02"
+    });
     stream
 }
 
@@ -446,4 +450,31 @@ fn any_cutting_of_the_stream_decodes_to_the_same_packets() {
             assert_eq!(decode_chunked(&stream, &cuts), whole, "cuts {cuts:?}");
         }
     }
+}
+
+#[test]
+fn v5_property_faults_get_the_spec_reason_codes() {
+    // Payload Format Indicator twice: "It is a Protocol Error to include the Payload Format
+    // Indicator more than once" (section 3.3.2.3.2).
+    let err = after_connect_5(b"\x30\x08\x00\x01t\x04\x01\x01\x01\x01").unwrap_err();
+    assert!(matches!(err, CodecError::DuplicateProperty(0x01)), "{err:?}");
+    assert_eq!(err.reason_code(), ReasonCode::PROTOCOL_ERROR);
+    // User Property may repeat.
+    assert_eq!(
+        after_connect_5(b"\x30\x10\x00\x01t\x0c\x26\x00\x01k\x00\x00\x26\x00\x01k\x00\x00").unwrap().len(),
+        1
+    );
+    // Topic Alias 0 [MQTT-3.3.2-8].
+    let err = after_connect_5(b"\x30\x07\x00\x01t\x03\x23\x00\x00").unwrap_err();
+    assert!(matches!(err, CodecError::TopicAliasInvalid(0)), "{err:?}");
+    assert_eq!(err.reason_code(), ReasonCode::TOPIC_ALIAS_INVALID);
+    // Subscription Identifier 0 in SUBSCRIBE (section 3.8.2.1.2), and twice.
+    let err = after_connect_5(b"\x82\x09\x00\x01\x02\x0b\x00\x00\x01a\x00").unwrap_err();
+    assert!(matches!(err, CodecError::Violation(_)), "{err:?}");
+    assert_eq!(err.reason_code(), ReasonCode::PROTOCOL_ERROR);
+    let err = after_connect_5(b"\x82\x0b\x00\x01\x04\x0b\x01\x0b\x02\x00\x01a\x00").unwrap_err();
+    assert!(matches!(err, CodecError::DuplicateProperty(0x0b)), "{err:?}");
+    // A property SUBSCRIBE cannot carry stays malformed.
+    let err = after_connect_5(b"\x82\x09\x00\x01\x02\x01\x01\x00\x01a\x00").unwrap_err();
+    assert!(matches!(err, CodecError::Malformed(_)), "{err:?}");
 }
