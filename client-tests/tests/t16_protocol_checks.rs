@@ -6,6 +6,63 @@
 use client_tests::v5::{self, Props};
 use client_tests::*;
 
+fn connect_with(f: impl FnOnce(&mut pkt::Connect)) -> Vec<u8> {
+    let mut c = pkt::Connect::new("edge");
+    f(&mut c);
+    c.encode()
+}
+
+/// `connect` (an encoded CONNECT with a one-byte remaining length) with one more byte after
+/// its last field.
+fn with_trailing_byte(connect: Vec<u8>) -> Vec<u8> {
+    assert_eq!(usize::from(connect[1]) + 2, connect.len(), "one-byte remaining length");
+    let mut body = connect[2..].to_vec();
+    body.push(0);
+    pkt::packet(0x10, &body)
+}
+
+bad_input_tests! {
+    // [MQTT-1.5.3-2]: a UTF-8 string must not include U+0000; the connection is closed
+    // without CONNACK [MQTT-3.1.4-1].
+    u0000_in_client_id_closed: connected = false, bytes = connect_with(|c| c.client_id = b"a\0b".to_vec());
+    u0000_in_user_name_closed: connected = false, bytes = connect_with(|c| c.username = Some(b"u\0".to_vec()));
+    // [MQTT-3.1.3-1] [MQTT-3.1.4-1]: the payload is exactly the fields the flags announce.
+    connect_trailing_byte_closed: connected = false, bytes = with_trailing_byte(connect_with(|_| {}));
+    connect_trailing_byte_after_password_closed: connected = false, bytes = with_trailing_byte(connect_with(|c| {
+        c.will = Some(pkt::Will { topic: b"w".to_vec(), payload: b"x".to_vec(), qos: 1, retain: false });
+        c.username = Some(b"u".to_vec());
+        c.password = Some(b"p".to_vec());
+    }));
+}
+
+/// Sends an MQTT 5 CONNECT and expects the connection closed without CONNACK: a malformed
+/// CONNECT is answered by closing [MQTT-3.1.4-1] (the CONNACK 0x81 the spec allows is not sent,
+/// as for every other malformed CONNECT and as 3.1.1 requires).
+async fn expect_v5_connect_closed(b: &Broker, connect: &[u8]) {
+    let mut r = Raw::connect(b.addr()).await;
+    r.send_lenient(connect).await;
+    r.expect_closed(WAIT).await;
+    assert_broker_alive(b.addr()).await;
+}
+
+// [MQTT-1.5.4-2]: U+0000 in the client identifier or the user name is a Malformed Packet.
+#[tokio::test]
+async fn v5_u0000_in_client_id_or_user_name_closed() {
+    let b = Broker::start();
+    expect_v5_connect_closed(&b, &v5::Connect::new("a\0b").encode()).await;
+    let mut c = v5::Connect::new("named");
+    c.username = Some("u\0".into());
+    expect_v5_connect_closed(&b, &c.encode()).await;
+}
+
+// [MQTT-3.1.3-1] [MQTT-3.1.4-1]: MQTT 5 CONNECT with a byte after its last field.
+#[tokio::test]
+async fn v5_connect_trailing_byte_closed() {
+    let b = Broker::start();
+    let c = v5::Connect::new("trail").session_expiry(10);
+    expect_v5_connect_closed(&b, &with_trailing_byte(c.encode())).await;
+}
+
 // [MQTT-3.3.4-4]: a message matching several subscriptions of one client that share a
 // Subscription Identifier (one SUBSCRIBE for "dd/#" and "dd/+") carries that identifier once.
 #[tokio::test]

@@ -6,6 +6,8 @@
 //! - the first packet must be CONNECT, and its protocol name/level pick the decoder (an unknown
 //!   level is answered with CONNACK 0x01/0x84 by the caller, not a silent close) [MQTT-3.1.2-2];
 //! - the maximum packet size is checked from the fixed header, before the body is buffered;
+//! - CONNECT ends with its last field [MQTT-3.1.3-1], and its client identifier and user name
+//!   hold no U+0000 [MQTT-1.5.4-2];
 //! - reserved bits of SUBSCRIBE options must be zero in 3.1.1 [MQTT-3.8.3-4];
 //! - MQTT 5 properties: a repeated property and a Subscription Identifier of 0 are Protocol
 //!   Errors, a Topic Alias of 0 is "Topic Alias invalid" (the decoder would call each of them
@@ -56,6 +58,9 @@ pub enum CodecError {
     /// The bytes do not form a valid packet.
     #[error("malformed packet: {0}")]
     Malformed(DecodeError),
+    /// A field breaks a rule of the packet format that the decoder does not check.
+    #[error("malformed packet: {0}")]
+    MalformedField(&'static str),
     /// A well-formed packet that breaks a rule the decoder does not check.
     #[error("protocol violation: {0}")]
     Violation(&'static str),
@@ -75,7 +80,7 @@ impl CodecError {
     /// The MQTT 5 reason code for a DISCONNECT (or CONNACK) reporting this error.
     pub fn reason_code(&self) -> ReasonCode {
         match self {
-            CodecError::Malformed(_) => ReasonCode::MALFORMED_PACKET,
+            CodecError::Malformed(_) | CodecError::MalformedField(_) => ReasonCode::MALFORMED_PACKET,
             CodecError::PacketTooLarge { .. } => ReasonCode::PACKET_TOO_LARGE,
             CodecError::TopicAliasInvalid(_) => ReasonCode::TOPIC_ALIAS_INVALID,
             CodecError::UnacceptableProtocolLevel(_) => ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,

@@ -17,10 +17,40 @@ const CONTENT_TYPE: u8 = 0x03;
 const RESPONSE_TOPIC: u8 = 0x08;
 const CORRELATION_DATA: u8 = 0x09;
 const SUBSCRIPTION_IDENTIFIER: u8 = 0x0B;
+const SESSION_EXPIRY_INTERVAL: u8 = 0x11;
+const AUTHENTICATION_METHOD: u8 = 0x15;
+const AUTHENTICATION_DATA: u8 = 0x16;
+const REQUEST_PROBLEM_INFORMATION: u8 = 0x17;
+const WILL_DELAY_INTERVAL: u8 = 0x18;
+const REQUEST_RESPONSE_INFORMATION: u8 = 0x19;
+const RECEIVE_MAXIMUM: u8 = 0x21;
+const TOPIC_ALIAS_MAXIMUM: u8 = 0x22;
 const TOPIC_ALIAS: u8 = 0x23;
 const USER_PROPERTY: u8 = 0x26;
+const MAXIMUM_PACKET_SIZE: u8 = 0x27;
 
-/// The properties a client may send in each packet (sections 3.3.2.3, 3.8.2.1). Any other identifier is a Malformed Packet.
+/// The properties a client may send in each packet (sections 3.1.2.11, 3.1.3.2, 3.3.2.3,
+/// 3.8.2.1). Any other identifier is a Malformed Packet.
+const CONNECT_PROPERTIES: &[u8] = &[
+    SESSION_EXPIRY_INTERVAL,
+    RECEIVE_MAXIMUM,
+    MAXIMUM_PACKET_SIZE,
+    TOPIC_ALIAS_MAXIMUM,
+    REQUEST_RESPONSE_INFORMATION,
+    REQUEST_PROBLEM_INFORMATION,
+    USER_PROPERTY,
+    AUTHENTICATION_METHOD,
+    AUTHENTICATION_DATA,
+];
+const WILL_PROPERTIES: &[u8] = &[
+    WILL_DELAY_INTERVAL,
+    PAYLOAD_FORMAT_INDICATOR,
+    MESSAGE_EXPIRY_INTERVAL,
+    CONTENT_TYPE,
+    RESPONSE_TOPIC,
+    CORRELATION_DATA,
+    USER_PROPERTY,
+];
 const PUBLISH_PROPERTIES: &[u8] = &[
     PAYLOAD_FORMAT_INDICATOR,
     MESSAGE_EXPIRY_INTERVAL,
@@ -33,21 +63,62 @@ const PUBLISH_PROPERTIES: &[u8] = &[
 ];
 const SUBSCRIBE_PROPERTIES: &[u8] = &[SUBSCRIPTION_IDENTIFIER, USER_PROPERTY];
 
-/// MQTT 3.1/3.1.1 frames: SUBSCRIBE.
+/// CONNECT flags (section 3.1.2.3).
+const WILL_FLAG: u8 = 0b0000_0100;
+const PASSWORD_FLAG: u8 = 0b0100_0000;
+const USER_NAME_FLAG: u8 = 0b1000_0000;
+
+/// MQTT 3.1/3.1.1 frames: CONNECT and SUBSCRIBE.
 pub(super) fn v3(first_byte: u8, body: &[u8]) -> Result<(), CodecError> {
     match first_byte {
+        super::CONNECT_HEADER => connect(body, false),
         super::SUBSCRIBE_HEADER => subscribe_options_v3(body),
         _ => Ok(()),
     }
 }
 
-/// MQTT 5 frames: PUBLISH and SUBSCRIBE.
+/// MQTT 5 frames: CONNECT, PUBLISH and SUBSCRIBE.
 pub(super) fn v5(first_byte: u8, body: &[u8]) -> Result<(), CodecError> {
     match first_byte {
+        super::CONNECT_HEADER => connect(body, true),
         0x30..=0x3F => publish(first_byte, body),
         super::SUBSCRIBE_HEADER => subscribe(body),
         _ => Ok(()),
     }
+}
+
+/// CONNECT (section 3.1), every field: bytes after the last one the flags announce make it
+/// malformed [MQTT-3.1.3-1] [MQTT-3.1.4-1], and so does U+0000 in the client identifier or user
+/// name ([MQTT-1.5.4-2]; [MQTT-1.5.3-2] in 3.1.1). MQTT 5: the CONNECT and will property rules.
+fn connect(body: &[u8], v5: bool) -> Result<(), CodecError> {
+    let mut r = Reader { body, at: 0 };
+    r.field()?; // protocol name and level: checked before the codec was chosen
+    r.u8()?;
+    let flags = r.u8()?;
+    r.u16()?; // keep alive
+    if v5 {
+        properties(&mut r, CONNECT_PROPERTIES, |_| Ok(()))?;
+    }
+    if r.field()?.contains(&0) {
+        return Err(CodecError::MalformedField("client identifier contains U+0000 [MQTT-1.5.4-2]"));
+    }
+    if flags & WILL_FLAG != 0 {
+        if v5 {
+            properties(&mut r, WILL_PROPERTIES, |_| Ok(()))?;
+        }
+        r.field()?; // will topic, checked after decoding
+        r.field()?; // will payload
+    }
+    if flags & USER_NAME_FLAG != 0 && r.field()?.contains(&0) {
+        return Err(CodecError::MalformedField("user name contains U+0000 [MQTT-1.5.4-2]"));
+    }
+    if flags & PASSWORD_FLAG != 0 {
+        r.field()?;
+    }
+    if r.at != body.len() {
+        return Err(CodecError::MalformedField("bytes after the last CONNECT field [MQTT-3.1.3-1]"));
+    }
+    Ok(())
 }
 
 /// MQTT 5 PUBLISH (section 3.3.2): Topic Alias 0 is invalid [MQTT-3.3.2-8]; a client sends no
@@ -129,16 +200,21 @@ fn properties(
         }
         seen |= 1 << id;
         let value = match id {
-            PAYLOAD_FORMAT_INDICATOR => u32::from(p.u8()?),
-            TOPIC_ALIAS => u32::from(p.u16()?),
-            MESSAGE_EXPIRY_INTERVAL => p.u32()?,
+            PAYLOAD_FORMAT_INDICATOR | REQUEST_PROBLEM_INFORMATION | REQUEST_RESPONSE_INFORMATION => {
+                u32::from(p.u8()?)
+            }
+            RECEIVE_MAXIMUM | TOPIC_ALIAS_MAXIMUM | TOPIC_ALIAS => u32::from(p.u16()?),
+            MESSAGE_EXPIRY_INTERVAL | SESSION_EXPIRY_INTERVAL | WILL_DELAY_INTERVAL | MAXIMUM_PACKET_SIZE => {
+                p.u32()?
+            }
             SUBSCRIPTION_IDENTIFIER => p.variable_length()?,
             USER_PROPERTY => {
                 p.field()?;
                 p.field()?;
                 0
             }
-            // The strings and binary data: Content Type, Response Topic, Correlation Data.
+            // The strings and binary data: Content Type, Response Topic, Correlation Data,
+            // Authentication Method and Data.
             _ => {
                 p.field()?;
                 0

@@ -478,3 +478,25 @@ fn v5_property_faults_get_the_spec_reason_codes() {
     let err = after_connect_5(b"\x82\x09\x00\x01\x02\x01\x01\x00\x01a\x00").unwrap_err();
     assert!(matches!(err, CodecError::Malformed(_)), "{err:?}");
 }
+
+#[test]
+fn connect_ends_with_its_last_field() {
+    // [MQTT-3.1.3-1]: one byte after the client identifier.
+    let trailing = b"\x10\x10\x00\x04MQTT\x04\x02\x00\x3c\x00\x03abc\x00";
+    assert!(matches!(decode_all(trailing), Err(CodecError::MalformedField(_))));
+    let mut v5 = CONNECT_5.to_vec();
+    v5[1] += 1;
+    v5.push(0);
+    assert!(matches!(decode_all(&v5), Err(CodecError::MalformedField(_))));
+}
+
+#[test]
+fn u0000_in_client_id_or_user_name_is_malformed() {
+    // [MQTT-1.5.3-2], [MQTT-1.5.4-2]
+    let client_id = b"\x10\x0f\x00\x04MQTT\x04\x02\x00\x3c\x00\x03a\x00c";
+    assert!(matches!(decode_all(client_id), Err(CodecError::MalformedField(_))));
+    let user_name = b"\x10\x14\x00\x04MQTT\x04\x82\x00\x3c\x00\x03abc\x00\x03u\x00v";
+    assert!(matches!(decode_all(user_name), Err(CodecError::MalformedField(_))));
+    let clean = b"\x10\x14\x00\x04MQTT\x04\x82\x00\x3c\x00\x03abc\x00\x03uvw";
+    assert!(decode_all(clean).is_ok());
+}
