@@ -3,6 +3,8 @@
 //! Packet Size applied to CONNACK, Subscription Identifiers of overlapping subscriptions, and
 //! the will of a connection that is taken over.
 
+use std::time::Duration;
+
 use client_tests::v5::{self, Props};
 use client_tests::*;
 
@@ -61,6 +63,46 @@ async fn v5_connect_trailing_byte_closed() {
     let b = Broker::start();
     let c = v5::Connect::new("trail").session_expiry(10);
     expect_v5_connect_closed(&b, &with_trailing_byte(c.encode())).await;
+}
+
+// §3.3.2.3.3: the Message Expiry Interval is "the lifetime of the Application Message in
+// seconds"; 0 is a valid value, not a Malformed Packet. Tern reads it as Mosquitto does: as
+// if absent (the message does not expire, and is forwarded without the property); a retained
+// message with it stays.
+#[tokio::test]
+async fn message_expiry_zero_accepted_as_no_expiry() {
+    let b = Broker::start();
+    let mut s = Raw::connected5(b.addr(), "mx0-s").await;
+    s.sub5("mx0/#", 1).await;
+    let mut p = Raw::connected5(b.addr(), "mx0-p").await;
+    let zero = Props::new().with(v5::MESSAGE_EXPIRY, 0).with_str(v5::CONTENT_TYPE, "text/plain");
+    assert_eq!(p.publish5_flow("mx0/t", 1, true, 1, &zero, b"zero").await, 0x00);
+    let m = s.recv_publish5().await;
+    assert_eq!(&m.payload[..], b"zero");
+    assert!(!m.props.has(v5::MESSAGE_EXPIRY), "{:?}", m.props);
+    assert_eq!(m.props.str(v5::CONTENT_TYPE), Some("text/plain"), "other properties kept");
+    s.send(&v5::puback(m.pid.unwrap())).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let mut late = Raw::connected5(b.addr(), "mx0-late").await;
+    late.sub5("mx0/#", 1).await;
+    let m = late.recv_publish5().await;
+    assert_eq!((&m.payload[..], m.retain), (&b"zero"[..], true), "retained, not expired");
+}
+
+// The same for a will's Message Expiry Interval (§3.1.3.2.4): CONNECT is accepted and the will
+// is published without it.
+#[tokio::test]
+async fn will_message_expiry_zero_accepted() {
+    let b = Broker::start();
+    let mut o = Raw::connected5(b.addr(), "wx0-o").await;
+    o.sub5("wx0/#", 0).await;
+    let c =
+        v5::Connect::new("wx0").will("wx0/will", b"gone", 0, false, Props::new().with(v5::MESSAGE_EXPIRY, 0));
+    let (w, _) = Raw::handshake5(b.addr(), &c).await;
+    drop(w);
+    let m = o.recv_publish5().await;
+    assert_eq!((m.topic.as_str(), &m.payload[..]), ("wx0/will", &b"gone"[..]));
+    assert!(!m.props.has(v5::MESSAGE_EXPIRY), "{:?}", m.props);
 }
 
 // [MQTT-3.3.4-4]: a message matching several subscriptions of one client that share a

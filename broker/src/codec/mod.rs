@@ -6,6 +6,8 @@
 //! - the first packet must be CONNECT, and its protocol name/level pick the decoder (an unknown
 //!   level is answered with CONNACK 0x01/0x84 by the caller, not a silent close) [MQTT-3.1.2-2];
 //! - the maximum packet size is checked from the fixed header, before the body is buffered;
+//! - a Message Expiry Interval of 0 (PUBLISH, will) is valid: read as no expiry, as Mosquitto
+//!   reads it, and taken out before the decoder, which refuses it, sees the frame;
 //! - CONNECT ends with its last field [MQTT-3.1.3-1], and its client identifier and user name
 //!   hold no U+0000 [MQTT-1.5.4-2];
 //! - reserved bits of SUBSCRIBE options must be zero in 3.1.1 [MQTT-3.8.3-4];
@@ -25,7 +27,7 @@ mod scan;
 mod v3;
 mod v5;
 
-use bytes::BytesMut;
+use bytes::{Buf, BufMut, BytesMut};
 use rmqtt_codec::error::{DecodeError, EncodeError};
 use tokio_util::codec::{Decoder, Encoder};
 
@@ -183,8 +185,19 @@ impl Codec {
                 v3::from_wire(packet)?
             }
             State::V5(inner) => {
-                scan::v5(header.first_byte, body)?;
-                let Some((packet, _)) = inner.decode(src).map_err(map_decode_error)? else { return Ok(None) };
+                // The decoder gets a copy without the property the scan says to drop.
+                let mut rewritten = match scan::v5(header.first_byte, body)? {
+                    Some(removal) => {
+                        let frame = removal.frame(header.first_byte, body);
+                        src.advance(header.total_len());
+                        Some(frame)
+                    }
+                    None => None,
+                };
+                let frame = rewritten.as_mut().unwrap_or(src);
+                let Some((packet, _)) = inner.decode(frame).map_err(map_decode_error)? else {
+                    return Ok(None);
+                };
                 v5::from_wire(packet)?
             }
             State::AwaitingConnect => unreachable!("state chosen above"),
@@ -256,6 +269,20 @@ impl Codec {
         }
         // A remaining length longer than four bytes [MQTT-1.5.5-1].
         Err(CodecError::Malformed(DecodeError::InvalidLength))
+    }
+}
+
+/// Appends `n` as a Variable Byte Integer (section 1.5.5), as Remaining Lengths and property
+/// lengths are written. `n` fits its four bytes: packets are within the maximum packet size.
+fn put_variable_length(dst: &mut impl BufMut, mut n: usize) {
+    loop {
+        let byte = (n % 128) as u8;
+        n /= 128;
+        if n == 0 {
+            dst.put_u8(byte);
+            return;
+        }
+        dst.put_u8(byte | 0x80);
     }
 }
 

@@ -1,14 +1,17 @@
 //! Checks on a whole frame before rmqtt-codec decodes it: rules of the packet format the
 //! decoder does not check, and MQTT 5 property rules it gets wrong. It reports every property
 //! fault as Malformed Packet, where the spec makes a repeated property or a Subscription
-//! Identifier of 0 a Protocol Error and a Topic Alias of 0 "Topic Alias invalid".
+//! Identifier of 0 a Protocol Error and a Topic Alias of 0 "Topic Alias invalid", and it refuses
+//! a Message Expiry Interval of 0, which is a valid value.
 //!
 //! A scan reads the body of one frame (everything after the fixed header) and allocates
-//! nothing. What it finds cut short is malformed, as the decoder would find it too.
+//! nothing; only a frame with a property to drop is copied. What a scan finds cut short is
+//! malformed, as the decoder would find it too.
 
+use bytes::{BufMut, BytesMut};
 use rmqtt_codec::error::DecodeError;
 
-use super::CodecError;
+use super::{put_variable_length, CodecError};
 
 /// Property identifiers (section 2.2.2.2) the scans look at or allow.
 const PAYLOAD_FORMAT_INDICATOR: u8 = 0x01;
@@ -68,29 +71,62 @@ const WILL_FLAG: u8 = 0b0000_0100;
 const PASSWORD_FLAG: u8 = 0b0100_0000;
 const USER_NAME_FLAG: u8 = 0b1000_0000;
 
+/// A property to take out of the frame before decoding: a Message Expiry Interval of 0, which
+/// the decoder refuses. Tern reads 0 as Mosquitto does, as if the property were absent (the
+/// message does not expire), so dropping it is the whole treatment. Offsets are in the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Removal {
+    /// Where the property block's length (a Variable Byte Integer) starts.
+    block_at: usize,
+    /// The property block's length, and where its properties start.
+    block_len: u32,
+    block_start: usize,
+    /// The property, identifier included.
+    at: usize,
+    len: usize,
+}
+
+impl Removal {
+    /// The frame of `body` without the property: its property block and the packet shrink by
+    /// the property's size.
+    pub(super) fn frame(&self, first_byte: u8, body: &[u8]) -> BytesMut {
+        let mut rest = Vec::with_capacity(body.len());
+        rest.extend_from_slice(&body[..self.block_at]);
+        // The property lies inside the block (the scan found it there): no underflow.
+        put_variable_length(&mut rest, self.block_len as usize - self.len);
+        rest.extend_from_slice(&body[self.block_start..self.at]);
+        rest.extend_from_slice(&body[self.at + self.len..]);
+        let mut frame = BytesMut::with_capacity(5 + rest.len());
+        frame.put_u8(first_byte);
+        put_variable_length(&mut frame, rest.len());
+        frame.extend_from_slice(&rest);
+        frame
+    }
+}
+
 /// MQTT 3.1/3.1.1 frames: CONNECT and SUBSCRIBE.
 pub(super) fn v3(first_byte: u8, body: &[u8]) -> Result<(), CodecError> {
     match first_byte {
-        super::CONNECT_HEADER => connect(body, false),
+        super::CONNECT_HEADER => connect(body, false).map(|_| ()),
         super::SUBSCRIBE_HEADER => subscribe_options_v3(body),
         _ => Ok(()),
     }
 }
 
-/// MQTT 5 frames: CONNECT, PUBLISH and SUBSCRIBE.
-pub(super) fn v5(first_byte: u8, body: &[u8]) -> Result<(), CodecError> {
+/// MQTT 5 frames: CONNECT, PUBLISH and SUBSCRIBE; `Some` names a property to drop.
+pub(super) fn v5(first_byte: u8, body: &[u8]) -> Result<Option<Removal>, CodecError> {
     match first_byte {
         super::CONNECT_HEADER => connect(body, true),
         0x30..=0x3F => publish(first_byte, body),
-        super::SUBSCRIBE_HEADER => subscribe(body),
-        _ => Ok(()),
+        super::SUBSCRIBE_HEADER => subscribe(body).map(|()| None),
+        _ => Ok(None),
     }
 }
 
 /// CONNECT (section 3.1), every field: bytes after the last one the flags announce make it
 /// malformed [MQTT-3.1.3-1] [MQTT-3.1.4-1], and so does U+0000 in the client identifier or user
 /// name ([MQTT-1.5.4-2]; [MQTT-1.5.3-2] in 3.1.1). MQTT 5: the CONNECT and will property rules.
-fn connect(body: &[u8], v5: bool) -> Result<(), CodecError> {
+fn connect(body: &[u8], v5: bool) -> Result<Option<Removal>, CodecError> {
     let mut r = Reader { body, at: 0 };
     r.field()?; // protocol name and level: checked before the codec was chosen
     r.u8()?;
@@ -102,9 +138,10 @@ fn connect(body: &[u8], v5: bool) -> Result<(), CodecError> {
     if r.field()?.contains(&0) {
         return Err(CodecError::MalformedField("client identifier contains U+0000 [MQTT-1.5.4-2]"));
     }
+    let mut removal = None;
     if flags & WILL_FLAG != 0 {
         if v5 {
-            properties(&mut r, WILL_PROPERTIES, |_| Ok(()))?;
+            removal = properties(&mut r, WILL_PROPERTIES, |_| Ok(()))?;
         }
         r.field()?; // will topic, checked after decoding
         r.field()?; // will payload
@@ -118,12 +155,12 @@ fn connect(body: &[u8], v5: bool) -> Result<(), CodecError> {
     if r.at != body.len() {
         return Err(CodecError::MalformedField("bytes after the last CONNECT field [MQTT-3.1.3-1]"));
     }
-    Ok(())
+    Ok(removal)
 }
 
 /// MQTT 5 PUBLISH (section 3.3.2): Topic Alias 0 is invalid [MQTT-3.3.2-8]; a client sends no
 /// Subscription Identifier [MQTT-3.3.4-6].
-fn publish(first_byte: u8, body: &[u8]) -> Result<(), CodecError> {
+fn publish(first_byte: u8, body: &[u8]) -> Result<Option<Removal>, CodecError> {
     let mut r = Reader { body, at: 0 };
     r.field()?; // topic name
     if first_byte & 0b0110 != 0 {
@@ -149,6 +186,7 @@ fn subscribe(body: &[u8]) -> Result<(), CodecError> {
         }
         _ => Ok(()),
     })
+    .map(|_| ())
 }
 
 /// Rejects 3.1.1 SUBSCRIBE option bytes with reserved bits set [MQTT-3.8.3-4]. Framing errors
@@ -178,19 +216,22 @@ struct Property {
 /// Reads the property block at `r` (section 2.2.2): every identifier must be one of `allowed`
 /// (else the packet is malformed) and none but User Property may appear twice ("It is a
 /// Protocol Error to include the same property twice", stated for each property in section
-/// 3). `check` sees each property.
+/// 3). `check` sees each property. Returns the Message Expiry Interval of 0 to drop, if any.
 fn properties(
     r: &mut Reader<'_>,
     allowed: &[u8],
     mut check: impl FnMut(&Property) -> Result<(), CodecError>,
-) -> Result<(), CodecError> {
+) -> Result<Option<Removal>, CodecError> {
+    let block_at = r.at;
     let block_len = r.variable_length()?;
     let block_start = r.at;
     let end = block_start.checked_add(block_len as usize).ok_or_else(truncated)?;
     let mut p = Reader { body: r.body.get(..end).ok_or_else(truncated)?, at: block_start };
     r.at = end;
     let mut seen = 0u64; // one bit per identifier: all are below 64
+    let mut removal = None;
     while p.at < end {
+        let at = p.at;
         let id = p.u8()?;
         if !allowed.contains(&id) {
             return Err(CodecError::Malformed(DecodeError::MalformedPacket));
@@ -220,9 +261,13 @@ fn properties(
                 0
             }
         };
-        check(&Property { id, value })?;
+        let property = Property { id, value };
+        check(&property)?;
+        if id == MESSAGE_EXPIRY_INTERVAL && value == 0 {
+            removal = Some(Removal { block_at, block_len, block_start, at, len: p.at - at });
+        }
     }
-    Ok(())
+    Ok(removal)
 }
 
 fn truncated() -> CodecError {

@@ -500,3 +500,37 @@ fn u0000_in_client_id_or_user_name_is_malformed() {
     let clean = b"\x10\x14\x00\x04MQTT\x04\x82\x00\x3c\x00\x03abc\x00\x03uvw";
     assert!(decode_all(clean).is_ok());
 }
+
+#[test]
+fn v5_message_expiry_zero_reads_as_no_expiry() {
+    // PUBLISH QoS 1 "t", id 1, Message Expiry Interval 0 and Content Type "c", payload "x".
+    let packets =
+        after_connect_5(b"\x32\x10\x00\x01t\x00\x01\x09\x02\x00\x00\x00\x00\x03\x00\x01cx").unwrap();
+    let Packet::Publish(p) = &packets[0] else { panic!("{packets:?}") };
+    assert_eq!((p.properties.message_expiry, p.properties.content_type.as_deref()), (None, Some("c")));
+    assert_eq!((p.packet_id.map(PacketId::get), &p.payload[..]), (Some(1), &b"x"[..]));
+    // Taking it out shortens a two-byte Remaining Length (130) to one byte (125).
+    let mut big = b"\x30\x82\x01\x00\x01t\x05\x02\x00\x00\x00\x00".to_vec();
+    big.extend([7; 121]);
+    let packets = after_connect_5(&big).unwrap();
+    let Packet::Publish(p) = &packets[0] else { panic!("{packets:?}") };
+    assert_eq!((p.properties.message_expiry, p.payload.len()), (None, 121));
+    // Any other value is kept.
+    let packets = after_connect_5(b"\x30\x0a\x00\x01t\x05\x02\x00\x00\x00\x05x").unwrap();
+    let Packet::Publish(p) = &packets[0] else { panic!("{packets:?}") };
+    assert_eq!(p.properties.message_expiry, Some(5));
+}
+
+#[test]
+fn v5_will_message_expiry_zero_reads_as_no_expiry() {
+    // Client id "w", will "t"/"x" with Message Expiry Interval 0.
+    let connect =
+        b"\x10\x1a\x00\x04MQTT\x05\x06\x00\x3c\x00\x00\x01w\x05\x02\x00\x00\x00\x00\x00\x01t\x00\x01x";
+    let packets = decode_all(connect).unwrap();
+    let Packet::Connect(c) = &packets[0] else { panic!("{packets:?}") };
+    let will = c.will.as_ref().expect("will");
+    assert_eq!(
+        (will.topic.as_ref(), &will.payload[..], will.properties.message_expiry),
+        ("t", &b"x"[..], None)
+    );
+}

@@ -132,16 +132,7 @@ fn encode_publish(
     let remaining = 2 + topic.len() + id_len + payload.len();
     dst.reserve(5 + remaining);
     dst.put_u8(0x30 | u8::from(dup) << 3 | (qos as u8) << 1 | u8::from(retain));
-    let mut left = remaining;
-    loop {
-        let byte = (left % 128) as u8;
-        left /= 128;
-        if left == 0 {
-            dst.put_u8(byte);
-            break;
-        }
-        dst.put_u8(byte | 0x80);
-    }
+    super::put_variable_length(dst, remaining);
     dst.put_u16(topic.len() as u16);
     dst.put_slice(topic.as_bytes());
     if let Some(id) = packet_id {
