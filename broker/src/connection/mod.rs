@@ -125,6 +125,9 @@ pub enum ProtocolError {
     Codec(#[from] CodecError),
     #[error("invalid topic: {0}")]
     Topic(#[from] TopicError),
+    /// An empty or badly formed filter in SUBSCRIBE or UNSUBSCRIBE: a Malformed Packet.
+    #[error("malformed topic filter: {0}")]
+    MalformedFilter(TopicError),
     #[error("second CONNECT on one connection [MQTT-3.1.0-2]")]
     SecondConnect,
     #[error("more unacknowledged QoS 2 PUBLISH than receive_maximum [MQTT-3.3.4-7]")]
@@ -156,6 +159,7 @@ impl ProtocolError {
         match self {
             ProtocolError::Codec(e) => e.reason_code(),
             ProtocolError::Topic(_) => ReasonCode::TOPIC_NAME_INVALID,
+            ProtocolError::MalformedFilter(_) => ReasonCode::MALFORMED_PACKET,
             ProtocolError::ReceiveMaximumExceeded => ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
             ProtocolError::RetainNotSupported => ReasonCode::RETAIN_NOT_SUPPORTED,
             ProtocolError::QosNotSupported => ReasonCode::QOS_NOT_SUPPORTED,
