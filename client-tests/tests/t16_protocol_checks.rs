@@ -105,6 +105,36 @@ async fn will_message_expiry_zero_accepted() {
     assert!(!m.props.has(v5::MESSAGE_EXPIRY), "{:?}", m.props);
 }
 
+// MQTT 3.1 (section 3.2 of its spec): CONNACK's first byte is reserved, so it carries no
+// session-present flag even when the session is resumed (it is: the queued message arrives).
+#[tokio::test]
+async fn mqtt31_connack_has_no_session_present_flag() {
+    let b = Broker::start();
+    let c = pkt::Connect::new("p31").mqisdp().clean(false);
+    let mut r = Raw::connect(b.addr()).await;
+    r.send(&c.encode()).await;
+    assert_eq!(r.recv().await.bytes(), vec![0x20, 0x02, 0x00, 0x00]);
+    assert_eq!(r.subscribe(1, &[("p31/t", 1)]).await, vec![1]);
+    r.disconnect().await;
+    let mut p = Raw::connected(b.addr(), "p31-pub", true).await;
+    p.publish_flow("p31/t", 1, false, 1, b"queued").await;
+    let mut r = Raw::connect(b.addr()).await;
+    r.send(&c.encode()).await;
+    assert_eq!(r.recv().await.bytes(), vec![0x20, 0x02, 0x00, 0x00], "byte 1 reserved in 3.1");
+    assert_eq!(r.recv_publish().await.payload, b"queued", "the session was resumed");
+}
+
+// MQTT 3.1: a client identifier is 1 to 23 characters; an empty one is refused with CONNACK
+// return code 2 (identifier rejected), then the connection is closed.
+#[tokio::test]
+async fn mqtt31_empty_client_id_rejected() {
+    let b = Broker::start();
+    let mut r = Raw::connect(b.addr()).await;
+    r.send(&pkt::Connect::new("").mqisdp().encode()).await;
+    assert_eq!(r.recv().await.bytes(), vec![0x20, 0x02, 0x00, 0x02]);
+    r.expect_closed(WAIT).await;
+}
+
 // [MQTT-3.3.4-4]: a message matching several subscriptions of one client that share a
 // Subscription Identifier (one SUBSCRIBE for "dd/#" and "dd/+") carries that identifier once.
 #[tokio::test]

@@ -51,8 +51,8 @@ pub enum CodecError {
     /// A known protocol name with a level Tern does not speak [MQTT-3.1.2-2].
     #[error("unacceptable protocol level {0} [MQTT-3.1.2-2]")]
     UnacceptableProtocolLevel(u8),
-    /// Empty client identifier with clean session 0 in 3.1.1 [MQTT-3.1.3-8].
-    #[error("empty client identifier requires clean session [MQTT-3.1.3-8]")]
+    /// Empty client identifier: with clean session 0 in 3.1.1 [MQTT-3.1.3-8], always in 3.1.
+    #[error("empty client identifier refused (3.1.1: without clean session [MQTT-3.1.3-8]; 3.1)")]
     IdentifierRejected,
     /// The fixed header announced more than the configured maximum.
     #[error("packet of {size} bytes exceeds max_packet_size {max}")]

@@ -72,6 +72,11 @@ fn empty_client_id_needs_clean_session() {
         Err(CodecError::IdentifierRejected)
     ));
     assert!(decode_all(b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x3c\x00\x00").is_ok());
+    // MQTT 3.1: not even with clean session.
+    assert!(matches!(
+        decode_all(b"\x10\x0e\x00\x06MQIsdp\x03\x02\x00\x3c\x00\x00"),
+        Err(CodecError::IdentifierRejected)
+    ));
 }
 
 #[test]

@@ -18,6 +18,12 @@ pub(super) fn from_wire(packet: v3::Packet) -> Result<Packet, CodecError> {
     Ok(match packet {
         v3::Packet::Connect(c) => {
             let version = if c.protocol.level() == 3 { ProtocolVersion::V31 } else { ProtocolVersion::V311 };
+            // MQTT 3.1 has no assigned identifiers: its client identifier is 1 to 23
+            // characters, and return code 2 refuses one that is not. Only the empty one is
+            // refused here; longer ones are accepted, as Mosquitto accepts them.
+            if version == ProtocolVersion::V31 && c.client_id.is_empty() {
+                return Err(CodecError::IdentifierRejected);
+            }
             Packet::Connect(Box::new(Connect {
                 version,
                 clean_start: c.clean_session,

@@ -10,7 +10,7 @@ use tracing::{info, warn};
 use super::{offline, AuthState, Connection};
 use crate::auth::{AuthStep, Proof};
 use crate::codec::CodecError;
-use crate::packet::{Auth, ConnAck, Connect, Packet, QoS, ReasonCode, Will};
+use crate::packet::{Auth, ConnAck, Connect, Packet, ProtocolVersion, QoS, ReasonCode, Will};
 use crate::router::topic;
 use crate::session::registry::{control_slot, ControlReceiver, OwnerId};
 use crate::session::{ClientId, Session};
@@ -175,8 +175,8 @@ impl Connection {
             }
         }
         let keep_alive = self.negotiate_keep_alive(&connect)?;
-        // An empty id gets one assigned: 3.1.1 only with clean session (the decoder refused the
-        // rest), MQTT 5 always, reported in CONNACK [MQTT-3.1.3-6], [MQTT-3.2.2-16].
+        // An empty id gets one assigned: 3.1.1 only with clean session, never 3.1 (the codec
+        // refused the rest), MQTT 5 always, reported in CONNACK [MQTT-3.1.3-6], [MQTT-3.2.2-16].
         let assigned = connect.client_id.is_empty().then(|| ByteString::from(self.broker.assign_client_id()));
         // Copied out of the CONNECT's buffer (as is the user name below), which kept for the
         // connection's life would also keep its password and will in memory.
@@ -248,8 +248,9 @@ impl Connection {
             }
         }
         self.codec.set_client_limits(connect.max_packet_size, connect.topic_alias_maximum);
-        // [MQTT-3.2.2-1..3]: session present only when resuming.
-        let mut connack = self.connack_properties(session_present);
+        // [MQTT-3.2.2-1..3]: session present only when resuming. MQTT 3.1's CONNACK has no such
+        // flag (the byte is reserved, 0), though its sessions resume all the same.
+        let mut connack = self.connack_properties(session_present && connect.version != ProtocolVersion::V31);
         connack.assigned_client_id = assigned;
         connack.server_keep_alive = keep_alive.server_keep_alive;
         connack.auth_method = connect.auth_method.clone();
