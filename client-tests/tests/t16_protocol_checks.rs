@@ -105,6 +105,26 @@ async fn will_message_expiry_zero_accepted() {
     assert!(!m.props.has(v5::MESSAGE_EXPIRY), "{:?}", m.props);
 }
 
+// [MQTT-3.1.2-24]: the server must not send a packet larger than the client's Maximum Packet
+// Size, and a CONNACK cannot be left out: the connection is closed without one. It is refused
+// before it claims the client id, so a connected client with that id is not taken over.
+#[tokio::test]
+async fn connack_larger_than_client_maximum_packet_size_closes() {
+    let b = Broker::start();
+    let mut first = Raw::connected5(b.addr(), "mps").await;
+    let tiny = v5::Connect::new("mps").prop(v5::MAXIMUM_PACKET_SIZE, 8);
+    let mut r = Raw::connect(b.addr()).await;
+    r.send(&tiny.encode()).await;
+    r.expect_closed(WAIT).await;
+    first.expect_nothing(QUIET).await;
+    first.sub5("mps/t", 0).await;
+    // A limit the CONNACK fits in is fine.
+    let (r, ack) =
+        Raw::handshake5(b.addr(), &v5::Connect::new("mps-ok").prop(v5::MAXIMUM_PACKET_SIZE, 64)).await;
+    assert_eq!(ack.reason, 0);
+    r.disconnect5().await;
+}
+
 // MQTT 3.1 (section 3.2 of its spec): CONNACK's first byte is reserved, so it carries no
 // session-present flag even when the session is resumed (it is: the queued message arrives).
 #[tokio::test]

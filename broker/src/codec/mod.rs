@@ -31,7 +31,7 @@ use bytes::{Buf, BufMut, BytesMut};
 use rmqtt_codec::error::{DecodeError, EncodeError};
 use tokio_util::codec::{Decoder, Encoder};
 
-use crate::packet::{Packet, ProtocolVersion, ReasonCode};
+use crate::packet::{ConnAck, Packet, ProtocolVersion, ReasonCode};
 use alias::{InboundAliases, OutboundAliases};
 
 const CONNECT_HEADER: u8 = 0x10;
@@ -151,6 +151,16 @@ impl Codec {
     pub fn set_client_limits(&mut self, max_packet_size: Option<u32>, topic_alias_maximum: u16) {
         self.client_max_packet_size = max_packet_size.unwrap_or(0);
         self.outbound_aliases = OutboundAliases::new(topic_alias_maximum);
+    }
+
+    /// True when `connack` is within the client's Maximum Packet Size [MQTT-3.1.2-24]; checked
+    /// before the session is claimed, as a CONNACK cannot be left out the way a PUBLISH can.
+    pub fn fits_client(&mut self, connack: &ConnAck) -> bool {
+        let mut scratch = BytesMut::new();
+        !matches!(
+            self.encode(Packet::ConnAck(Box::new(connack.clone())), &mut scratch),
+            Ok(Encoded::TooLargeForClient)
+        )
     }
 
     /// Decodes the next packet from `src`, or `Ok(None)` when more bytes are needed.

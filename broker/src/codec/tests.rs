@@ -539,3 +539,21 @@ fn v5_will_message_expiry_zero_reads_as_no_expiry() {
         ("t", &b"x"[..], None)
     );
 }
+
+#[test]
+fn v5_connack_is_checked_against_the_clients_maximum_packet_size() {
+    // [MQTT-3.1.2-24]
+    let mut codec = Codec::new(1024, 4);
+    codec.decode(&mut BytesMut::from(CONNECT_5)).unwrap();
+    let connack = ConnAck {
+        maximum_packet_size: Some(1024),
+        topic_alias_maximum: 4,
+        ..ConnAck::refuse(ReasonCode::SUCCESS)
+    };
+    codec.set_client_limits(Some(8), 0);
+    assert!(!codec.fits_client(&connack));
+    codec.set_client_limits(Some(16), 0);
+    assert!(codec.fits_client(&connack), "13 bytes");
+    codec.set_client_limits(None, 0);
+    assert!(codec.fits_client(&connack));
+}

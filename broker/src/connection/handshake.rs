@@ -218,6 +218,22 @@ impl Connection {
             }
         }
 
+        // The CONNACK but for its session-present flag, which the claim below decides. A client
+        // whose Maximum Packet Size it exceeds can be sent nothing [MQTT-3.1.2-24]: it is closed
+        // now, before its claim could take the session from a connected client with its id.
+        self.codec.set_client_limits(connect.max_packet_size, connect.topic_alias_maximum);
+        let mut connack = self.connack_properties();
+        connack.assigned_client_id = assigned;
+        connack.server_keep_alive = keep_alive.server_keep_alive;
+        connack.auth_method = connect.auth_method.clone();
+        connack.auth_data = auth_data;
+        if !self.codec.fits_client(&connack) {
+            let max = connect.max_packet_size.unwrap_or(0);
+            return Err(Refusal::Close(format!(
+                "CONNACK larger than the client's Maximum Packet Size {max} [MQTT-3.1.2-24]"
+            )));
+        }
+
         let owner = self.broker.router.registry.new_owner_id();
         let (control_tx, control) = control_slot();
         let previous = self.broker.router.registry.claim(&client_id, owner, control_tx).await;
@@ -247,14 +263,9 @@ impl Connection {
                 ));
             }
         }
-        self.codec.set_client_limits(connect.max_packet_size, connect.topic_alias_maximum);
         // [MQTT-3.2.2-1..3]: session present only when resuming. MQTT 3.1's CONNACK has no such
         // flag (the byte is reserved, 0), though its sessions resume all the same.
-        let mut connack = self.connack_properties(session_present && connect.version != ProtocolVersion::V31);
-        connack.assigned_client_id = assigned;
-        connack.server_keep_alive = keep_alive.server_keep_alive;
-        connack.auth_method = connect.auth_method.clone();
-        connack.auth_data = auth_data;
+        connack.session_present = session_present && connect.version != ProtocolVersion::V31;
         self.out.push(Packet::ConnAck(Box::new(connack)));
         info!(
             version = %connect.version,
@@ -280,11 +291,10 @@ impl Connection {
 
     /// The CONNACK of an accepted connection: what this broker supports and enforces, all
     /// from config [MQTT-3.2.2].
-    fn connack_properties(&self, session_present: bool) -> ConnAck {
+    fn connack_properties(&self) -> ConnAck {
         let mqtt = &self.broker.config.mqtt;
         let maximum_qos = self.broker.config.maximum_qos();
         ConnAck {
-            session_present,
             reason: ReasonCode::SUCCESS,
             receive_maximum: Some(mqtt.receive_maximum),
             maximum_qos: (maximum_qos < QoS::ExactlyOnce).then_some(maximum_qos),
