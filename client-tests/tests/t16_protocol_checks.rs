@@ -170,3 +170,75 @@ async fn identifier_of_overlapping_subscriptions_carried_once() {
     assert_eq!(m.props.sub_ids(), vec![5]);
     s.expect_nothing(QUIET).await;
 }
+
+async fn will_watcher(b: &Broker, filter: &str) -> Raw {
+    let mut w = Raw::connected(b.addr(), &unique("watcher"), true).await;
+    assert_eq!(w.subscribe(1, &[(filter, 0)]).await, vec![0]);
+    w
+}
+
+// Takeover of a persistent session by a connection that resumes it (3.1.1, clean session 0
+// both times): the will is not published. The client is back, and its new connection was
+// made before the old one closed, so before any will delay, even 0, had passed
+// [MQTT-3.1.3-9]; the session goes on. Mosquitto does the same.
+#[tokio::test]
+async fn will_not_published_when_persistent_session_taken_over() {
+    let b = Broker::start();
+    let mut w = will_watcher(&b, "tw/#").await;
+    let c = pkt::Connect::new("tw").clean(false);
+    let (mut old, _) = Raw::handshake(b.addr(), &c.clone().will("tw/will", b"old", 0, false)).await;
+    let (new, present) = Raw::handshake(b.addr(), &c).await;
+    assert!(present);
+    old.expect_closed(WAIT).await;
+    w.expect_nothing(Duration::from_millis(1000)).await;
+    new.disconnect().await;
+}
+
+// MQTT 5, Session Expiry > 0 and no Will Delay: a resuming takeover (Clean Start 0) sends the
+// old connection DISCONNECT 0x8E and does not publish its will.
+#[tokio::test]
+async fn v5_will_not_published_when_session_resumed_by_takeover() {
+    let b = Broker::start();
+    let mut w = will_watcher(&b, "tw5/#").await;
+    let c = v5::Connect::new("tw5").clean(false).session_expiry(60);
+    let (mut old, _) =
+        Raw::handshake5(b.addr(), &c.clone().will("tw5/will", b"old", 0, false, Props::new())).await;
+    let (new, ack) = Raw::handshake5(b.addr(), &c).await;
+    assert!(ack.session_present);
+    old.expect_disconnect_reason(0x8E, "session taken over").await;
+    w.expect_nothing(Duration::from_millis(1000)).await;
+    new.disconnect5().await;
+}
+
+// A takeover with Clean Start 1 ends the old session, and the will goes when the session ends
+// [MQTT-3.1.2-8], whatever its delay (here 30 s).
+#[tokio::test]
+async fn v5_will_published_when_clean_start_takeover_ends_the_session() {
+    let b = Broker::start();
+    let mut w = will_watcher(&b, "tc5/#").await;
+    let c = v5::Connect::new("tc5").clean(false).session_expiry(60);
+    let delayed = Props::new().with(v5::WILL_DELAY, 30);
+    let (mut old, _) =
+        Raw::handshake5(b.addr(), &c.clone().will("tc5/will", b"old", 0, false, delayed)).await;
+    let (new, ack) = Raw::handshake5(b.addr(), &c.clean(true)).await;
+    assert!(!ack.session_present);
+    old.expect_disconnect_reason(0x8E, "session taken over").await;
+    assert_eq!(w.recv_publish().await.payload, b"old");
+    new.disconnect5().await;
+}
+
+// The same when the session was offline with its will waiting for the delay: a Clean Start
+// connection ends the session, so the will goes at once instead of being cancelled.
+#[tokio::test]
+async fn v5_pending_will_published_when_clean_start_ends_the_offline_session() {
+    let b = Broker::start();
+    let mut w = will_watcher(&b, "to5/#").await;
+    let c = v5::Connect::new("to5").clean(false).session_expiry(60);
+    let delayed = Props::new().with(v5::WILL_DELAY, 30);
+    let (old, _) = Raw::handshake5(b.addr(), &c.clone().will("to5/will", b"old", 0, false, delayed)).await;
+    drop(old);
+    w.expect_nothing(QUIET).await;
+    let (new, _) = Raw::handshake5(b.addr(), &c.clean(true)).await;
+    assert_eq!(w.recv_publish().await.payload, b"old");
+    new.disconnect5().await;
+}

@@ -236,11 +236,12 @@ impl Connection {
 
         let owner = self.broker.router.registry.new_owner_id();
         let (control_tx, control) = control_slot();
-        let previous = self.broker.router.registry.claim(&client_id, owner, control_tx).await;
+        let resumes = !connect.clean_start;
+        let previous = self.broker.router.registry.claim(&client_id, owner, control_tx, resumes).await;
         let limits = config.session_limits();
         let (mut session, session_present) = match previous {
             // Resume: same subscriptions, queue and in-flight state [MQTT-3.1.2-4].
-            Some(previous) if !connect.clean_start => (previous, true),
+            Some(previous) if resumes => (previous, true),
             // Clean start: whatever was kept ends now [MQTT-3.1.2-6].
             Some(previous) => {
                 offline::discard(&self.broker, previous).await;
