@@ -74,7 +74,7 @@ const USER_NAME_FLAG: u8 = 0b1000_0000;
 /// A property to take out of the frame before decoding: a Message Expiry Interval of 0, which
 /// the decoder refuses. Tern reads 0 as Mosquitto does, as if the property were absent (the
 /// message does not expire), so dropping it is the whole treatment. Offsets are in the body.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub(super) struct Removal {
     /// Where the property block's length (a Variable Byte Integer) starts.
     block_at: usize,
