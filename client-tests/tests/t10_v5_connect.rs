@@ -341,7 +341,6 @@ async fn subscription_identifier_from_client_0x82() {
 // §3.3.2.3.2: "It is a Protocol Error to include the Payload Format Indicator more than once"
 // → DISCONNECT 0x82.
 #[tokio::test]
-#[ignore = "rmqtt-codec reports this as Malformed Packet (0x81) before Tern sees it; needs a property pre-scan in codec/ (noted on the MQTT 5 issue)"]
 async fn duplicate_publish_property_0x82() {
     let b = Broker::start();
     let mut r = Raw::connected5(b.addr(), "pe2").await;

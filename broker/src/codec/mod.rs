@@ -6,7 +6,14 @@
 //! - the first packet must be CONNECT, and its protocol name/level pick the decoder (an unknown
 //!   level is answered with CONNACK 0x01/0x84 by the caller, not a silent close) [MQTT-3.1.2-2];
 //! - the maximum packet size is checked from the fixed header, before the body is buffered;
+//! - a Message Expiry Interval of 0 (PUBLISH, will) is valid: read as no expiry, as Mosquitto
+//!   reads it, and taken out before the decoder, which refuses it, sees the frame;
+//! - CONNECT ends with its last field [MQTT-3.1.3-1], and its client identifier and user name
+//!   hold no U+0000 [MQTT-1.5.4-2];
 //! - reserved bits of SUBSCRIBE options must be zero in 3.1.1 [MQTT-3.8.3-4];
+//! - MQTT 5 properties: a repeated property and a Subscription Identifier of 0 are Protocol
+//!   Errors, a Topic Alias of 0 is "Topic Alias invalid" (the decoder would call each of them
+//!   malformed); a client PUBLISH carries no Subscription Identifier [MQTT-3.3.4-6];
 //! - PINGREQ (and 3.1.1 DISCONNECT) have remaining length 0;
 //! - DUP must be 0 on a QoS 0 PUBLISH [MQTT-3.3.1-2];
 //! - MQTT 5 topic aliases, both ways: inbound aliases are resolved here, so the broker only
@@ -16,14 +23,15 @@
 //! One `Codec` per connection: the decoder and the alias tables are per-connection state.
 
 mod alias;
+mod scan;
 mod v3;
 mod v5;
 
-use bytes::BytesMut;
+use bytes::{Buf, BufMut, BytesMut};
 use rmqtt_codec::error::{DecodeError, EncodeError};
 use tokio_util::codec::{Decoder, Encoder};
 
-use crate::packet::{Packet, ProtocolVersion, ReasonCode};
+use crate::packet::{ConnAck, Packet, ProtocolVersion, ReasonCode};
 use alias::{InboundAliases, OutboundAliases};
 
 const CONNECT_HEADER: u8 = 0x10;
@@ -43,8 +51,8 @@ pub enum CodecError {
     /// A known protocol name with a level Tern does not speak [MQTT-3.1.2-2].
     #[error("unacceptable protocol level {0} [MQTT-3.1.2-2]")]
     UnacceptableProtocolLevel(u8),
-    /// Empty client identifier with clean session 0 in 3.1.1 [MQTT-3.1.3-8].
-    #[error("empty client identifier requires clean session [MQTT-3.1.3-8]")]
+    /// Empty client identifier: with clean session 0 in 3.1.1 [MQTT-3.1.3-8], always in 3.1.
+    #[error("empty client identifier refused (3.1.1: without clean session [MQTT-3.1.3-8]; 3.1)")]
     IdentifierRejected,
     /// The fixed header announced more than the configured maximum.
     #[error("packet of {size} bytes exceeds max_packet_size {max}")]
@@ -52,12 +60,19 @@ pub enum CodecError {
     /// The bytes do not form a valid packet.
     #[error("malformed packet: {0}")]
     Malformed(DecodeError),
+    /// A field breaks a rule of the packet format that the decoder does not check.
+    #[error("malformed packet: {0}")]
+    MalformedField(&'static str),
     /// A well-formed packet that breaks a rule the decoder does not check.
     #[error("protocol violation: {0}")]
     Violation(&'static str),
     /// A topic alias of 0, above our maximum, or unknown [MQTT-3.3.2-8], [MQTT-3.3.2-9].
     #[error("invalid topic alias {0} [MQTT-3.3.2-9]")]
     TopicAliasInvalid(u16),
+    /// An MQTT 5 property other than User Property included twice: a Protocol Error, as the
+    /// description of each property says (section 3).
+    #[error("property {0:#04x} included more than once")]
+    DuplicateProperty(u8),
     /// The outbound packet could not be encoded (a broker bug, never peer input).
     #[error("encode failed: {0}")]
     Encode(#[from] EncodeError),
@@ -67,15 +82,16 @@ impl CodecError {
     /// The MQTT 5 reason code for a DISCONNECT (or CONNACK) reporting this error.
     pub fn reason_code(&self) -> ReasonCode {
         match self {
-            CodecError::Malformed(_) => ReasonCode::MALFORMED_PACKET,
+            CodecError::Malformed(_) | CodecError::MalformedField(_) => ReasonCode::MALFORMED_PACKET,
             CodecError::PacketTooLarge { .. } => ReasonCode::PACKET_TOO_LARGE,
             CodecError::TopicAliasInvalid(_) => ReasonCode::TOPIC_ALIAS_INVALID,
             CodecError::UnacceptableProtocolLevel(_) => ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
             CodecError::IdentifierRejected => ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
             CodecError::Encode(_) => ReasonCode::IMPLEMENTATION_SPECIFIC_ERROR,
-            CodecError::ExpectedConnect | CodecError::UnknownProtocolName | CodecError::Violation(_) => {
-                ReasonCode::PROTOCOL_ERROR
-            }
+            CodecError::ExpectedConnect
+            | CodecError::UnknownProtocolName
+            | CodecError::Violation(_)
+            | CodecError::DuplicateProperty(_) => ReasonCode::PROTOCOL_ERROR,
         }
     }
 }
@@ -137,6 +153,16 @@ impl Codec {
         self.outbound_aliases = OutboundAliases::new(topic_alias_maximum);
     }
 
+    /// True when `connack` is within the client's Maximum Packet Size [MQTT-3.1.2-24]; checked
+    /// before the session is claimed, as a CONNACK cannot be left out the way a PUBLISH can.
+    pub fn fits_client(&mut self, connack: &ConnAck) -> bool {
+        let mut scratch = BytesMut::new();
+        !matches!(
+            self.encode(Packet::ConnAck(Box::new(connack.clone())), &mut scratch),
+            Ok(Encoded::TooLargeForClient)
+        )
+    }
+
     /// Decodes the next packet from `src`, or `Ok(None)` when more bytes are needed.
     pub fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Packet>, CodecError> {
         let Some(header) = self.peek_header(src)? else { return Ok(None) };
@@ -158,11 +184,10 @@ impl Codec {
                 _ => State::V3(rmqtt_codec::v3::Codec::new(self.max_packet_size)),
             };
         }
+        let body = &src[header.header_len..header.total_len()];
         let packet = match &mut self.state {
             State::V3(inner) => {
-                if header.first_byte == SUBSCRIBE_HEADER {
-                    check_subscribe_options(&src[header.header_len..header.total_len()])?;
-                }
+                scan::v3(header.first_byte, body)?;
                 let Some((packet, _)) = inner.decode(src).map_err(map_decode_error)? else { return Ok(None) };
                 if header.first_byte == DISCONNECT_HEADER && header.remaining != 0 {
                     return Err(CodecError::Violation("DISCONNECT with a non-zero remaining length"));
@@ -170,7 +195,19 @@ impl Codec {
                 v3::from_wire(packet)?
             }
             State::V5(inner) => {
-                let Some((packet, _)) = inner.decode(src).map_err(map_decode_error)? else { return Ok(None) };
+                // The decoder gets a copy without the property the scan says to drop.
+                let mut rewritten = match scan::v5(header.first_byte, body)? {
+                    Some(removal) => {
+                        let frame = removal.frame(header.first_byte, body);
+                        src.advance(header.total_len());
+                        Some(frame)
+                    }
+                    None => None,
+                };
+                let frame = rewritten.as_mut().unwrap_or(src);
+                let Some((packet, _)) = inner.decode(frame).map_err(map_decode_error)? else {
+                    return Ok(None);
+                };
                 v5::from_wire(packet)?
             }
             State::AwaitingConnect => unreachable!("state chosen above"),
@@ -182,11 +219,6 @@ impl Codec {
             Packet::Publish(mut publish) => {
                 if publish.dup && publish.qos == crate::packet::QoS::AtMostOnce {
                     return Err(CodecError::Violation("DUP set on a QoS 0 PUBLISH [MQTT-3.3.1-2]"));
-                }
-                if !publish.properties.subscription_ids.is_empty() {
-                    return Err(CodecError::Violation(
-                        "Subscription Identifier in a client PUBLISH [MQTT-3.3.4-6]",
-                    ));
                 }
                 self.inbound_aliases.resolve(&mut publish)?;
                 Ok(Some(Packet::Publish(publish)))
@@ -256,6 +288,20 @@ impl Codec {
     }
 }
 
+/// Appends `n` as a Variable Byte Integer (section 1.5.5), as Remaining Lengths and property
+/// lengths are written. `n` fits its four bytes: packets are within the maximum packet size.
+fn put_variable_length(dst: &mut impl BufMut, mut n: usize) {
+    loop {
+        let byte = (n % 128) as u8;
+        n /= 128;
+        if n == 0 {
+            dst.put_u8(byte);
+            return;
+        }
+        dst.put_u8(byte | 0x80);
+    }
+}
+
 fn map_decode_error(e: DecodeError) -> CodecError {
     match e {
         DecodeError::InvalidClientId => CodecError::IdentifierRejected,
@@ -285,23 +331,6 @@ fn check_protocol(body: &[u8]) -> Result<ProtocolVersion, CodecError> {
         return Err(CodecError::Violation("password flag set without user name flag [MQTT-3.1.2-22]"));
     }
     Ok(version)
-}
-
-/// Rejects 3.1.1 SUBSCRIBE option bytes with reserved bits set [MQTT-3.8.3-4]. Framing errors
-/// are left to the decoder, which reports them as malformed.
-fn check_subscribe_options(body: &[u8]) -> Result<(), CodecError> {
-    let mut at = 2; // packet identifier
-    while let Some(len) = body.get(at..at + 2) {
-        let option_at = at + 2 + usize::from(u16::from_be_bytes([len[0], len[1]]));
-        match body.get(option_at) {
-            Some(options) if options & 0b1111_1100 != 0 => {
-                return Err(CodecError::Violation("reserved bits set in SUBSCRIBE options [MQTT-3.8.3-4]"))
-            }
-            Some(_) => at = option_at + 1,
-            None => break,
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -72,6 +72,11 @@ fn empty_client_id_needs_clean_session() {
         Err(CodecError::IdentifierRejected)
     ));
     assert!(decode_all(b"\x10\x0c\x00\x04MQTT\x04\x02\x00\x3c\x00\x00").is_ok());
+    // MQTT 3.1: not even with clean session.
+    assert!(matches!(
+        decode_all(b"\x10\x0e\x00\x06MQIsdp\x03\x02\x00\x3c\x00\x00"),
+        Err(CodecError::IdentifierRejected)
+    ));
 }
 
 #[test]
@@ -464,4 +469,105 @@ fn any_cutting_of_the_stream_decodes_to_the_same_packets() {
             assert_eq!(decode_chunked(&packets, &cuts), whole, "cuts {cuts:?}");
         }
     }
+}
+
+#[test]
+fn v5_property_faults_get_the_spec_reason_codes() {
+    // Payload Format Indicator twice: "It is a Protocol Error to include the Payload Format
+    // Indicator more than once" (section 3.3.2.3.2).
+    let err = after_connect_5(b"\x30\x08\x00\x01t\x04\x01\x01\x01\x01").unwrap_err();
+    assert!(matches!(err, CodecError::DuplicateProperty(0x01)), "{err:?}");
+    assert_eq!(err.reason_code(), ReasonCode::PROTOCOL_ERROR);
+    // User Property may repeat.
+    assert_eq!(
+        after_connect_5(b"\x30\x10\x00\x01t\x0c\x26\x00\x01k\x00\x00\x26\x00\x01k\x00\x00").unwrap().len(),
+        1
+    );
+    // Topic Alias 0 [MQTT-3.3.2-8].
+    let err = after_connect_5(b"\x30\x07\x00\x01t\x03\x23\x00\x00").unwrap_err();
+    assert!(matches!(err, CodecError::TopicAliasInvalid(0)), "{err:?}");
+    assert_eq!(err.reason_code(), ReasonCode::TOPIC_ALIAS_INVALID);
+    // Subscription Identifier 0 in SUBSCRIBE (section 3.8.2.1.2), and twice.
+    let err = after_connect_5(b"\x82\x09\x00\x01\x02\x0b\x00\x00\x01a\x00").unwrap_err();
+    assert!(matches!(err, CodecError::Violation(_)), "{err:?}");
+    assert_eq!(err.reason_code(), ReasonCode::PROTOCOL_ERROR);
+    let err = after_connect_5(b"\x82\x0b\x00\x01\x04\x0b\x01\x0b\x02\x00\x01a\x00").unwrap_err();
+    assert!(matches!(err, CodecError::DuplicateProperty(0x0b)), "{err:?}");
+    // A property SUBSCRIBE cannot carry stays malformed.
+    let err = after_connect_5(b"\x82\x09\x00\x01\x02\x01\x01\x00\x01a\x00").unwrap_err();
+    assert!(matches!(err, CodecError::Malformed(_)), "{err:?}");
+}
+
+#[test]
+fn connect_ends_with_its_last_field() {
+    // [MQTT-3.1.3-1]: one byte after the client identifier.
+    let trailing = b"\x10\x10\x00\x04MQTT\x04\x02\x00\x3c\x00\x03abc\x00";
+    assert!(matches!(decode_all(trailing), Err(CodecError::MalformedField(_))));
+    let mut v5 = CONNECT_5.to_vec();
+    v5[1] += 1;
+    v5.push(0);
+    assert!(matches!(decode_all(&v5), Err(CodecError::MalformedField(_))));
+}
+
+#[test]
+fn u0000_in_client_id_or_user_name_is_malformed() {
+    // [MQTT-1.5.3-2], [MQTT-1.5.4-2]
+    let client_id = b"\x10\x0f\x00\x04MQTT\x04\x02\x00\x3c\x00\x03a\x00c";
+    assert!(matches!(decode_all(client_id), Err(CodecError::MalformedField(_))));
+    let user_name = b"\x10\x14\x00\x04MQTT\x04\x82\x00\x3c\x00\x03abc\x00\x03u\x00v";
+    assert!(matches!(decode_all(user_name), Err(CodecError::MalformedField(_))));
+    let clean = b"\x10\x14\x00\x04MQTT\x04\x82\x00\x3c\x00\x03abc\x00\x03uvw";
+    assert!(decode_all(clean).is_ok());
+}
+
+#[test]
+fn v5_message_expiry_zero_reads_as_no_expiry() {
+    // PUBLISH QoS 1 "t", id 1, Message Expiry Interval 0 and Content Type "c", payload "x".
+    let packets =
+        after_connect_5(b"\x32\x10\x00\x01t\x00\x01\x09\x02\x00\x00\x00\x00\x03\x00\x01cx").unwrap();
+    let Packet::Publish(p) = &packets[0] else { panic!("{packets:?}") };
+    assert_eq!((p.properties.message_expiry, p.properties.content_type.as_deref()), (None, Some("c")));
+    assert_eq!((p.packet_id.map(PacketId::get), &p.payload[..]), (Some(1), &b"x"[..]));
+    // Taking it out shortens a two-byte Remaining Length (130) to one byte (125).
+    let mut big = b"\x30\x82\x01\x00\x01t\x05\x02\x00\x00\x00\x00".to_vec();
+    big.extend([7; 121]);
+    let packets = after_connect_5(&big).unwrap();
+    let Packet::Publish(p) = &packets[0] else { panic!("{packets:?}") };
+    assert_eq!((p.properties.message_expiry, p.payload.len()), (None, 121));
+    // Any other value is kept.
+    let packets = after_connect_5(b"\x30\x0a\x00\x01t\x05\x02\x00\x00\x00\x05x").unwrap();
+    let Packet::Publish(p) = &packets[0] else { panic!("{packets:?}") };
+    assert_eq!(p.properties.message_expiry, Some(5));
+}
+
+#[test]
+fn v5_will_message_expiry_zero_reads_as_no_expiry() {
+    // Client id "w", will "t"/"x" with Message Expiry Interval 0.
+    let connect =
+        b"\x10\x1a\x00\x04MQTT\x05\x06\x00\x3c\x00\x00\x01w\x05\x02\x00\x00\x00\x00\x00\x01t\x00\x01x";
+    let packets = decode_all(connect).unwrap();
+    let Packet::Connect(c) = &packets[0] else { panic!("{packets:?}") };
+    let will = c.will.as_ref().expect("will");
+    assert_eq!(
+        (will.topic.as_ref(), &will.payload[..], will.properties.message_expiry),
+        ("t", &b"x"[..], None)
+    );
+}
+
+#[test]
+fn v5_connack_is_checked_against_the_clients_maximum_packet_size() {
+    // [MQTT-3.1.2-24]
+    let mut codec = Codec::new(1024, 4);
+    codec.decode(&mut BytesMut::from(CONNECT_5)).unwrap();
+    let connack = ConnAck {
+        maximum_packet_size: Some(1024),
+        topic_alias_maximum: 4,
+        ..ConnAck::refuse(ReasonCode::SUCCESS)
+    };
+    codec.set_client_limits(Some(8), 0);
+    assert!(!codec.fits_client(&connack));
+    codec.set_client_limits(Some(16), 0);
+    assert!(codec.fits_client(&connack), "13 bytes");
+    codec.set_client_limits(None, 0);
+    assert!(codec.fits_client(&connack));
 }

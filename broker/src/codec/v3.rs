@@ -18,6 +18,12 @@ pub(super) fn from_wire(packet: v3::Packet) -> Result<Packet, CodecError> {
     Ok(match packet {
         v3::Packet::Connect(c) => {
             let version = if c.protocol.level() == 3 { ProtocolVersion::V31 } else { ProtocolVersion::V311 };
+            // MQTT 3.1 has no assigned identifiers: its client identifier is 1 to 23
+            // characters, and return code 2 refuses one that is not. Only the empty one is
+            // refused here; longer ones are accepted, as Mosquitto accepts them.
+            if version == ProtocolVersion::V31 && c.client_id.is_empty() {
+                return Err(CodecError::IdentifierRejected);
+            }
             Packet::Connect(Box::new(Connect {
                 version,
                 clean_start: c.clean_session,
@@ -132,16 +138,7 @@ fn encode_publish(
     let remaining = 2 + topic.len() + id_len + payload.len();
     dst.reserve(5 + remaining);
     dst.put_u8(0x30 | u8::from(dup) << 3 | (qos as u8) << 1 | u8::from(retain));
-    let mut left = remaining;
-    loop {
-        let byte = (left % 128) as u8;
-        left /= 128;
-        if left == 0 {
-            dst.put_u8(byte);
-            break;
-        }
-        dst.put_u8(byte | 0x80);
-    }
+    super::put_variable_length(dst, remaining);
     dst.put_u16(topic.len() as u16);
     dst.put_slice(topic.as_bytes());
     if let Some(id) = packet_id {

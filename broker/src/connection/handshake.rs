@@ -10,7 +10,7 @@ use tracing::{info, warn};
 use super::{offline, AuthState, Connection};
 use crate::auth::{AuthStep, Proof};
 use crate::codec::CodecError;
-use crate::packet::{Auth, ConnAck, Connect, Packet, QoS, ReasonCode, Will};
+use crate::packet::{Auth, ConnAck, Connect, Packet, ProtocolVersion, QoS, ReasonCode, Will};
 use crate::router::topic;
 use crate::session::registry::{control_slot, ControlReceiver, OwnerId};
 use crate::session::{ClientId, Session};
@@ -184,8 +184,8 @@ impl Connection {
             }
         }
         let keep_alive = self.negotiate_keep_alive(&connect)?;
-        // An empty id gets one assigned: 3.1.1 only with clean session (the decoder refused the
-        // rest), MQTT 5 always, reported in CONNACK [MQTT-3.1.3-6], [MQTT-3.2.2-16].
+        // An empty id gets one assigned: 3.1.1 only with clean session, never 3.1 (the codec
+        // refused the rest), MQTT 5 always, reported in CONNACK [MQTT-3.1.3-6], [MQTT-3.2.2-16].
         let assigned = connect.client_id.is_empty().then(|| ByteString::from(self.broker.assign_client_id()));
         // Copied out of the CONNECT's buffer (as is the user name below), which kept for the
         // connection's life would also keep its password and will in memory.
@@ -227,13 +227,30 @@ impl Connection {
             }
         }
 
+        // The CONNACK but for its session-present flag, which the claim below decides. A client
+        // whose Maximum Packet Size it exceeds can be sent nothing [MQTT-3.1.2-24]: it is closed
+        // now, before its claim could take the session from a connected client with its id.
+        self.codec.set_client_limits(connect.max_packet_size, connect.topic_alias_maximum);
+        let mut connack = self.connack_properties();
+        connack.assigned_client_id = assigned;
+        connack.server_keep_alive = keep_alive.server_keep_alive;
+        connack.auth_method = connect.auth_method.clone();
+        connack.auth_data = auth_data;
+        if !self.codec.fits_client(&connack) {
+            let max = connect.max_packet_size.unwrap_or(0);
+            return Err(Refusal::Close(format!(
+                "CONNACK larger than the client's Maximum Packet Size {max} [MQTT-3.1.2-24]"
+            )));
+        }
+
         let owner = self.broker.router.registry.new_owner_id();
         let (control_tx, control) = control_slot();
-        let previous = self.broker.router.registry.claim(&client_id, owner, control_tx).await;
+        let resumes = !connect.clean_start;
+        let previous = self.broker.router.registry.claim(&client_id, owner, control_tx, resumes).await;
         let limits = config.session_limits();
         let (mut session, session_present) = match previous {
             // Resume: same subscriptions, queue and in-flight state [MQTT-3.1.2-4].
-            Some(previous) if !connect.clean_start => (previous, true),
+            Some(previous) if resumes => (previous, true),
             // Clean start: whatever was kept ends now [MQTT-3.1.2-6].
             Some(previous) => {
                 offline::discard(&self.broker, previous).await;
@@ -256,13 +273,9 @@ impl Connection {
                 ));
             }
         }
-        self.codec.set_client_limits(connect.max_packet_size, connect.topic_alias_maximum);
-        // [MQTT-3.2.2-1..3]: session present only when resuming.
-        let mut connack = self.connack_properties(session_present);
-        connack.assigned_client_id = assigned;
-        connack.server_keep_alive = keep_alive.server_keep_alive;
-        connack.auth_method = connect.auth_method.clone();
-        connack.auth_data = auth_data;
+        // [MQTT-3.2.2-1..3]: session present only when resuming. MQTT 3.1's CONNACK has no such
+        // flag (the byte is reserved, 0), though its sessions resume all the same.
+        connack.session_present = session_present && connect.version != ProtocolVersion::V31;
         self.out.push(Packet::ConnAck(Box::new(connack)));
         info!(
             version = %connect.version,
@@ -288,11 +301,10 @@ impl Connection {
 
     /// The CONNACK of an accepted connection: what this broker supports and enforces, all
     /// from config [MQTT-3.2.2].
-    fn connack_properties(&self, session_present: bool) -> ConnAck {
+    fn connack_properties(&self) -> ConnAck {
         let mqtt = &self.broker.config.mqtt;
         let maximum_qos = self.broker.config.maximum_qos();
         ConnAck {
-            session_present,
             reason: ReasonCode::SUCCESS,
             receive_maximum: Some(mqtt.receive_maximum),
             maximum_qos: (maximum_qos < QoS::ExactlyOnce).then_some(maximum_qos),

@@ -121,9 +121,10 @@ impl Connection {
         subscription_id: Option<u32>,
         filters: Vec<(ByteString, SubscriptionOptions)>,
     ) -> Result<(), ProtocolError> {
+        let shared = check_filters(filters.iter().map(|(filter, _)| filter))?;
         let mut reasons = Vec::with_capacity(filters.len());
-        for (filter, options) in filters {
-            reasons.push(self.subscribe_one(session, filter, options, subscription_id)?);
+        for ((filter, options), shared) in filters.into_iter().zip(shared) {
+            reasons.push(self.subscribe_one(session, filter, options, subscription_id, shared)?);
         }
         // SUBACK first, then the retained messages the new subscriptions selected.
         self.out.push(Packet::SubAck { packet_id, reasons });
@@ -131,31 +132,21 @@ impl Connection {
         Ok(())
     }
 
-    /// One SUBSCRIBE entry: its SUBACK reason code. MQTT 5 reports refusals per filter;
-    /// 3.1.1 has no code for an invalid filter, so the connection closes.
+    /// One SUBSCRIBE entry with a well-formed filter (`shared` for `$share/...`): its SUBACK
+    /// reason code.
     fn subscribe_one(
         &mut self,
         session: &mut Session,
         filter: ByteString,
         mut options: SubscriptionOptions,
         id: Option<u32>,
+        shared: bool,
     ) -> Result<ReasonCode, ProtocolError> {
         let mqtt = &self.broker.config.mqtt;
-        let share = match shared::parse(&filter).and_then(|share| {
-            topic::validate_topic_filter(share.map_or(&filter, |s| s.filter))?;
-            Ok(share)
-        }) {
-            Ok(share) => share,
-            Err(e) if self.version.is_v5() => {
-                debug!(%filter, "refusing subscription: {e}");
-                return Ok(ReasonCode::TOPIC_FILTER_INVALID);
-            }
-            Err(e) => return Err(e.into()),
-        };
-        if share.is_some() && options.no_local {
+        if shared && options.no_local {
             return Err(ProtocolError::NoLocalOnSharedSubscription);
         }
-        let refusal = if share.is_some() && !mqtt.shared_subscription_available {
+        let refusal = if shared && !mqtt.shared_subscription_available {
             Some(ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED)
         } else if id.is_some() && !mqtt.subscription_identifiers_available {
             Some(ReasonCode::SUBSCRIPTION_IDENTIFIERS_NOT_SUPPORTED)
@@ -182,7 +173,7 @@ impl Connection {
         let existed = self.broker.router.subscribe(&filter, session.client_id.clone(), subscriber);
         // Retained messages: never for shared subscriptions [MQTT-3.8.4-4]; per Retain Handling
         // otherwise [MQTT-3.3.1-9..11]; always with RETAIN set [MQTT-3.3.1-8].
-        let send_retained = share.is_none()
+        let send_retained = !shared
             && match options.retain_handling {
                 RetainHandling::OnSubscribe => true,
                 RetainHandling::OnNewSubscribe => !existed,
@@ -229,17 +220,9 @@ impl Connection {
         packet_id: PacketId,
         filters: Vec<ByteString>,
     ) -> Result<(), ProtocolError> {
+        check_filters(filters.iter())?;
         let mut reasons = Vec::with_capacity(filters.len());
         for filter in &filters {
-            let valid = shared::parse(filter)
-                .and_then(|share| topic::validate_topic_filter(share.map_or(filter, |s| s.filter)));
-            if let Err(e) = valid {
-                if !self.version.is_v5() {
-                    return Err(e.into());
-                }
-                reasons.push(ReasonCode::TOPIC_FILTER_INVALID);
-                continue;
-            }
             let existed = self.broker.router.unsubscribe(filter, &session.client_id);
             session.subscriptions.remove(filter);
             reasons.push(if existed { ReasonCode::SUCCESS } else { ReasonCode::NO_SUBSCRIPTION_EXISTED });
@@ -324,6 +307,17 @@ impl Connection {
             self.ops.push(Op::PutSession(session.record(None)));
         }
     }
+}
+
+/// Checks every filter of a SUBSCRIBE or UNSUBSCRIBE before any of them applies: an empty or
+/// badly formed one ([MQTT-4.7.3-1], [MQTT-4.7.1-1], [MQTT-4.7.1-2], [MQTT-4.8.2-2]) makes the
+/// packet malformed, for MQTT 5 as for 3.1.1; as in Mosquitto. (SUBACK's 0x8F is for a
+/// well-formed filter the server refuses.) Returns which filters are shared subscriptions.
+fn check_filters<'a>(filters: impl Iterator<Item = &'a ByteString>) -> Result<Vec<bool>, ProtocolError> {
+    filters
+        .map(|filter| shared::check_filter(filter).map(|share| share.is_some()))
+        .collect::<Result<_, _>>()
+        .map_err(ProtocolError::MalformedFilter)
 }
 
 /// The PUBACK/PUBREC reason for a routed message: 0x10 when no subscription matched, 0x97 when

@@ -31,7 +31,6 @@ use bytes::BytesMut;
 use bytestring::ByteString;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::io::{poll_read_buf, poll_write_buf};
 use tracing::{debug, info, warn, Instrument};
@@ -45,7 +44,7 @@ use crate::router::topic::TopicError;
 use crate::router::{RouteOutcome, Routed};
 use crate::server::Admission;
 use crate::session::queue::Mailbox;
-use crate::session::registry::{Control, ControlReceiver, OwnerId, KEEP_ALIVE_TICK};
+use crate::session::registry::{Control, ControlReceiver, OwnerId, Takeover, KEEP_ALIVE_TICK};
 use crate::session::{ClientId, Session};
 use crate::storage::{Commit, Op, StoreError};
 use crate::transport::{Established, Listener, Stream};
@@ -86,8 +85,7 @@ enum Wake {
     Wrote,
 }
 
-/// Why a network connection ended. The will is published unless the client sent DISCONNECT
-/// with reason 0x00 [MQTT-3.1.2-8], [MQTT-3.14.4-3].
+/// Why a network connection ended; `publishes_will` says what becomes of the will.
 #[derive(Debug)]
 enum Ending {
     /// The client sent DISCONNECT; `with_will` for reason 0x04 [MQTT-3.14.2].
@@ -102,14 +100,23 @@ enum Ending {
     /// A protocol violation: DISCONNECT with its reason code (MQTT 5), then close.
     Protocol(ProtocolError),
     /// Another connection claimed the client id [MQTT-3.1.4-3]: DISCONNECT 0x8E.
-    TakenOver(oneshot::Sender<Option<Session>>),
+    TakenOver(Takeover),
     /// Broker shutdown: DISCONNECT 0x8B.
     Shutdown,
 }
 
 impl Ending {
-    fn publishes_will(&self) -> bool {
-        !matches!(self, Ending::ClientDisconnect { with_will: false })
+    /// Whether the will goes, now or after its delay, for a session that is `persistent`: on
+    /// every ending without DISCONNECT 0x00 [MQTT-3.1.2-8] [MQTT-3.14.4-3], but one. A takeover
+    /// that resumes a persistent session cancels it: the client is back, on a connection made
+    /// before this one closed, so before any will delay, 0 included, passed [MQTT-3.1.3-9]; and
+    /// the session goes on. A takeover that ends the session publishes it (as Mosquitto does).
+    fn publishes_will(&self, persistent: bool) -> bool {
+        match self {
+            Ending::ClientDisconnect { with_will } => *with_will,
+            Ending::TakenOver(takeover) => !(takeover.resumes && persistent),
+            _ => true,
+        }
     }
 
     /// The reason code of the DISCONNECT the broker sends (MQTT 5 only), if it sends one.
@@ -132,6 +139,9 @@ pub enum ProtocolError {
     Codec(#[from] CodecError),
     #[error("invalid topic: {0}")]
     Topic(#[from] TopicError),
+    /// An empty or badly formed filter in SUBSCRIBE or UNSUBSCRIBE: a Malformed Packet.
+    #[error("malformed topic filter: {0}")]
+    MalformedFilter(TopicError),
     #[error("second CONNECT on one connection [MQTT-3.1.0-2]")]
     SecondConnect,
     #[error("more unacknowledged QoS 2 PUBLISH than receive_maximum [MQTT-3.3.4-7]")]
@@ -163,6 +173,7 @@ impl ProtocolError {
         match self {
             ProtocolError::Codec(e) => e.reason_code(),
             ProtocolError::Topic(_) => ReasonCode::TOPIC_NAME_INVALID,
+            ProtocolError::MalformedFilter(_) => ReasonCode::MALFORMED_PACKET,
             ProtocolError::ReceiveMaximumExceeded => ReasonCode::RECEIVE_MAXIMUM_EXCEEDED,
             ProtocolError::RetainNotSupported => ReasonCode::RETAIN_NOT_SUPPORTED,
             ProtocolError::QosNotSupported => ReasonCode::QOS_NOT_SUPPORTED,
@@ -401,7 +412,7 @@ impl Connection {
         if let Poll::Ready(request) = accepted.control.poll_recv(cx) {
             return Poll::Ready(Wake::End(match request {
                 Control::Shutdown => Ending::Shutdown,
-                Control::Takeover(reply) => Ending::TakenOver(reply),
+                Control::Takeover(takeover) => Ending::TakenOver(takeover),
                 Control::KeepAliveTimeout => Ending::KeepAliveTimeout,
             }));
         }
@@ -720,14 +731,14 @@ impl Connection {
             Ending::TakenOver(_) => info!("session taken over by a new connection"),
             Ending::Shutdown => debug!("closing for shutdown"),
         }
-        let will = will.filter(|_| ending.publishes_will());
+        let will = will.filter(|_| ending.publishes_will(session.is_persistent()));
+        let goes_offline = session.is_persistent() && !matches!(ending, Ending::TakenOver(_));
         // A delayed will waits in the offline session, and a reconnect within the delay
-        // cancels it [MQTT-3.1.3-9]; otherwise it goes now.
+        // cancels it [MQTT-3.1.3-9]; otherwise (no delay, or the session ends) it goes now.
         let (delayed_will, will) = match will {
-            Some(will) if will.delay > 0 && session.is_persistent() => (Some(will), None),
+            Some(will) if will.delay > 0 && goes_offline => (Some(will), None),
             will => (None, will),
         };
-        let goes_offline = session.is_persistent() && !matches!(ending, Ending::TakenOver(_));
         let offline = if goes_offline {
             Some(offline::store_offline(&self.broker, &mut session, delayed_will).await)
         } else {
@@ -742,7 +753,7 @@ impl Connection {
             publish_will(&self.broker, &will, &session.client_id).await;
         }
         match (ending, offline) {
-            (Ending::TakenOver(reply), _) => {
+            (Ending::TakenOver(takeover), _) => {
                 let handed = if session.is_persistent() {
                     Some(session)
                 } else {
@@ -750,7 +761,7 @@ impl Connection {
                     None
                 };
                 // The new owner may have given up waiting; the session then ends with us.
-                let _ = reply.send(handed);
+                let _ = takeover.reply.send(handed);
             }
             (_, Some(offline)) => {
                 // Unacknowledged shared-subscription messages go to other members [MQTT-4.8.2-6].

@@ -15,7 +15,7 @@ use crate::packet::Will;
 use crate::router::Subscriber;
 use crate::session::qos::Outbound;
 use crate::session::registry::{control_slot, Control, ControlReceiver, OwnerId};
-use crate::session::{Session, NEVER_EXPIRES};
+use crate::session::{ClientId, Session, NEVER_EXPIRES};
 use crate::storage::{unix_ms, DeliveryState, Op, StoreError, StoredSession, WillRecord};
 use crate::Broker;
 
@@ -89,25 +89,24 @@ pub(super) async fn run(
         tokio::select! {
             biased;
             request = control.recv() => {
-                let reply = match request {
-                    Control::Takeover(reply) => reply,
+                let takeover = match request {
+                    Control::Takeover(takeover) => takeover,
                     Control::Shutdown => return,
                     // No deadline is set while offline.
                     Control::KeepAliveTimeout => continue,
                 };
                 if Instant::now() >= expires_at {
                     // The expiry passed at the same moment: the session is over, not resumed.
-                    let _ = reply.send(None);
+                    let _ = takeover.reply.send(None);
                     Box::pin(expire(&broker, session, owner, will.take().map(|(w, _)| w))).await;
                     return;
                 }
-                // The client is back: a pending delayed will is not sent.
-                if will.is_some() {
-                    if let Err(e) = broker.store.commit(vec![Op::DeleteWill(session.client_id.clone())]).await {
-                        warn!("cancelled will not deleted: {e}");
-                    }
+                // The client is back: a pending delayed will is not sent [MQTT-3.1.3-9], unless
+                // the new connection starts clean, which ends the session: then it goes now.
+                if let Some((will, _)) = will.take() {
+                    end_will(&broker, &session.client_id, will, !takeover.resumes).await;
                 }
-                if let Err(Some(session)) = reply.send(Some(session)) {
+                if let Err(Some(session)) = takeover.reply.send(Some(session)) {
                     warn!("takeover abandoned; session ends");
                     end_session(&broker, session, owner).await;
                 }
@@ -115,10 +114,7 @@ pub(super) async fn run(
             }
             _ = &mut will_timer, if will.is_some() => {
                 if let Some((will, _)) = will.take() {
-                    publish_will(&broker, &will, &session.client_id).await;
-                    if let Err(e) = broker.store.commit(vec![Op::DeleteWill(session.client_id.clone())]).await {
-                        warn!("published will not deleted: {e}");
-                    }
+                    end_will(&broker, &session.client_id, will, true).await;
                 }
             }
             _ = &mut expiry => {
@@ -129,6 +125,16 @@ pub(super) async fn run(
 
             () = session.pending.absorb() => {}
         }
+    }
+}
+
+/// Ends a delayed will that was waiting: published if `publish`, and no longer stored.
+async fn end_will(broker: &Broker, client_id: &ClientId, will: Will, publish: bool) {
+    if publish {
+        publish_will(broker, &will, client_id).await;
+    }
+    if let Err(e) = broker.store.commit(vec![Op::DeleteWill(client_id.clone())]).await {
+        warn!("stored will not deleted: {e}");
     }
 }
 

@@ -91,7 +91,9 @@ impl Routed {
     }
 
     /// Admits one delivery for all of a session's matching subscriptions (`same_session`, not
-    /// empty): at their highest QoS, with every Subscription Identifier.
+    /// empty): at their highest QoS, with each of their Subscription Identifiers [MQTT-3.3.4-4]
+    /// once. One SUBSCRIBE gives all its filters the same identifier, so several matches may
+    /// share one; repeating it would tell the client nothing it can use.
     fn admit_merged(&mut self, message: &Arc<Message>, same_session: &[&Subscriber]) {
         let best = same_session.iter().map(|s| s.subscription.options.qos).max().unwrap_or(message.qos);
         let retain =
@@ -99,6 +101,7 @@ impl Routed {
         let mut delivery = Delivery::new(message.clone(), best.min(message.qos), retain);
         delivery.subscription_ids = same_session.iter().filter_map(|s| s.subscription.id).collect();
         delivery.subscription_ids.sort_unstable();
+        delivery.subscription_ids.dedup();
         self.admit(&same_session[0].mailbox, delivery);
     }
 

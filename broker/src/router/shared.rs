@@ -40,6 +40,15 @@ pub fn parse(filter: &str) -> Result<Option<SharedFilter<'_>>, TopicError> {
     Ok(Some(SharedFilter { group, filter }))
 }
 
+/// Checks a SUBSCRIBE or UNSUBSCRIBE filter, ordinary or shared; `Some` for a shared one.
+pub fn check_filter(filter: &str) -> Result<Option<SharedFilter<'_>>, TopicError> {
+    let share = parse(filter)?;
+    if share.is_none() {
+        validate_topic_filter(filter)?;
+    }
+    Ok(share)
+}
+
 /// The members of one share group on one filter.
 #[derive(Debug)]
 pub struct Group {
@@ -110,5 +119,14 @@ mod tests {
             assert!(parse(bad).is_err(), "{bad}");
         }
         assert_eq!(parse("$share/g/a#"), Err(TopicError::MisplacedMultiLevelWildcard));
+    }
+
+    #[test]
+    fn filters_are_checked_whether_shared_or_not() {
+        assert_eq!(check_filter("a/+"), Ok(None));
+        assert_eq!(check_filter("$share/g/a"), Ok(Some(SharedFilter { group: "g", filter: "a" })));
+        assert_eq!(check_filter(""), Err(TopicError::Empty));
+        assert_eq!(check_filter("a/#/b"), Err(TopicError::MisplacedMultiLevelWildcard));
+        assert_eq!(check_filter("$share/g"), Err(TopicError::InvalidShareName));
     }
 }

@@ -59,6 +59,20 @@ fn overlapping_subscriptions_deliver_once_at_highest_qos_with_all_ids() {
 }
 
 #[test]
+fn an_identifier_shared_by_several_matching_subscriptions_is_carried_once() {
+    // [MQTT-3.3.4-4]: one SUBSCRIBE with identifier 5 for "d/#" and "d/+", another with 2.
+    let router = Router::default();
+    let mut a = queue("a");
+    let id = ClientId::from("a");
+    let options = SubscriptionOptions::qos(QoS::AtMostOnce);
+    router.subscribe("d/#", id.clone(), subscriber(&a, options, Some(5)));
+    router.subscribe("d/+", id.clone(), subscriber(&a, options, Some(5)));
+    router.subscribe("d/x", id, subscriber(&a, options, Some(2)));
+    router.publish(&message("d/x", QoS::AtMostOnce));
+    assert_eq!(a.try_pop().unwrap().subscription_ids, vec![2, 5]);
+}
+
+#[test]
 fn delivery_qos_is_downgraded_to_the_subscription() {
     // [MQTT-3.8.4-6]
     let router = Router::default();

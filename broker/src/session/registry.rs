@@ -34,8 +34,18 @@ pub enum Control {
     Shutdown,
     /// The keep-alive deadline set with `set_deadline` has passed.
     KeepAliveTimeout,
-    /// Give the session up: answer with it if it is persistent, `None` after ending it otherwise.
-    Takeover(oneshot::Sender<Option<Session>>),
+    /// Give the session up to a new connection with the same client id.
+    Takeover(Takeover),
+}
+
+/// A new connection's claim on the session another task holds.
+#[derive(Debug)]
+pub struct Takeover {
+    /// Answered with the session if it is persistent, `None` after ending it otherwise.
+    pub reply: oneshot::Sender<Option<Session>>,
+    /// The new connection resumes the session (clean session / Clean Start 0), so it goes on;
+    /// otherwise it ends with the hand-over. The will depends on it.
+    pub resumes: bool,
 }
 
 /// The owning task's end of its control slot. A slot, not a channel: at most one takeover is
@@ -67,7 +77,7 @@ struct SlotState {
     shutdown: bool,
     /// The deadline was seen passed; the owner checks it again (it may have moved since).
     overdue: bool,
-    takeover: Option<oneshot::Sender<Option<Session>>>,
+    takeover: Option<Takeover>,
 }
 
 /// A slot for one owner: the registry keeps the sender, the owner waits on the receiver.
@@ -85,12 +95,12 @@ impl ControlSlot {
 
 impl ControlSender {
     /// Hands a takeover to the owner; gives it back if the owner has ended or already holds one.
-    fn send(&self, reply: oneshot::Sender<Option<Session>>) -> Result<(), oneshot::Sender<Option<Session>>> {
+    fn send(&self, takeover: Takeover) -> Result<(), Takeover> {
         let mut state = self.0.state();
         if state.closed || state.takeover.is_some() {
-            return Err(reply);
+            return Err(takeover);
         }
-        state.takeover = Some(reply);
+        state.takeover = Some(takeover);
         drop(state);
         self.0.wake.wake();
         Ok(())
@@ -136,8 +146,8 @@ impl ControlReceiver {
             if state.shutdown {
                 return Some(Control::Shutdown);
             }
-            if let Some(reply) = state.takeover.take() {
-                return Some(Control::Takeover(reply));
+            if let Some(takeover) = state.takeover.take() {
+                return Some(Control::Takeover(takeover));
             }
             let overdue = std::mem::take(&mut state.overdue);
             (overdue && passed(deadline_ms.load(Ordering::Relaxed), clock_ms(Instant::now())))
@@ -217,18 +227,19 @@ impl Registry {
     }
 
     /// Makes `owner` the owner of `client_id` and returns the session the previous owner held,
-    /// if it was persistent.
+    /// if it was persistent. `resumes`: the new connection goes on with that session.
     pub async fn claim(
         &self,
         client_id: &ClientId,
         owner: OwnerId,
         control: ControlSender,
+        resumes: bool,
     ) -> Option<Session> {
         let previous = self.lock().insert(client_id.clone(), Owner { id: owner, control });
         let previous = previous?;
         let (reply, answer) = oneshot::channel();
         // A refused request means the previous owner already ended (a clean session).
-        previous.control.send(reply).ok()?;
+        previous.control.send(Takeover { reply, resumes }).ok()?;
         match tokio::time::timeout(TAKEOVER_TIMEOUT, answer).await {
             Ok(answer) => answer.ok().flatten(),
             Err(_) => {
@@ -318,7 +329,7 @@ mod tests {
         let waiting = tokio::spawn(async move { matches!(receiver.recv().await, Control::Takeover(_)) });
         tokio::task::yield_now().await;
         let (reply, _answer) = oneshot::channel();
-        assert!(sender.send(reply).is_ok());
+        assert!(sender.send(Takeover { reply, resumes: true }).is_ok());
         assert!(waiting.await.unwrap());
     }
 
@@ -326,12 +337,12 @@ mod tests {
     async fn an_ended_owner_refuses_requests_and_drops_the_one_it_never_took() {
         let (sender, receiver) = control_slot();
         let (reply, answer) = oneshot::channel();
-        assert!(sender.send(reply).is_ok());
+        assert!(sender.send(Takeover { reply, resumes: true }).is_ok());
         drop(receiver);
         // The claimant waiting on the answer learns at once that no session comes back.
         assert!(answer.await.is_err());
         let (reply, _answer) = oneshot::channel();
-        assert!(sender.send(reply).is_err());
+        assert!(sender.send(Takeover { reply, resumes: true }).is_err());
     }
 
     #[tokio::test]
@@ -400,7 +411,7 @@ mod tests {
         let (second, _second_receiver) = control_slot();
         let previous = tokio::time::timeout(
             Duration::from_secs(1),
-            registry.claim(&client_id, registry.new_owner_id(), second),
+            registry.claim(&client_id, registry.new_owner_id(), second, true),
         )
         .await;
         assert!(matches!(previous, Ok(None)), "no wait for an owner that is gone");
