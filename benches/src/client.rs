@@ -5,7 +5,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::OnceLock;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -247,6 +247,22 @@ impl Conn {
     /// Writes everything encoded so far.
     pub async fn flush(&mut self) -> io::Result<()> {
         self.stream.write_all_buf(&mut self.wbuf).await
+    }
+
+    /// Writes everything encoded so far, like [`Conn::flush`], but gives up (`Ok(false)`, the
+    /// unwritten rest left in `wbuf`) once no byte has gone out for `stall` after `from`.
+    pub async fn flush_until_stalled(&mut self, from: Instant, stall: Duration) -> io::Result<bool> {
+        while !self.wbuf.is_empty() {
+            let give_up = from.max(Instant::now()) + stall;
+            // write_buf is cancel-safe: a write that times out has written nothing.
+            match tokio::time::timeout_at(give_up.into(), self.stream.write_buf(&mut self.wbuf)).await {
+                Ok(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(false),
+            }
+        }
+        Ok(true)
     }
 
     /// Reads more bytes into the read buffer (cancel-safe); end of stream is an error.

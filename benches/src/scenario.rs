@@ -8,6 +8,14 @@
 //! should get them (a closed loop end to end, which makes QoS 0 measure a sustainable rate
 //! instead of the broker's drop policy). Subscribers check every delivery against the
 //! per-publisher sequence numbers in the payload. `idle` only connects and holds clients.
+//!
+//! Open loop (`--e2e-window 0`): publishers send as fast as TCP (and, at QoS 1/2, their
+//! in-flight window) allows, optionally in bursts (`--bursts`, `--burst-pause`) or at a fixed
+//! rate, and loss is a measurement rather than a failure. `--stalled K` makes the last K
+//! subscribers stop reading their sockets once publishing starts, so the others show whether a
+//! client that does not read holds everybody up. Every wait is bounded: a write the broker does
+//! not take, acknowledgements that stop coming and the drain after publishing all give up after
+//! `--drain` without progress, and the drain also after `--drain-cap` in all.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -66,20 +74,32 @@ tern-load --scenario fan-in|fan-out|pairs|idle|latency|overload|durable [options
   --qos 0|1|2             publish and subscription QoS (latency, overload, durable: 1)
   --payload BYTES         payload size, at least 16 (16)
   --publishers P          fan-in 4, pairs 10, overload 4, durable 1, others 1
-  --subscribers K         fan-out 50, pairs = publishers, others 1
+  --subscribers K         fan-out 50, pairs = publishers, fan-in 1 (each on the
+                          wildcard), others 1
+  --stalled K             the last K subscribers stop reading their sockets when
+                          publishing starts (never acknowledge either); they are left
+                          out of deliveries and loss (0)
   --messages N            per publisher (10000; with --duration, an upper bound)
   --duration SECS         publish for this long (fractions allowed)
   --window W              at most W unacknowledged QoS 1/2 messages per publisher (16)
   --e2e-window E          at most E sent but not yet received by every subscriber, per
                           publisher; 0 = off (default: W; off for overload and durable)
   --rate R                offered messages/s per publisher, 0 = as fast as allowed
-                          (latency: 1000)
+                          (latency: 1000); a publisher that falls behind catches up
+  --stamp sent|intended   latency from the actual send (sent) or, with --rate, from
+                          the time the schedule meant to send (intended: no
+                          coordinated omission when the publisher is held up)
+  --bursts B              split each publisher's messages into B bursts (1)
+  --burst-pause SECS      pause after each burst once it is written (0.5)
   --sub-rate R            overload: the subscriber acknowledges at most R messages/s while
                           publishers run, then drains at full speed (1000)
   --clients C             idle: connections to open and hold (1000)
   --connect-concurrency N idle: connection attempts in flight (64)
   --hold SECS             idle: seconds to hold the connections after measuring (0)
-  --drain SECS            stop waiting for deliveries after this long without one (2)
+  --drain SECS            stop waiting for deliveries, acknowledgements or a blocked
+                          write after this long without progress (2)
+  --drain-cap SECS        stop waiting for deliveries this long after publishing at
+                          the latest (30)
   --timeout SECS          bound on the whole run (120)
   --broker-pid PID        read the broker's CPU time and RSS from /proc
   --threads N             generator worker threads (available cores)
@@ -99,11 +119,17 @@ pub struct Config {
     pub window: usize,
     pub e2e_window: usize,
     pub rate: f64,
+    /// Stamp payloads with the scheduled send time (`--stamp intended`, with `--rate`).
+    pub stamp_intended: bool,
+    pub bursts: u64,
+    pub burst_pause: Duration,
+    pub stalled: usize,
     pub sub_rate: f64,
     pub clients: usize,
     pub connect_concurrency: usize,
     pub hold: Duration,
     pub drain: Duration,
+    pub drain_cap: Duration,
     pub timeout: Duration,
     pub broker_pid: Option<u32>,
     pub threads: usize,
@@ -117,7 +143,8 @@ impl Config {
         let (mut qos, mut payload, mut publishers, mut subscribers) = (None, 16, None, None);
         let (mut messages, mut duration, mut window, mut e2e_window) = (None, None, 16, None);
         let (mut rate, mut sub_rate, mut clients, mut connect_concurrency) = (None, 1000.0, 1000, 64);
-        let (mut hold, mut drain, mut timeout) = (0.0, 2.0, 120.0);
+        let (mut hold, mut drain, mut drain_cap, mut timeout) = (0.0, 2.0, 30.0, 120.0);
+        let (mut stamp_intended, mut bursts, mut burst_pause, mut stalled) = (false, 1, 0.5, 0);
         let (mut broker_pid, mut threads, mut label) = (None, None, String::new());
         let mut it = args.into_iter();
         while let Some(flag) = it.next() {
@@ -145,10 +172,21 @@ impl Config {
                 "--e2e-window" => e2e_window = Some(int()? as usize),
                 "--rate" => rate = Some(float()?),
                 "--sub-rate" => sub_rate = float()?,
+                "--stamp" => {
+                    stamp_intended = match value.as_str() {
+                        "sent" => false,
+                        "intended" => true,
+                        _ => return Err(format!("--stamp {value}: sent or intended")),
+                    }
+                }
+                "--bursts" => bursts = int()?.max(1),
+                "--burst-pause" => burst_pause = float()?,
+                "--stalled" => stalled = int()? as usize,
                 "--clients" => clients = int()? as usize,
                 "--connect-concurrency" => connect_concurrency = int()?.max(1) as usize,
                 "--hold" => hold = float()?,
                 "--drain" => drain = float()?,
+                "--drain-cap" => drain_cap = float()?,
                 "--timeout" => timeout = float()?,
                 "--broker-pid" => broker_pid = Some(int()? as u32),
                 "--threads" => threads = Some(int()?.max(1) as usize),
@@ -175,8 +213,18 @@ impl Config {
         let subscribers = match kind {
             Kind::Pairs => publishers,
             Kind::FanOut => subscribers.unwrap_or(50).max(1),
+            Kind::FanIn => subscribers.unwrap_or(1).max(1),
             _ => 1,
         };
+        if stalled >= subscribers {
+            return Err(format!(
+                "--stalled {stalled}: at least one of {subscribers} subscriber(s) must read"
+            ));
+        }
+        let rate = rate.unwrap_or(if kind == Kind::Latency { 1000.0 } else { 0.0 });
+        if stamp_intended && rate == 0.0 {
+            return Err("--stamp intended needs --rate".into());
+        }
         if payload < client::PAYLOAD_MIN {
             return Err(format!("--payload {payload}: at least {} bytes", client::PAYLOAD_MIN));
         }
@@ -192,12 +240,17 @@ impl Config {
             duration,
             window,
             e2e_window: e2e_window.unwrap_or(e2e_default),
-            rate: rate.unwrap_or(if kind == Kind::Latency { 1000.0 } else { 0.0 }),
+            rate,
+            stamp_intended,
+            bursts,
+            burst_pause: Duration::from_secs_f64(burst_pause),
+            stalled,
             sub_rate: if kind == Kind::Overload { sub_rate } else { 0.0 },
             clients,
             connect_concurrency,
             hold: Duration::from_secs_f64(hold),
             drain: Duration::from_secs_f64(drain.max(0.1)),
+            drain_cap: Duration::from_secs_f64(drain_cap.max(drain.max(0.1))),
             timeout: Duration::from_secs_f64(timeout.max(1.0)),
             broker_pid,
             threads: threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
@@ -218,6 +271,9 @@ pub async fn run(cfg: Config) -> Report {
         subscribers: cfg.subscribers,
         window: cfg.window,
         e2e_window: cfg.e2e_window,
+        stalled: cfg.stalled,
+        bursts: cfg.bursts,
+        burst_pause_s: (cfg.bursts > 1).then(|| cfg.burst_pause.as_secs_f64()),
         offered_rate: (cfg.rate > 0.0).then_some(cfg.rate * cfg.publishers as f64),
         ..Report::default()
     };
@@ -294,21 +350,27 @@ fn layout(cfg: &Config) -> Layout {
             sub_clean: true,
             audience: (0..p).map(|i| vec![i]).collect(),
         },
-        // fan-in, latency, overload: P publishers on distinct topics, one wildcard subscriber.
+        // fan-in, latency, overload: P publishers on distinct topics, wildcard subscribers (one
+        // but in fan-in with --subscribers).
         _ => Layout {
             pub_topics: (0..p).map(|i| format!("{prefix}/{i}")).collect(),
             pub_ids: ids("p", p),
-            sub_filters: vec![vec![format!("{prefix}/+")]],
-            sub_ids: ids("s", 1),
+            sub_filters: vec![vec![format!("{prefix}/+")]; s],
+            sub_ids: ids("s", s),
             sub_clean: true,
-            audience: vec![vec![0]; p],
+            audience: vec![(0..s).collect(); p],
         },
     }
 }
 
 struct PubResult {
+    /// Messages written to the socket (encoded ones a blocked write never took are not sent).
     sent: u64,
     acked: u64,
+    /// QoS 1/2 messages still unacknowledged when the publisher gave up waiting.
+    unacked: u64,
+    /// The broker stopped reading this publisher's socket and the write was abandoned.
+    write_blocked: bool,
     acked_seqs: SeqTrack,
     ack_latency: Histogram,
     stalls: u64,
@@ -332,6 +394,8 @@ enum Blocked {
     Credit,
     Rate(Instant),
     Batch,
+    /// A burst is written: pause before the next one.
+    Pause,
 }
 
 async fn publisher(
@@ -352,11 +416,16 @@ async fn publisher(
     let template = PublishTemplate::new(&topic, qos, cfg.payload);
     let window = if qos == 0 { usize::MAX } else { cfg.window };
     let limit = cfg.messages.min(u64::from(u32::MAX));
+    // Messages per burst; a pause follows every burst but the last.
+    let burst = if cfg.bursts > 1 { limit.div_ceil(cfg.bursts).max(1) } else { u64::MAX };
     let start = Instant::now();
+    let start_ns = now_ns();
     let deadline = cfg.duration.map(|d| start + d);
     let mut res = PubResult {
         sent: 0,
         acked: 0,
+        unacked: 0,
+        write_blocked: false,
         acked_seqs: SeqTrack::default(),
         ack_latency: Histogram::default(),
         stalls: 0,
@@ -365,6 +434,11 @@ async fn publisher(
     let (mut sent_at, mut seq_of) = (vec![0u64; 65_536], vec![0u32; 65_536]);
     let mut released = vec![false; if qos == 2 { 65_536 } else { 0 }];
     let (mut next_id, mut outstanding, mut forgiven) = (0u16, 0usize, 0u64);
+    // Bursts: where the last pause was taken, and when the current one ends.
+    let (mut paused_at, mut pause_until) = (0u64, None::<Instant>);
+    // When sending stopped and when the latest acknowledgement came: the wait for the rest is
+    // bounded by `drain` from the later of the two.
+    let (mut sending_ended, mut last_ack) = (None::<Instant>, start);
     let min_delivered =
         || audience.iter().map(|&s| shared.delivered[index][s].load(Ordering::Acquire)).min().unwrap_or(0);
     loop {
@@ -377,6 +451,17 @@ async fn publisher(
                 u64::MAX
             };
             while res.sent < limit {
+                if let Some(until) = pause_until {
+                    if Instant::now() < until {
+                        blocked = Blocked::Rate(until);
+                        break;
+                    }
+                    pause_until = None;
+                }
+                if res.sent > 0 && res.sent.is_multiple_of(burst) && paused_at != res.sent {
+                    blocked = Blocked::Pause;
+                    break;
+                }
                 if outstanding >= window {
                     blocked = Blocked::Acks;
                     break;
@@ -408,10 +493,15 @@ async fn publisher(
                 }
                 let seq = res.sent as u32;
                 let ts = now_ns();
+                let stamp_ns = if cfg.stamp_intended {
+                    start_ns + (res.sent as f64 * 1e9 / cfg.rate) as u64
+                } else {
+                    ts
+                };
                 template.write(
                     &mut conn.wbuf,
                     packet_id,
-                    Stamp { publisher: index as u32, seq, sent_ns: ts },
+                    Stamp { publisher: index as u32, seq, sent_ns: stamp_ns },
                 );
                 res.sent += 1;
                 credit -= 1;
@@ -424,25 +514,53 @@ async fn publisher(
             sending = res.sent < limit;
         }
         if !conn.wbuf.is_empty() {
-            conn.flush().await?;
+            // After the duration, a write that makes no progress for `drain` is abandoned: the
+            // broker has stopped reading this socket.
+            let written = match deadline {
+                Some(d) => conn.flush_until_stalled(d, cfg.drain).await?,
+                None => {
+                    conn.flush().await?;
+                    true
+                }
+            };
+            if !written {
+                // What is left in the buffer never reached the broker (a partly written PUBLISH
+                // cannot be delivered either); at QoS 0/1 the buffer holds only PUBLISH packets
+                // of the template's length.
+                let unwritten = conn.wbuf.len().div_ceil(template.len()) as u64;
+                res.sent = res.sent.saturating_sub(unwritten);
+                res.unacked = (outstanding as u64).saturating_sub(unwritten);
+                res.write_blocked = true;
+                // Dropped without DISCONNECT: that write would block too.
+                return Ok(res);
+            }
+        }
+        if blocked == Blocked::Pause {
+            paused_at = res.sent;
+            let until = Instant::now() + cfg.burst_pause;
+            pause_until = Some(until);
+            blocked = Blocked::Rate(until);
         }
         if !sending && outstanding == 0 {
+            break;
+        }
+        let now = Instant::now();
+        // Not sending any more: wait for the missing acknowledgements, but not for ever.
+        let ack_give_up = (!sending).then(|| last_ack.max(*sending_ended.get_or_insert(now)) + cfg.drain);
+        if ack_give_up.is_some_and(|at| now >= at) {
+            res.unacked = outstanding as u64;
             break;
         }
         if blocked == Blocked::Batch {
             continue;
         }
-        let now = Instant::now();
         let stall_at = (blocked == Blocked::Credit).then(|| now + STALL);
         let wake_at = match blocked {
             Blocked::Rate(due) => Some(due),
             _ => stall_at,
         };
-        // Wake at the end of the duration too, to stop sending then.
-        let wake_at = match (wake_at, deadline.filter(|_| sending)) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        // Wake at the end of the duration too, to stop sending then, and to give up on acks.
+        let wake_at = [wake_at, deadline.filter(|_| sending), ack_give_up].into_iter().flatten().min();
         tokio::select! {
             r = conn.fill(), if outstanding > 0 => {
                 r?;
@@ -470,6 +588,7 @@ async fn publisher(
                             }
                             outstanding -= 1;
                             res.acked += 1;
+                            last_ack = Instant::now();
                         }
                     }
                     conn.rbuf.advance(f.end);
@@ -485,7 +604,7 @@ async fn publisher(
             else => {}
         }
     }
-    conn.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), conn.disconnect()).await;
     Ok(res)
 }
 
@@ -500,6 +619,16 @@ async fn subscriber(
     let mut res = SubResult { tracks: vec![SeqTrack::default(); publishers], latency: Histogram::default() };
     let mut counts = vec![0u64; publishers];
     let mut touched: Vec<usize> = Vec::new();
+    if index >= cfg.subscribers - cfg.stalled {
+        // A stalled client: subscribed, then never reads its socket again (nor acknowledges).
+        // The connection stays open until the run ends, then is dropped without DISCONNECT.
+        while *phase.borrow_and_update() != Phase::Stop {
+            if phase.changed().await.is_err() {
+                break;
+            }
+        }
+        return Ok(res);
+    }
     // Rate limit of a slow subscriber (overload), counted from the first phase it applies in.
     let (mut slow_start, mut slow_done) = (None::<Instant>, 0u64);
     loop {
@@ -573,7 +702,7 @@ async fn subscriber(
             r = phase.changed() => if r.is_err() { break },
         }
     }
-    conn.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), conn.disconnect()).await;
     Ok(res)
 }
 
@@ -687,6 +816,8 @@ async fn run_messages(cfg: Arc<Config>, report: &mut Report) -> Result<(), Strin
                 report.sent += r.sent;
                 report.messages += if cfg.qos == 0 { r.sent } else { r.acked };
                 report.stalls += r.stalls;
+                report.unacked += r.unacked;
+                report.write_blocked += u64::from(r.write_blocked);
                 report.ack_latency.merge(&r.ack_latency);
                 acked_seqs[i] = r.acked_seqs;
             }
@@ -704,20 +835,27 @@ async fn run_messages(cfg: Arc<Config>, report: &mut Report) -> Result<(), Strin
     }
     phase_tx.send_if_modified(|p| (*p < Phase::Drain).then(|| *p = Phase::Drain).is_some());
 
-    // Wait for every expected delivery (each subscriber has as many from each of its publishers
-    // as were sent; a failed publisher's count is unknown and not waited for), or until none has
-    // come for `drain`, or the timeout.
-    report.expected_deliveries = (0..cfg.publishers).map(|p| sent[p] * lay.audience[p].len() as u64).sum();
+    // Wait for every expected delivery (each reading subscriber has as many from each of its
+    // publishers as were sent; a failed publisher's count is unknown and not waited for), or
+    // until none has come for `drain`, or for `drain_cap` in all, or the timeout.
+    let reading = |s: usize| s < cfg.subscribers - cfg.stalled;
+    report.expected_deliveries = (0..cfg.publishers)
+        .map(|p| sent[p] * lay.audience[p].iter().filter(|&&s| reading(s)).count() as u64)
+        .sum();
     let all_delivered = || {
-        lay.audience
-            .iter()
-            .enumerate()
-            .all(|(p, subs)| subs.iter().all(|&s| shared.delivered[p][s].load(Ordering::Acquire) >= sent[p]))
+        lay.audience.iter().enumerate().all(|(p, subs)| {
+            subs.iter().all(|&s| !reading(s) || shared.delivered[p][s].load(Ordering::Acquire) >= sent[p])
+        })
     };
-    let (mut last_total, mut last_change) = (u64::MAX, Instant::now());
+    let drain_started = Instant::now();
+    let (mut last_total, mut last_change) = (u64::MAX, drain_started);
     loop {
         let total = shared.total.load(Ordering::Acquire);
         if all_delivered() || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        if drain_started.elapsed() >= cfg.drain_cap {
+            report.drain_capped = true;
             break;
         }
         if total != last_total {
@@ -727,6 +865,7 @@ async fn run_messages(cfg: Arc<Config>, report: &mut Report) -> Result<(), Strin
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
+    report.drain_seconds = drain_started.elapsed().as_secs_f64();
     let cpu_after = pid.and_then(proc::cpu_ticks);
     let last_ns = shared.last_ns.load(Ordering::Relaxed);
     report.seconds = report.publish_seconds.max(last_ns.saturating_sub(started_ns) as f64 / 1e9);
@@ -742,6 +881,7 @@ async fn run_messages(cfg: Arc<Config>, report: &mut Report) -> Result<(), Strin
     for (s, task) in sub_tasks.into_iter().enumerate() {
         let stop_by = tokio::time::Instant::now() + Duration::from_secs(5);
         match tokio::time::timeout_at(stop_by, task).await {
+            Ok(Ok(Ok(_))) if !reading(s) => {}
             Ok(Ok(Ok(r))) => {
                 report.latency.merge(&r.latency);
                 for (p, audience) in lay.audience.iter().enumerate() {
@@ -762,6 +902,9 @@ async fn run_messages(cfg: Arc<Config>, report: &mut Report) -> Result<(), Strin
     }
     if cfg.qos > 0 {
         report.acked_not_delivered = Some(acked_not_delivered);
+    }
+    if report.expected_deliveries > 0 {
+        report.loss_pct = Some(report.lost as f64 * 100.0 / report.expected_deliveries as f64);
     }
     Ok(())
 }
@@ -848,6 +991,13 @@ mod tests {
         let c = parse("--scenario pairs --publishers 3").unwrap();
         assert_eq!(c.subscribers, 3);
         assert!(parse("--scenario overload --qos 0").is_err());
+        let c = parse("--scenario fan-in --subscribers 2 --stalled 1 --e2e-window 0").unwrap();
+        assert_eq!((c.publishers, c.subscribers, c.stalled, c.e2e_window), (4, 2, 1, 0));
+        assert!(parse("--scenario fan-in --subscribers 2 --stalled 2").is_err());
+        assert!(parse("--scenario fan-out --stalled 50").is_err());
+        assert!(parse("--scenario fan-in --stamp intended").is_err());
+        let c = parse("--scenario latency --rate 20000 --stamp intended --bursts 0").unwrap();
+        assert!(c.stamp_intended && c.rate == 20000.0 && c.bursts == 1);
         assert!(parse("--payload 8").is_err());
         assert!(parse("--bogus 1").is_err());
     }

@@ -156,7 +156,12 @@ pub struct Report {
     pub publishers: usize,
     pub subscribers: usize,
     pub window: usize,
+    /// 0 = open loop: publishers do not wait for deliveries, so loss is a measurement.
     pub e2e_window: usize,
+    /// Subscribers that stopped reading (`--stalled`); deliveries and loss leave them out.
+    pub stalled: usize,
+    pub bursts: u64,
+    pub burst_pause_s: Option<f64>,
     /// Messages the broker accepted: sent at QoS 0, acknowledged (PUBACK/PUBCOMP) at QoS 1/2.
     pub messages: u64,
     pub sent: u64,
@@ -167,8 +172,17 @@ pub struct Report {
     pub latency: Histogram,
     pub ack_latency: Histogram,
     pub lost: u64,
+    /// `lost` as a share of `expected_deliveries`, in percent.
+    pub loss_pct: Option<f64>,
     pub duplicates: u64,
     pub reordered: u64,
+    /// QoS 1/2 messages whose acknowledgement never came (publishers gave up after `--drain`).
+    pub unacked: u64,
+    /// Publishers whose socket the broker stopped reading (write abandoned after `--drain`).
+    pub write_blocked: u64,
+    /// Seconds waited for deliveries after publishing, and whether `--drain-cap` cut it short.
+    pub drain_seconds: f64,
+    pub drain_capped: bool,
     pub acked_not_delivered: Option<u64>,
     pub stalls: u64,
     pub broker_cpu_s: Option<f64>,
@@ -211,17 +225,27 @@ impl Report {
         (n > 0).then(|| (after as f64 - before as f64) * 1024.0 / n as f64)
     }
 
-    /// Whether the delivery check failed: loss at QoS 1/2 (except where loss is what the
-    /// scenario measures), or duplicates or reordering anywhere, or an error.
+    /// Whether the delivery check failed: loss at QoS 1/2 in a closed loop (in an open loop loss
+    /// is what is measured), or duplicates or reordering anywhere, or an error.
+    /// Publishers did not wait for deliveries (`--e2e-window 0`).
+    pub fn open_loop(&self) -> bool {
+        self.e2e_window == 0 && self.scenario != "idle"
+    }
+
+    /// The broker's peak RSS: the larger of the sampled VmRSS peak and VmHWM.
+    pub fn rss_max_kib(&self) -> Option<u64> {
+        self.rss_peak_kib.max(self.rss_hwm_kib)
+    }
+
     pub fn failed(&self) -> bool {
-        let loss_counts = self.qos > 0 && self.scenario != "overload" && self.scenario != "idle";
+        let loss_counts = self.qos > 0 && !self.open_loop() && self.scenario != "idle";
         self.error.is_some() || self.duplicates > 0 || self.reordered > 0 || (loss_counts && self.lost > 0)
     }
 
     pub fn human(&self) -> String {
         let us = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0}"));
         let mut s = format!(
-            "{:<9} {:<12} q{} {:>4}B {:>3}→{:<3} msgs={:<8} {:>6.2}s {:>9.0} msg/s {:>9.0} del/s  p50/p99/p999 {}/{}/{} µs  lost={} dup={} reord={}",
+            "{:<9} {:<12} q{} {:>4}B {:>3}→{:<3} msgs={:<8} {:>6.2}s {:>9.0} msg/s {:>9.0} del/s  p50/p99/p999 {}/{}/{} µs  lost={}{} dup={} reord={}",
             self.scenario,
             self.label,
             self.qos,
@@ -236,9 +260,25 @@ impl Report {
             us(self.latency.quantile_us(0.99)),
             us(self.latency.quantile_us(0.999)),
             self.lost,
+            self.loss_pct.map_or(String::new(), |p| format!(" ({p:.2}%)")),
             self.duplicates,
             self.reordered,
         );
+        if self.open_loop() {
+            s.push_str("  open-loop");
+        }
+        if self.stalled > 0 {
+            let _ = write!(s, "  stalled-subs={}", self.stalled);
+        }
+        if self.unacked > 0 {
+            let _ = write!(s, "  unacked={}", self.unacked);
+        }
+        if self.write_blocked > 0 {
+            let _ = write!(s, "  write-blocked-pubs={}", self.write_blocked);
+        }
+        if self.drain_capped {
+            s.push_str("  drain-capped");
+        }
         if let Some(c) = self.cpu_us_per_delivery() {
             let _ = write!(s, "  cpu={c:.2}µs/del");
         }
@@ -256,7 +296,7 @@ impl Report {
             if let Some(a) = self.rss_after_kib {
                 let _ = write!(s, "→{a}");
             }
-            if let Some(p) = self.rss_peak_kib {
+            if let Some(p) = self.rss_max_kib() {
                 let _ = write!(s, " peak={p}");
             }
             s.push_str(" KiB");
@@ -277,6 +317,10 @@ impl Report {
         j.int("subscribers", self.subscribers as u64);
         j.int("window", self.window as u64);
         j.int("e2e_window", self.e2e_window as u64);
+        j.raw("open_loop", if self.open_loop() { "true" } else { "false" });
+        j.int("stalled", self.stalled as u64);
+        j.int("bursts", self.bursts);
+        j.num("burst_pause_s", self.burst_pause_s, 3);
         j.int("messages", self.messages);
         j.int("sent", self.sent);
         j.int("deliveries", self.deliveries);
@@ -293,16 +337,22 @@ impl Report {
             j.num(key, self.ack_latency.quantile_us(q), 1);
         }
         j.int("lost", self.lost);
+        j.num("loss_pct", self.loss_pct, 3);
         j.int("duplicates", self.duplicates);
         j.int("reordered", self.reordered);
         j.opt_int("acked_not_delivered", self.acked_not_delivered);
         j.int("stalls", self.stalls);
+        j.int("unacked", self.unacked);
+        j.int("write_blocked", self.write_blocked);
+        j.num("drain_seconds", Some(self.drain_seconds), 3);
+        j.raw("drain_capped", if self.drain_capped { "true" } else { "false" });
         j.num("broker_cpu_s", self.broker_cpu_s, 3);
         j.num("broker_cpu_us_per_delivery", self.cpu_us_per_delivery(), 3);
         j.opt_int("rss_before_kib", self.rss_before_kib);
         j.opt_int("rss_after_kib", self.rss_after_kib);
         j.opt_int("rss_peak_kib", self.rss_peak_kib);
         j.opt_int("rss_hwm_kib", self.rss_hwm_kib);
+        j.opt_int("rss_max_kib", self.rss_max_kib());
         j.num("rss_per_conn_bytes", self.rss_per_conn_bytes(), 0);
         j.opt_int("clients", self.clients.map(|c| c as u64));
         j.opt_int("connected", self.connected.map(|c| c as u64));

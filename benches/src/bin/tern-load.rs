@@ -9,8 +9,12 @@
 //! the payload: loss, duplicates and reordering are counted. With `--broker-pid`, the broker's
 //! CPU time per delivered message and its RSS are read from /proc.
 //!
+//! `--e2e-window 0` runs any message scenario open loop (publishers do not wait for
+//! deliveries), with `--bursts`/`--burst-pause` for bursts, `--rate` with `--stamp intended`
+//! for a fixed offered rate, and `--stalled K` for subscribers that stop reading.
+//!
 //! Prints one human line and one JSON line per run; exits 1 when the delivery check fails
-//! (except loss in `overload`, which is what it measures) or the run errs or times out.
+//! (except loss in an open loop, which is what it measures) or the run errs or times out.
 //! Loopback only; every loop is bounded by its count, `--duration` and `--timeout`.
 //! `tern-load --help` lists the options.
 
