@@ -79,7 +79,11 @@ fn codec(c: &mut Criterion) {
 
 fn fan_out(c: &mut Criterion) {
     let router = Router::default();
-    let limits = QueueLimits { max_messages: 1_000_000, max_bytes: 1 << 30 };
+    let limits = QueueLimits {
+        max_messages: 1_000_000,
+        max_bytes: 1 << 30,
+        stall_after: std::time::Duration::from_secs(2),
+    };
     let mut queues: Vec<PendingQueue> = (0..50)
         .map(|i| {
             let id = ClientId::from(format!("sub{i}").as_str());

@@ -205,6 +205,11 @@ pub struct MqttConfig {
     pub receive_maximum: u16,
     pub topic_alias_maximum: u16,
     pub max_keep_alive_secs: u16,
+    /// MQTT 5 Response Information for clients that ask: this prefix and their client id;
+    /// empty = none.
+    pub response_information_prefix: String,
+    /// MQTT 5: say why in a Reason String when refusing a CONNECT or closing a connection.
+    pub reason_strings: bool,
     pub maximum_qos: u8,
     pub retain_available: bool,
     pub wildcard_subscription_available: bool,

@@ -373,3 +373,53 @@ async fn sigterm_disconnect_0x8b() {
     let st = b.wait_exit(Duration::from_secs(10)).await.expect("exit after SIGTERM");
     assert!(st.success(), "{st:?}");
 }
+
+// [MQTT-3.1.2-28] Response Information is sent only to a client that asks (Request Response
+// Information 1): `mqtt.response_information_prefix` followed by its client id.
+#[tokio::test]
+async fn response_information_only_when_requested() {
+    let b = Broker::start();
+    let asks = Connect::new("asker").props(Props::new().with(v5::REQUEST_RESPONSE_INFO, 1));
+    let (r, ack) = Raw::handshake5(b.addr(), &asks).await;
+    assert_eq!(ack.props.str(v5::RESPONSE_INFO), Some("responses/asker"), "{ack:?}");
+    r.disconnect5().await;
+    let (r, ack) = Raw::handshake5(b.addr(), &Connect::new("quiet")).await;
+    assert!(!ack.props.has(v5::RESPONSE_INFO), "not asked for: {ack:?}");
+    r.disconnect5().await;
+    let off = Broker::start_with("[mqtt]\nresponse_information_prefix = \"\"\n");
+    let (r, ack) = Raw::handshake5(off.addr(), &asks).await;
+    assert!(!ack.props.has(v5::RESPONSE_INFO), "turned off: {ack:?}");
+    r.disconnect5().await;
+}
+
+// Reason Strings say why, in words, on a refusing CONNACK and on the broker's DISCONNECT; they
+// are left out where they would exceed the client's Maximum Packet Size [MQTT-3.2.2-19], and
+// when `mqtt.reason_strings` is false.
+#[tokio::test]
+async fn reason_strings_explain_refusals_and_disconnects() {
+    let b = Broker::start_with("[limits]\nmax_connections = 1\n");
+    let first = Raw::connected5(b.addr(), "first").await;
+    let (mut r, ack) = Raw::connect5(b.addr(), &Connect::new("second")).await;
+    assert_eq!(ack.reason, 0x89, "server busy");
+    assert!(ack.props.str(v5::REASON_STRING).is_some_and(|s| s.contains("connection limit")), "{ack:?}");
+    r.expect_closed(WAIT).await;
+    let tiny = Connect::new("tiny").props(Props::new().with(v5::MAXIMUM_PACKET_SIZE, 8));
+    let (mut r, ack) = Raw::connect5(b.addr(), &tiny).await;
+    assert_eq!(ack.reason, 0x89);
+    assert!(!ack.props.has(v5::REASON_STRING), "would not fit 8 bytes: {ack:?}");
+    r.expect_closed(WAIT).await;
+    first.disconnect5().await;
+
+    let b = Broker::start();
+    let mut r = Raw::handshake5(b.addr(), &Connect::new("violator")).await.0;
+    r.send(&v5::publish("a/+", 0, false, 0, &Props::new(), b"x")).await;
+    let (d, _) = r.expect_disconnect().await;
+    assert_eq!(d.reason, 0x90, "Topic Name invalid");
+    assert!(d.props.str(v5::REASON_STRING).is_some_and(|s| !s.is_empty()), "{d:?}");
+
+    let quiet = Broker::start_with("[mqtt]\nreason_strings = false\n");
+    let mut r = Raw::handshake5(quiet.addr(), &Connect::new("violator")).await.0;
+    r.send(&v5::publish("a/+", 0, false, 0, &Props::new(), b"x")).await;
+    let (d, _) = r.expect_disconnect().await;
+    assert!(!d.props.has(v5::REASON_STRING), "turned off: {d:?}");
+}

@@ -68,3 +68,29 @@ async fn subscribe_then_publish_by_another_client_is_delivered_v5() {
     let missed = trials(&b, true).await;
     assert!(missed.is_empty(), "{} of {TRIALS} trials missed the message: {missed:?}", missed.len());
 }
+
+// The other direction: A writes a retained PUBLISH, then (strictly after) B subscribes: B gets
+// the retained message A set, never the one before it [MQTT-3.3.1-9].
+#[tokio::test]
+async fn retained_publish_then_subscribe_by_another_client_sees_it() {
+    let b = Broker::start();
+    let mut publisher = Raw::connected(b.addr(), "order-retainer", true).await;
+    let mut stale = Vec::new();
+    for trial in 0..TRIALS {
+        publisher
+            .send(&pkt::publish("order/retained", 0, true, false, 0, trial.to_string().as_bytes()))
+            .await;
+        let mut sub = Raw::connected(b.addr(), &format!("order-reader-{trial}"), true).await;
+        assert_eq!(sub.subscribe(1, &[("order/retained", 0)]).await, vec![0]);
+        let got = sub.recv_publish().await;
+        if got.payload != trial.to_string().as_bytes() {
+            stale.push((trial, String::from_utf8_lossy(&got.payload).into_owned()));
+        }
+        sub.disconnect().await;
+    }
+    assert!(
+        stale.is_empty(),
+        "{} of {TRIALS} subscribers saw an older retained message: {stale:?}",
+        stale.len()
+    );
+}

@@ -235,6 +235,39 @@ impl Codec {
 
     /// Appends the encoding of `packet` to `dst`, unless it exceeds the client's maximum.
     pub fn encode(&mut self, packet: Packet, dst: &mut BytesMut) -> Result<Encoded, CodecError> {
+        let packet = self.without_reason_string_if_too_large(packet);
+        self.encode_packet(packet, dst)
+    }
+
+    /// A Reason String is for humans and optional: it is left out of a CONNACK or DISCONNECT
+    /// that it would make larger than the client accepts [MQTT-3.2.2-19] [MQTT-3.14.2-3].
+    fn without_reason_string_if_too_large(&mut self, packet: Packet) -> Packet {
+        let has_reason_string = match &packet {
+            Packet::ConnAck(ack) => ack.reason_string.is_some(),
+            Packet::Disconnect(disconnect) => disconnect.reason_string.is_some(),
+            _ => false,
+        };
+        if !has_reason_string || self.client_max_packet_size == 0 {
+            return packet;
+        }
+        let mut scratch = BytesMut::new();
+        if !matches!(self.encode_packet(packet.clone(), &mut scratch), Ok(Encoded::TooLargeForClient)) {
+            return packet;
+        }
+        match packet {
+            Packet::ConnAck(mut ack) => {
+                ack.reason_string = None;
+                Packet::ConnAck(ack)
+            }
+            Packet::Disconnect(mut disconnect) => {
+                disconnect.reason_string = None;
+                Packet::Disconnect(disconnect)
+            }
+            other => other,
+        }
+    }
+
+    fn encode_packet(&mut self, packet: Packet, dst: &mut BytesMut) -> Result<Encoded, CodecError> {
         let start = dst.len();
         let mut new_alias = None;
         let packet = match (packet, &self.state) {

@@ -8,14 +8,15 @@
 //! suites rely on that.
 //!
 //! So each wake-up for input takes a ticket, in the order the driver delivers them, and a
-//! connection routes what it read only when no connection woken earlier still has input it may
+//! connection handles what it read only when no connection woken earlier still has input it may
 //! not have handled. A ticket is given back as soon as its connection has read, unless what it
-//! read holds a SUBSCRIBE or UNSUBSCRIBE: then once that is handled. Publishers therefore wait
-//! only for earlier connections to be polled and read (microseconds), never for each other's
-//! routing, and keep their multi-core throughput.
+//! read changes what later input sees (a SUBSCRIBE, an UNSUBSCRIBE, a retained PUBLISH), or the
+//! connection must itself wait for an earlier one: then once its input is handled. Publishers
+//! therefore wait only for earlier connections to be polled and read (microseconds), never for
+//! each other's routing, and keep their multi-core throughput.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Wake, Waker};
 
@@ -36,6 +37,8 @@ pub struct ReadWaker {
     task: AtomicWaker,
     /// The ticket of the wake-up not yet seen by the connection; 0 = none.
     ticket: AtomicU64,
+    /// The connection no longer reads through this waker (it is closing): no more tickets.
+    closed: AtomicBool,
 }
 
 impl Wake for ReadWaker {
@@ -44,7 +47,7 @@ impl Wake for ReadWaker {
     }
 
     fn wake_by_ref(self: &Arc<Self>) {
-        if self.ticket.load(Ordering::Acquire) == 0 {
+        if !self.closed.load(Ordering::Acquire) && self.ticket.load(Ordering::Acquire) == 0 {
             let ticket = NEXT_TICKET.fetch_add(1, Ordering::AcqRel);
             pending().insert(ticket);
             if self.ticket.compare_exchange(0, ticket, Ordering::AcqRel, Ordering::Acquire).is_err() {
@@ -61,7 +64,7 @@ pub struct Arrival {
     waker: Arc<ReadWaker>,
     /// When the input being handled arrived (its ticket); 0 when it was read without a wake-up.
     arrived: u64,
-    /// `arrived` is still pending: the input may hold a SUBSCRIBE or UNSUBSCRIBE.
+    /// `arrived` is still pending until the input is handled.
     holding: bool,
 }
 
@@ -80,24 +83,32 @@ impl Arrival {
 
     /// After the connection was woken: takes the ticket of the wake-up, if any, as the time
     /// of the input it reads now. `read` holds the bytes now buffered (from a packet boundary)
-    /// when something was read; the ticket then stays pending while they hold a packet that
-    /// changes subscriptions. Without `read` (nothing to read, or not reading while paused)
-    /// it is given back at once: a connection that does not read holds nobody up.
+    /// when something was read; the ticket then stays pending until they are handled if they
+    /// change what later input sees, or if an earlier arrival is still pending (this connection
+    /// will wait for it, and later ones must wait for this one). Otherwise, and without `read`
+    /// (nothing to read, or not reading while paused), it is given back at once: a connection
+    /// that does not read holds nobody up.
     pub fn note_wake(&mut self, read: Option<&[u8]>) {
         let ticket = self.waker.ticket.swap(0, Ordering::AcqRel);
         if ticket == 0 {
             return;
         }
+        let mut pending = pending();
         if self.holding {
-            // Older input that changes subscriptions is not handled yet; it keeps the place.
-            pending().remove(&ticket);
+            // Older input is not handled yet; it keeps the place.
+            pending.remove(&ticket);
             return;
         }
         self.arrived = ticket;
-        if read.is_some_and(holds_subscription_change) {
+        let Some(read) = read else {
+            pending.remove(&ticket);
+            return;
+        };
+        let waits = pending.first().is_some_and(|&earliest| earliest < ticket);
+        if waits || changes_what_later_input_sees(read) {
             self.holding = true;
         } else {
-            pending().remove(&ticket);
+            pending.remove(&ticket);
         }
     }
 
@@ -115,19 +126,29 @@ impl Arrival {
     }
 }
 
-impl Drop for Arrival {
-    fn drop(&mut self) {
+impl Arrival {
+    /// The connection stops reading through this waker (it is closing): later wake-ups take no
+    /// ticket, and what it holds is given back, so a closing connection holds nobody up.
+    pub fn close(&mut self) {
+        self.waker.closed.store(true, Ordering::Release);
         self.note_wake(None);
         self.release();
     }
 }
 
+impl Drop for Arrival {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
 /// Whether the packets buffered in `bytes` (from a packet boundary; the last may be partial)
-/// include a SUBSCRIBE or UNSUBSCRIBE.
-fn holds_subscription_change(bytes: &[u8]) -> bool {
+/// include a SUBSCRIBE, an UNSUBSCRIBE or a retained PUBLISH.
+fn changes_what_later_input_sees(bytes: &[u8]) -> bool {
     let mut at = 0;
     while let Some(&first) = bytes.get(at) {
-        if matches!(first >> 4, 8 | 10) {
+        let retained_publish = first >> 4 == 3 && first & 0x01 != 0;
+        if matches!(first >> 4, 8 | 10) || retained_publish {
             return true;
         }
         let mut remaining = 0usize;
@@ -153,18 +174,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn subscription_changes_are_found_among_buffered_packets() {
+    fn state_changes_are_found_among_buffered_packets() {
         let publish = b"\x30\x05\x00\x01ab\x00";
         let mut bytes = publish.repeat(3);
-        assert!(!holds_subscription_change(&bytes));
+        assert!(!changes_what_later_input_sees(&bytes));
         bytes.extend_from_slice(b"\x82\x06\x00\x01\x00\x01a\x00");
-        assert!(holds_subscription_change(&bytes));
-        assert!(holds_subscription_change(b"\xa2\x05\x00\x01\x00\x01a"), "UNSUBSCRIBE");
-        assert!(holds_subscription_change(b"\x82"), "the start of one");
+        assert!(changes_what_later_input_sees(&bytes));
+        assert!(changes_what_later_input_sees(b"\xa2\x05\x00\x01\x00\x01a"), "UNSUBSCRIBE");
+        assert!(changes_what_later_input_sees(b"\x82"), "the start of one");
+        assert!(changes_what_later_input_sees(b"\x31\x03\x00\x01a"), "a retained PUBLISH");
         let mut long = vec![0x30, 0x80, 0x01];
         long.extend(std::iter::repeat_n(0u8, 128));
         long.extend_from_slice(b"\x82\x00");
-        assert!(holds_subscription_change(&long), "after a two-byte remaining length");
+        assert!(changes_what_later_input_sees(&long), "after a two-byte remaining length");
     }
 
     #[test]
@@ -195,6 +217,7 @@ mod tests {
         assert!(second.must_wait());
         first.note_wake(Some(b"\x30\x03\x00\x01a"));
         assert!(!second.must_wait(), "publishers do not wait for each other's routing");
+        second.release();
         drop(first);
         let (mut paused, mut later) = (Arrival::default(), Arrival::default());
         paused.read_waker(&cx).wake_by_ref();
@@ -202,5 +225,31 @@ mod tests {
         later.note_wake(Some(b"\x30\x03\x00\x01a"));
         paused.note_wake(None);
         assert!(!later.must_wait(), "a connection that does not read holds nobody up");
+    }
+
+    #[test]
+    fn a_waiting_connection_holds_later_ones_and_a_closed_one_holds_nobody() {
+        let waker = Waker::noop();
+        let cx = Context::from_waker(waker);
+        let (mut first, mut second, mut third) = (Arrival::default(), Arrival::default(), Arrival::default());
+        for arrival in [&first, &second, &third] {
+            arrival.read_waker(&cx).wake_by_ref();
+        }
+        second.note_wake(Some(b"\x30\x03\x00\x01a"));
+        assert!(second.must_wait(), "the first has not read yet");
+        third.note_wake(Some(b"\x82\x06\x00\x01\x00\x01a\x00"));
+        first.note_wake(Some(b"\x30\x03\x00\x01a"));
+        assert!(!second.must_wait());
+        assert!(third.must_wait(), "the second waited, so it keeps its place until handled");
+        second.release();
+        assert!(!third.must_wait());
+        // A closing connection woken again takes no ticket.
+        first.close();
+        first.read_waker(&cx).wake_by_ref();
+        third.release();
+        let mut fourth = Arrival::default();
+        fourth.read_waker(&cx).wake_by_ref();
+        fourth.note_wake(Some(b"\x30\x03\x00\x01a"));
+        assert!(!fourth.must_wait(), "nothing pending from the closed connection");
     }
 }

@@ -80,6 +80,8 @@ impl Connection {
             other => unreachable!("the codec only yields CONNECT first, got {}", other.name()),
         };
         self.version = connect.version;
+        // Known from here on, so that even a refusing CONNACK respects them.
+        self.codec.set_client_limits(connect.max_packet_size, connect.topic_alias_maximum);
         let Some(method) = connect.auth_method.clone() else {
             return Ok(Authenticated { connect, auth_data: None, enhanced_user: None });
         };
@@ -230,12 +232,19 @@ impl Connection {
         // The CONNACK but for its session-present flag, which the claim below decides. A client
         // whose Maximum Packet Size it exceeds can be sent nothing [MQTT-3.1.2-24]: it is closed
         // now, before its claim could take the session from a connected client with its id.
-        self.codec.set_client_limits(connect.max_packet_size, connect.topic_alias_maximum);
         let mut connack = self.connack_properties();
         connack.assigned_client_id = assigned;
         connack.server_keep_alive = keep_alive.server_keep_alive;
         connack.auth_method = connect.auth_method.clone();
         connack.auth_data = auth_data;
+        let prefix = &config.mqtt.response_information_prefix;
+        if connect.request_response_info && !prefix.is_empty() {
+            // [MQTT-3.1.2-28]: sent only when asked for; optional, so it goes where it does not fit.
+            connack.response_information = Some(ByteString::from(format!("{prefix}{client_id}")));
+            if !self.codec.fits_client(&connack) {
+                connack.response_information = None;
+            }
+        }
         if !self.codec.fits_client(&connack) {
             let max = connect.max_packet_size.unwrap_or(0);
             return Err(Refusal::Close(format!(
@@ -340,11 +349,16 @@ impl Connection {
 
     /// Logs why the handshake failed and sends the refusing CONNACK where there is one.
     async fn refuse(&mut self, refusal: Refusal) {
+        self.arrival.close();
         match refusal {
             Refusal::Code(reason, why) => {
                 warn!("refusing connection ({reason}): {why}");
                 // [MQTT-3.2.2-6]: session present 0 with a non-zero reason code.
-                self.out.push(Packet::ConnAck(Box::new(ConnAck::refuse(reason))));
+                let mut refusal = ConnAck::refuse(reason);
+                if self.broker.config.mqtt.reason_strings {
+                    refusal.reason_string = Some(ByteString::from(why));
+                }
+                self.out.push(Packet::ConnAck(Box::new(refusal)));
                 self.flush_final().await;
                 self.drain_input().await;
             }

@@ -105,6 +105,23 @@ enum Ending {
     Shutdown,
 }
 
+impl std::fmt::Display for Ending {
+    /// What the log says, and the Reason String of the DISCONNECT the broker sends.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ending::ClientDisconnect { .. } => f.write_str("client disconnected"),
+            Ending::PeerClosed => f.write_str("connection closed by client without DISCONNECT"),
+            Ending::Io(e) => write!(f, "connection lost: {e}"),
+            Ending::KeepAliveTimeout => f.write_str(
+                "keep-alive timeout: nothing received for 1.5 times the keep-alive [MQTT-3.1.2-24]",
+            ),
+            Ending::Protocol(e) => write!(f, "{e}"),
+            Ending::TakenOver(_) => f.write_str("session taken over by a new connection with this client id"),
+            Ending::Shutdown => f.write_str("server shutting down"),
+        }
+    }
+}
+
 impl Ending {
     /// Whether the will goes, now or after its delay, for a session that is `persistent`: on
     /// every ending without DISCONNECT 0x00 [MQTT-3.1.2-8] [MQTT-3.14.4-3], but one. A takeover
@@ -347,6 +364,7 @@ impl Connection {
         accepted.session.pending.mailbox().set_online(true);
         accepted.session.resume(accepted.receive_maximum, &mut self.out, Instant::now());
         let ending = self.serve_session(&mut accepted).await;
+        self.arrival.close();
         // The control slot goes on with the session (offline, or handed over): no deadline.
         accepted.control.set_deadline(None);
         accepted.session.pending.mailbox().set_online(false);
@@ -723,13 +741,9 @@ impl Connection {
         control: ControlReceiver,
     ) {
         match &ending {
-            Ending::ClientDisconnect { .. } => debug!("client disconnected"),
-            Ending::PeerClosed => info!("connection closed by client without DISCONNECT"),
-            Ending::Io(e) => info!("connection lost: {e}"),
-            Ending::KeepAliveTimeout => info!("keep-alive timeout: closing"),
-            Ending::Protocol(e) => warn!("closing connection: {e}"),
-            Ending::TakenOver(_) => info!("session taken over by a new connection"),
-            Ending::Shutdown => debug!("closing for shutdown"),
+            Ending::ClientDisconnect { .. } | Ending::Shutdown => debug!("{ending}"),
+            Ending::Protocol(_) => warn!("closing connection: {ending}"),
+            _ => info!("{ending}"),
         }
         let will = will.filter(|_| ending.publishes_will(session.is_persistent()));
         let goes_offline = session.is_persistent() && !matches!(ending, Ending::TakenOver(_));
@@ -746,7 +760,9 @@ impl Connection {
         };
         if let Some(reason) = ending.server_disconnect() {
             // The codec writes nothing for 3.1.1, where servers never send DISCONNECT.
-            self.out.push(Packet::Disconnect(Disconnect { reason, ..Disconnect::default() }));
+            let reason_string =
+                self.broker.config.mqtt.reason_strings.then(|| ByteString::from(ending.to_string()));
+            self.out.push(Packet::Disconnect(Disconnect { reason, reason_string, ..Disconnect::default() }));
         }
         self.flush_final().await;
         if let Some(will) = will {

@@ -13,6 +13,7 @@
 //!   dropped for it, until it takes again.
 //! - An offline session queues QoS 1/2 up to the limits and drops beyond; QoS 0 is not queued
 //!   for it (Mosquitto's default too).
+//!
 //! Every drop is counted and logged once per overflow episode.
 
 use std::collections::VecDeque;
