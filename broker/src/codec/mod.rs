@@ -227,6 +227,16 @@ impl Codec {
         }
     }
 
+    /// Whether `src` starts with a whole packet (or with bytes that cannot start one, which
+    /// `decode` reports).
+    pub fn holds_complete_packet(&self, src: &[u8]) -> bool {
+        match self.peek_header(src) {
+            Ok(Some(header)) => src.len() >= header.total_len(),
+            Ok(None) => false,
+            Err(_) => true,
+        }
+    }
+
     /// The whole size of the packet at the front of `src` when only part of it is there.
     pub fn incomplete_frame(&self, src: &[u8]) -> Option<usize> {
         let header = self.peek_header(src).ok()??;

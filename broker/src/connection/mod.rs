@@ -297,6 +297,8 @@ struct Connection {
     /// The pause only waits for input of other connections to be handled first (`arrival`):
     /// reading goes on.
     waiting_turn: bool,
+    /// The client closed its side; what it sent before is still being handled.
+    peer_closed: bool,
     codec: Codec,
     version: ProtocolVersion,
     rbuf: BytesMut,
@@ -342,6 +344,7 @@ impl Connection {
             congested: Vec::new(),
             pause: None,
             waiting_turn: false,
+            peer_closed: false,
             codec,
             version: ProtocolVersion::V311,
             rbuf: BytesMut::new(),
@@ -397,6 +400,9 @@ impl Connection {
             if let Some(ending) = ending {
                 return ending;
             }
+            if self.peer_closed && !self.codec.holds_complete_packet(&self.rbuf) {
+                return Ending::PeerClosed;
+            }
             self.release_idle_buffers();
             self.start_pause(&accepted.control);
             wake = poll_fn(|cx| self.poll_wake(cx, accepted)).await;
@@ -442,10 +448,16 @@ impl Connection {
             }
         }
         let writable = self.wbuf.len() < WRITE_HIGH_WATER;
-        if !writable || (self.pause.is_some() && !self.waiting_turn) {
+        if !writable || (self.pause.is_some() && !self.waiting_turn) || self.peer_closed {
             self.arrival.note_wake(None);
         } else {
             match self.poll_read_some(cx) {
+                // Packets read before the end of input are handled first (the loop ends the
+                // connection once none is left).
+                Poll::Ready(Ok(0)) if self.codec.holds_complete_packet(&self.rbuf) => {
+                    self.peer_closed = true;
+                    return Poll::Ready(Wake::Input);
+                }
                 Poll::Ready(Ok(0)) => return Poll::Ready(Wake::End(Ending::PeerClosed)),
                 Poll::Ready(Ok(n)) => {
                     self.last_read = n;
@@ -548,6 +560,7 @@ impl Connection {
     /// publish rate limit or a full subscriber queue says to wait, or waiting while input of
     /// other connections that arrived earlier is not handled yet.
     fn handle_input(&mut self, session: &mut Session) -> Option<Ending> {
+        self.arrival.note_wake(None);
         if !self.rbuf.is_empty() && self.arrival.must_wait() {
             // Input of another connection that arrived first may still subscribe: let it go
             // first (see `arrival`). Reading goes on meanwhile, so later input is still stamped.
