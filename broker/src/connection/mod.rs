@@ -449,7 +449,7 @@ impl Connection {
         }
         let writable = self.wbuf.len() < WRITE_HIGH_WATER;
         if !writable || (self.pause.is_some() && !self.waiting_turn) || self.peer_closed {
-            self.arrival.note_wake(None);
+            self.arrival.not_reading();
         } else {
             match self.poll_read_some(cx) {
                 // Packets read before the end of input are handled first (the loop ends the
@@ -561,7 +561,7 @@ impl Connection {
     /// other connections that arrived earlier is not handled yet.
     fn handle_input(&mut self, session: &mut Session) -> Option<Ending> {
         self.arrival.note_wake(None);
-        if !self.rbuf.is_empty() && self.arrival.must_wait() {
+        if arrival::is_ordered(&self.rbuf) && self.arrival.must_wait() {
             // Input of another connection that arrived first may still subscribe: let it go
             // first (see `arrival`). Reading goes on meanwhile, so later input is still stamped.
             self.pause = Some(Box::pin(tokio::task::yield_now()));
