@@ -4,8 +4,8 @@
 //! (Close handshake) or just goes away. The server side reads through `WsStream` with
 //! input-chosen read sizes, optionally echoing what it reads. Checks:
 //! - the bytes read are exactly the Binary payloads, concatenated in order, then EOF;
-//! - a message or frame above the size limit ends the stream with an error, after exactly the
-//!   payloads before it;
+//! - a message or frame (control frames included) above the size limit ends the stream with an
+//!   error, after exactly the payloads of the messages before it;
 //! - when the client goes away without a Close frame, what was read is a prefix of the payloads
 //!   (a Pong it can no longer receive may end the stream early), and all of them at EOF;
 //! - what the server writes arrives at the client as Binary messages, in order.
@@ -92,6 +92,7 @@ fuzz_target!(|input: Input| {
                 if (total > limit || frame_too_large) && before_oversized.is_none() {
                     before_oversized = Some(payloads.len());
                 }
+                let start = payloads.len();
                 for (i, part) in parts.iter().enumerate() {
                     let opcode =
                         if i == 0 { OpCode::Data(Data::Binary) } else { OpCode::Data(Data::Continue) };
@@ -103,12 +104,25 @@ fuzz_target!(|input: Input| {
                     )));
                     payloads.extend_from_slice(part);
                     if !last && pings.get(i).copied().unwrap_or(false) {
-                        messages.push(Message::Ping(control(part)));
+                        let ping = control(part);
+                        // Control frames count against the frame size limit too.
+                        if ping.len() > limit && before_oversized.is_none() {
+                            before_oversized = Some(start);
+                        }
+                        messages.push(Message::Ping(ping));
                     }
                 }
             }
-            Frame::Ping(data) => messages.push(Message::Ping(control(data))),
-            Frame::Pong(data) => messages.push(Message::Pong(control(data))),
+            Frame::Ping(data) | Frame::Pong(data) => {
+                let payload = control(data);
+                if payload.len() > limit && before_oversized.is_none() {
+                    before_oversized = Some(payloads.len());
+                }
+                messages.push(match frame {
+                    Frame::Ping(_) => Message::Ping(payload),
+                    _ => Message::Pong(payload),
+                });
+            }
         }
     }
 
