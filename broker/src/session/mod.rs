@@ -216,12 +216,18 @@ impl Session {
     }
 
     /// Ends the session: releases every stored delivery it holds (window, queue, mailbox)
-    /// and deletes its record, in the journal.
+    /// and deletes its record, in the journal. A delivery without a storage key holds no
+    /// reference to its message (a clean session's, a retained message sent on SUBSCRIBE), though
+    /// other sessions' stored deliveries may: releasing one would delete their message.
     pub fn drain_stored(&mut self) {
         for state in self.outbound.drain() {
             match state {
-                Outbound::AwaitingPubAck(d) | Outbound::AwaitingPubRec(d) => self.release_message(&d),
-                Outbound::AwaitingPubComp { .. } => {}
+                Outbound::AwaitingPubAck(d) | Outbound::AwaitingPubRec(d) if d.seq.is_some() => {
+                    self.release_message(&d)
+                }
+                Outbound::AwaitingPubAck(_)
+                | Outbound::AwaitingPubRec(_)
+                | Outbound::AwaitingPubComp { .. } => {}
             }
         }
         while let Some(delivery) = self.pending.try_pop() {
@@ -274,5 +280,54 @@ impl Session {
     /// (QoS 1 is acknowledged as soon as it is routed).
     pub fn inbound_unacknowledged(&self) -> usize {
         self.inbound.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::message::Message;
+    use crate::session::queue::Offer;
+
+    fn session(persistent: bool) -> Session {
+        let limits =
+            SessionLimits { max_inflight: 4, queue: QueueLimits { max_messages: 8, max_bytes: 1 << 20 } };
+        let expiry = if persistent { NEVER_EXPIRES } else { 0 };
+        let session = Session::new(ClientId::from("c"), ProtocolVersion::V311, expiry, limits);
+        session.pending.mailbox().set_online(true);
+        session.pending.mailbox().set_persistent(persistent);
+        session
+    }
+
+    /// Found by the `session` fuzz target: a session ending with an unacknowledged delivery it
+    /// never stored (a clean session's, or a retained message sent on SUBSCRIBE) released the
+    /// message's stored reference anyway, so the message was deleted while a persistent
+    /// session's stored delivery still referred to it (and lost with the next restart).
+    #[test]
+    fn ending_releases_only_the_references_the_session_holds() {
+        let message = Arc::new(Message::new("t", &b"m"[..], QoS::AtLeastOnce));
+        // Another persistent session stored a delivery of it.
+        assert_eq!(message.durable.acquire(1, || 7), Some(7));
+        for (persistent, retained) in [(false, false), (true, true)] {
+            let mut s = session(persistent);
+            let delivery = Delivery::new(message.clone(), QoS::AtLeastOnce, retained);
+            if retained {
+                assert_eq!(s.pending.push(delivery), Offer::Queued);
+            } else {
+                assert_eq!(s.pending.mailbox().offer(delivery), Offer::Queued);
+            }
+            let mut out = Vec::new();
+            s.pump(&mut out, Instant::now());
+            assert_eq!(s.outbound.len(), 1, "sent, awaiting PUBACK");
+            s.drain_stored();
+            assert_eq!(message.durable.refs(), 1, "the other session's reference stays");
+            assert!(
+                !s.journal.iter().any(|op| matches!(op, Op::DeleteMessage(_))),
+                "message deleted while referenced: {:?}",
+                s.journal
+            );
+        }
     }
 }
