@@ -292,8 +292,14 @@ mod tests {
     use crate::session::queue::Offer;
 
     fn session(persistent: bool) -> Session {
-        let limits =
-            SessionLimits { max_inflight: 4, queue: QueueLimits { max_messages: 8, max_bytes: 1 << 20 } };
+        let limits = SessionLimits {
+            max_inflight: 4,
+            queue: QueueLimits {
+                max_messages: 8,
+                max_bytes: 1 << 20,
+                stall_after: std::time::Duration::from_secs(2),
+            },
+        };
         let expiry = if persistent { NEVER_EXPIRES } else { 0 };
         let session = Session::new(ClientId::from("c"), ProtocolVersion::V311, expiry, limits);
         session.pending.mailbox().set_online(true);
