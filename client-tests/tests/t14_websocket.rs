@@ -599,7 +599,9 @@ fn npm_dir() -> PathBuf {
         .join("client-tests-npm")
 }
 
-/// Installs `mqtt@5` into [`npm_dir`] unless an earlier run did (a marker file says so).
+/// Installs `mqtt@5` into [`npm_dir`] unless an earlier run did (a marker file says so). Tests
+/// run in parallel processes: an exclusive lock on a file beside the directory lets one install
+/// while the others wait (two `npm install`s into one prefix leave it broken).
 async fn install_mqtt_js(timeout: Duration) -> PathBuf {
     let dir = npm_dir();
     let marker = dir.join("mqtt5.installed");
@@ -607,6 +609,19 @@ async fn install_mqtt_js(timeout: Duration) -> PathBuf {
         return dir;
     }
     std::fs::create_dir_all(&dir).unwrap();
+    let lock_file = std::fs::File::create(dir.with_extension("lock")).unwrap();
+    let _lock = tokio::task::spawn_blocking(move || {
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a descriptor this closure owns; released when the file is dropped.
+        let locked = unsafe { libc::flock(lock_file.as_raw_fd(), libc::LOCK_EX) };
+        assert_eq!(locked, 0, "lock {}: {}", "client-tests-npm.lock", std::io::Error::last_os_error());
+        lock_file
+    })
+    .await
+    .unwrap();
+    if marker.is_file() {
+        return dir;
+    }
     let install = tokio::process::Command::new("npm")
         .args(["install", "--prefix"])
         .arg(&dir)
