@@ -384,7 +384,7 @@ fn client_packets(connect: &[u8], v5: bool) -> Vec<Vec<u8>> {
         let topic = b"\x00\x03a/b";
         let props: &[u8] = if v5 { b"\x00" } else { b"" };
         let mut publish = vec![0x34];
-        encode_remaining(topic.len() + 2 + props.len() + len, &mut publish);
+        put_variable_length(&mut publish, topic.len() + 2 + props.len() + len);
         publish.extend_from_slice(topic);
         publish.extend_from_slice(&id.to_be_bytes());
         publish.extend_from_slice(props);
@@ -398,17 +398,6 @@ fn client_packets(connect: &[u8], v5: bool) -> Vec<Vec<u8>> {
         if v5 { b"\x82\x07\x00\x09\x00\x00\x01x\x02" } else { b"\x82\x06\x00\x09\x00\x01x\x02" };
     packets.push(subscribe.to_vec());
     packets
-}
-
-fn encode_remaining(mut n: usize, out: &mut Vec<u8>) {
-    loop {
-        let byte = (n % 128) as u8;
-        n /= 128;
-        out.push(if n > 0 { byte | 0x80 } else { byte });
-        if n == 0 {
-            break;
-        }
-    }
 }
 
 /// Feeds the packets' bytes in the given chunks, decoding after each one as the connection
