@@ -478,7 +478,8 @@ impl Connection {
                     return Poll::Ready(Wake::Wrote);
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Wake::End(Ending::Io(e))),
-                Poll::Pending => {}
+                // The client's socket is full: what waits in our queue now waits on the client.
+                Poll::Pending => session.pending.note_blocked(),
             }
         }
         Poll::Pending

@@ -26,7 +26,7 @@ use bytestring::ByteString;
 use crate::auth::ReadGate;
 use crate::message::{Delivery, Message, SharedRoute};
 use crate::packet::SubscriptionOptions;
-use crate::session::queue::{Mailbox, Offer};
+use crate::session::queue::{Clock, Mailbox, Offer};
 use crate::session::registry::Registry;
 use crate::session::ClientId;
 use crate::storage::{delivery_record, DeliveryState, Op};
@@ -132,7 +132,8 @@ impl Routed {
     /// Connected sessions whose queue this message filled: the publisher pauses until they
     /// have room (flow control) rather than have its next messages dropped.
     pub fn full_targets(&self) -> impl Iterator<Item = &Arc<Mailbox>> {
-        self.targets.iter().filter(|(m, _)| m.needs_flow_control()).map(|(m, _)| m)
+        let mut clock = Clock::default();
+        self.targets.iter().filter(move |(m, _)| m.needs_flow_control(&mut clock)).map(|(m, _)| m)
     }
 
     /// Hands the deliveries to their sessions.

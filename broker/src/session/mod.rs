@@ -151,6 +151,9 @@ impl Session {
             self.handle_deliver(delivery, out, now);
         }
         self.pending.count_out_taken();
+        if !self.can_deliver() {
+            self.pending.note_blocked();
+        }
     }
 
     /// On (re)connect: the window follows the client's Receive Maximum [MQTT-3.3.4-9]; the

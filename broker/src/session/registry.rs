@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -122,9 +122,7 @@ impl ControlSender {
 
 /// Milliseconds since the first call in this process, never 0 (0 means "no deadline").
 fn clock_ms(at: Instant) -> u64 {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    let epoch = *EPOCH.get_or_init(Instant::now);
-    at.saturating_duration_since(epoch).as_millis() as u64 + 1
+    crate::clock::since_start(at).as_millis() as u64 + 1
 }
 
 fn passed(deadline_ms: u64, now_ms: u64) -> bool {
