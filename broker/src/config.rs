@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub mod bridge;
+
 use crate::packet::QoS;
 use crate::session::queue::QueueLimits;
 use crate::session::SessionLimits;
@@ -39,6 +41,9 @@ pub struct Config {
     pub server: ServerConfig,
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
+    /// Upstream connections (store-and-forward bridges); none by default.
+    #[serde(default)]
+    pub bridge: Vec<bridge::BridgeConfig>,
 }
 
 /// What an acknowledged message survives.
@@ -317,7 +322,7 @@ impl Config {
         if mqtt.maximum_qos > 2 {
             return invalid("mqtt.maximum_qos", "must be 0, 1 or 2");
         }
-        Ok(())
+        bridge::validate(&self.bridge)
     }
 
     pub fn connect_timeout(&self) -> Duration {
