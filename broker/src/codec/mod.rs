@@ -21,6 +21,11 @@
 //! - the client's Maximum Packet Size: a packet that would exceed it is not written.
 //!
 //! One `Codec` per connection: the decoder and the alias tables are per-connection state.
+//!
+//! `Codec::client` is the other direction, for the connections this broker opens itself (a
+//! bridge to an upstream server): it encodes what a client sends and decodes what a server
+//! sends (CONNACK, SUBACK, UNSUBACK, PINGRESP are accepted, CONNECT, SUBSCRIBE, UNSUBSCRIBE and
+//! PINGREQ are refused), without the checks above that concern a client's CONNECT.
 
 mod alias;
 mod scan;
@@ -119,6 +124,8 @@ pub struct Codec {
     client_max_packet_size: u32,
     inbound_aliases: InboundAliases,
     outbound_aliases: OutboundAliases,
+    /// The peer is a server: this side is the client (`Codec::client`).
+    peer_is_server: bool,
 }
 
 /// A decoded fixed header: first byte, remaining length, header length in bytes.
@@ -144,7 +151,32 @@ impl Codec {
             client_max_packet_size: 0,
             inbound_aliases: InboundAliases::new(topic_alias_maximum),
             outbound_aliases: OutboundAliases::new(0),
+            peer_is_server: false,
         }
+    }
+
+    /// The client side of a connection to a server that speaks `version` (3.1.1 or 5.0): no
+    /// CONNECT is awaited, server packets decode, and neither side uses topic aliases (the
+    /// CONNECT we send announces Topic Alias Maximum 0, so an alias from the server is invalid).
+    pub fn client(version: ProtocolVersion, max_packet_size: u32) -> Self {
+        let state = match version {
+            ProtocolVersion::V5 => State::V5(rmqtt_codec::v5::Codec::new(max_packet_size, 0)),
+            _ => State::V3(rmqtt_codec::v3::Codec::new(max_packet_size)),
+        };
+        Codec {
+            state,
+            max_packet_size,
+            client_max_packet_size: 0,
+            inbound_aliases: InboundAliases::new(0),
+            outbound_aliases: OutboundAliases::new(0),
+            peer_is_server: true,
+        }
+    }
+
+    /// The server's Maximum Packet Size from its CONNACK (client side): a larger packet is not
+    /// written [MQTT-3.2.2-15].
+    pub fn set_server_max_packet_size(&mut self, max_packet_size: Option<u32>) {
+        self.client_max_packet_size = max_packet_size.unwrap_or(0);
     }
 
     /// The client's limits from its CONNECT: packet size and how many topic aliases it takes.
@@ -187,16 +219,18 @@ impl Codec {
         let body = &src[header.header_len..header.total_len()];
         let packet = match &mut self.state {
             State::V3(inner) => {
-                scan::v3(header.first_byte, body)?;
+                if !self.peer_is_server {
+                    scan::v3(header.first_byte, body)?;
+                }
                 let Some((packet, _)) = inner.decode(src).map_err(map_decode_error)? else { return Ok(None) };
                 if header.first_byte == DISCONNECT_HEADER && header.remaining != 0 {
                     return Err(CodecError::Violation("DISCONNECT with a non-zero remaining length"));
                 }
-                v3::from_wire(packet)?
+                v3::from_wire(packet, self.peer_is_server)?
             }
             State::V5(inner) => {
                 // The decoder gets a copy without the property the scan says to drop.
-                let mut rewritten = match scan::v5(header.first_byte, body)? {
+                let mut rewritten = match scan::v5(header.first_byte, body, self.peer_is_server)? {
                     Some(removal) => {
                         let frame = removal.frame(header.first_byte, body);
                         src.advance(header.total_len());
@@ -208,7 +242,7 @@ impl Codec {
                 let Some((packet, _)) = inner.decode(frame).map_err(map_decode_error)? else {
                     return Ok(None);
                 };
-                v5::from_wire(packet)?
+                v5::from_wire(packet, self.peer_is_server)?
             }
             State::AwaitingConnect => unreachable!("state chosen above"),
         };

@@ -114,10 +114,12 @@ pub(super) fn v3(first_byte: u8, body: &[u8]) -> Result<(), CodecError> {
 }
 
 /// MQTT 5 frames: CONNECT, PUBLISH and SUBSCRIBE; `Some` names a property to drop.
-pub(super) fn v5(first_byte: u8, body: &[u8]) -> Result<Option<Removal>, CodecError> {
+/// `from_server`: the frame came from a server (a bridge's upstream), whose PUBLISH may carry
+/// Subscription Identifiers [MQTT-3.3.4-3].
+pub(super) fn v5(first_byte: u8, body: &[u8], from_server: bool) -> Result<Option<Removal>, CodecError> {
     match first_byte {
         super::CONNECT_HEADER => connect(body, true),
-        0x30..=0x3F => publish(first_byte, body),
+        0x30..=0x3F => publish(first_byte, body, from_server),
         super::SUBSCRIBE_HEADER => subscribe(body).map(|()| None),
         _ => Ok(None),
     }
@@ -160,7 +162,7 @@ fn connect(body: &[u8], v5: bool) -> Result<Option<Removal>, CodecError> {
 
 /// MQTT 5 PUBLISH (section 3.3.2): Topic Alias 0 is invalid [MQTT-3.3.2-8]; a client sends no
 /// Subscription Identifier [MQTT-3.3.4-6].
-fn publish(first_byte: u8, body: &[u8]) -> Result<Option<Removal>, CodecError> {
+fn publish(first_byte: u8, body: &[u8], from_server: bool) -> Result<Option<Removal>, CodecError> {
     let mut r = Reader { body, at: 0 };
     r.field()?; // topic name
     if first_byte & 0b0110 != 0 {
@@ -168,7 +170,7 @@ fn publish(first_byte: u8, body: &[u8]) -> Result<Option<Removal>, CodecError> {
     }
     properties(&mut r, PUBLISH_PROPERTIES, |p| match p.id {
         TOPIC_ALIAS if p.value == 0 => Err(CodecError::TopicAliasInvalid(0)),
-        SUBSCRIPTION_IDENTIFIER => {
+        SUBSCRIPTION_IDENTIFIER if !from_server => {
             Err(CodecError::Violation("Subscription Identifier in a client PUBLISH [MQTT-3.3.4-6]"))
         }
         _ => Ok(()),

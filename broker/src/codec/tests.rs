@@ -5,7 +5,9 @@ use bytes::BytesMut;
 use std::num::NonZeroU16;
 
 use super::*;
-use crate::packet::{ConnAck, Disconnect, PacketId, Publish, PublishProperties, QoS};
+use crate::packet::{
+    Ack, ConnAck, Connect, Disconnect, PacketId, Publish, PublishProperties, QoS, SubscriptionOptions,
+};
 
 const CONNECT_311: &[u8] = b"\x10\x0f\x00\x04MQTT\x04\x02\x00\x3c\x00\x03abc";
 
@@ -559,4 +561,80 @@ fn v5_connack_is_checked_against_the_clients_maximum_packet_size() {
     assert!(codec.fits_client(&connack), "13 bytes");
     codec.set_client_limits(None, 0);
     assert!(codec.fits_client(&connack));
+}
+
+/// The client side (a bridge): what it encodes a server decodes, and what a server encodes it
+/// decodes, for both protocol versions; server-to-client packets are refused the other way.
+#[test]
+fn client_side_round_trips_with_the_server_side() {
+    for version in [ProtocolVersion::V311, ProtocolVersion::V5] {
+        let mut client = Codec::client(version, 1 << 20);
+        let mut server = Codec::new(1 << 20, 0);
+        let connect = Connect {
+            version,
+            clean_start: false,
+            keep_alive: 30,
+            client_id: "edge".into(),
+            will: None,
+            username: Some("u".into()),
+            password: Some(bytes::Bytes::from_static(b"p")),
+            session_expiry: u32::MAX,
+            receive_maximum: 100,
+            max_packet_size: None,
+            topic_alias_maximum: 0,
+            request_response_info: false,
+            request_problem_info: true,
+            user_properties: Vec::new(),
+            auth_method: None,
+            auth_data: None,
+        };
+        let mut wire = BytesMut::new();
+        client.encode(Packet::Connect(Box::new(connect)), &mut wire).unwrap();
+        let sub =
+            SubscriptionOptions { no_local: version.is_v5(), ..SubscriptionOptions::qos(QoS::ExactlyOnce) };
+        let id = PacketId(NonZeroU16::new(7).unwrap());
+        client
+            .encode(
+                Packet::Subscribe {
+                    packet_id: id,
+                    subscription_id: None,
+                    filters: vec![("a/#".into(), sub)],
+                },
+                &mut wire,
+            )
+            .unwrap();
+        client.encode(Packet::PingReq, &mut wire).unwrap();
+        let Some(Packet::Connect(c)) = server.decode(&mut wire).unwrap() else { panic!("CONNECT") };
+        assert_eq!((c.client_id.as_ref(), c.clean_start, c.keep_alive), ("edge", false, 30));
+        let Some(Packet::Subscribe { filters, .. }) = server.decode(&mut wire).unwrap() else {
+            panic!("SUBSCRIBE")
+        };
+        assert_eq!(filters[0].1.no_local, version.is_v5());
+        assert!(matches!(server.decode(&mut wire).unwrap(), Some(Packet::PingReq)));
+
+        let mut connack = ConnAck::refuse(ReasonCode::SUCCESS);
+        connack.session_present = true;
+        connack.receive_maximum = Some(10);
+        server.encode(Packet::ConnAck(Box::new(connack)), &mut wire).unwrap();
+        server
+            .encode(Packet::SubAck { packet_id: id, reasons: vec![ReasonCode::GRANTED_QOS_2] }, &mut wire)
+            .unwrap();
+        server.encode(Packet::PingResp, &mut wire).unwrap();
+        server.encode(Packet::PubAck(Ack::success(id)), &mut wire).unwrap();
+        let Some(Packet::ConnAck(ack)) = client.decode(&mut wire).unwrap() else { panic!("CONNACK") };
+        assert!(ack.session_present && ack.reason == ReasonCode::SUCCESS);
+        if version.is_v5() {
+            assert_eq!(ack.receive_maximum, Some(10));
+        }
+        let Some(Packet::SubAck { reasons, .. }) = client.decode(&mut wire).unwrap() else {
+            panic!("SUBACK")
+        };
+        assert_eq!(reasons, vec![ReasonCode::GRANTED_QOS_2]);
+        assert!(matches!(client.decode(&mut wire).unwrap(), Some(Packet::PingResp)));
+        assert!(matches!(client.decode(&mut wire).unwrap(), Some(Packet::PubAck(a)) if a.packet_id == id));
+
+        // A server does not send PINGREQ.
+        let mut wire = BytesMut::from(&b"\xc0\x00"[..]);
+        assert!(matches!(client.decode(&mut wire), Err(CodecError::Violation(_))));
+    }
 }

@@ -8,13 +8,24 @@ use tokio_util::codec::Encoder;
 
 use super::CodecError;
 use crate::packet::{
-    Ack, Connect, Disconnect, Packet, PacketId, ProtocolVersion, Publish, PublishProperties, QoS, ReasonCode,
-    SubscriptionOptions, Will,
+    Ack, ConnAck, Connect, Disconnect, Packet, PacketId, ProtocolVersion, Publish, PublishProperties, QoS,
+    ReasonCode, SubscriptionOptions, Will,
 };
 
 pub(super) use super::v5::{qos_from_wire, qos_to_wire};
 
-pub(super) fn from_wire(packet: v3::Packet) -> Result<Packet, CodecError> {
+/// `from_server`: decoding a server's packets (the client side of a bridge).
+pub(super) fn from_wire(packet: v3::Packet, from_server: bool) -> Result<Packet, CodecError> {
+    let client_only = matches!(
+        packet,
+        v3::Packet::Connect(_)
+            | v3::Packet::Subscribe { .. }
+            | v3::Packet::Unsubscribe { .. }
+            | v3::Packet::PingRequest
+    );
+    if from_server && client_only {
+        return Err(CodecError::Violation("server sent a packet only a client may send"));
+    }
     Ok(match packet {
         v3::Packet::Connect(c) => {
             let version = if c.protocol.level() == 3 { ProtocolVersion::V31 } else { ProtocolVersion::V311 };
@@ -77,6 +88,26 @@ pub(super) fn from_wire(packet: v3::Packet) -> Result<Packet, CodecError> {
         }
         v3::Packet::PingRequest => Packet::PingReq,
         v3::Packet::Disconnect => Packet::Disconnect(Disconnect::default()),
+        // Packets only a server sends: decoded on the client side of a bridge.
+        v3::Packet::ConnectAck(ack) if from_server => Packet::ConnAck(Box::new(ConnAck {
+            session_present: ack.session_present,
+            reason: connack_reason(ack.return_code),
+            ..ConnAck::refuse(ReasonCode::SUCCESS)
+        })),
+        v3::Packet::SubscribeAck { packet_id, status } if from_server => Packet::SubAck {
+            packet_id: PacketId(packet_id),
+            reasons: status
+                .into_iter()
+                .map(|s| match s {
+                    SubscribeReturnCode::Success(q) => ReasonCode::granted(qos_from_wire(q)),
+                    SubscribeReturnCode::Failure => ReasonCode::UNSPECIFIED_ERROR,
+                })
+                .collect(),
+        },
+        v3::Packet::UnsubscribeAck { packet_id } if from_server => {
+            Packet::UnsubAck { packet_id: PacketId(packet_id), reasons: Vec::new() }
+        }
+        v3::Packet::PingResponse if from_server => Packet::PingResp,
         // Packets only a server sends are a protocol error from a client.
         v3::Packet::ConnectAck(_)
         | v3::Packet::SubscribeAck { .. }
@@ -85,6 +116,19 @@ pub(super) fn from_wire(packet: v3::Packet) -> Result<Packet, CodecError> {
             return Err(CodecError::Violation("client sent a packet only a server may send"))
         }
     })
+}
+
+/// The MQTT 5 reason code for a 3.1.1 CONNACK return code (the reverse of
+/// `connack_return_code`).
+fn connack_reason(code: ConnectAckReason) -> ReasonCode {
+    match code {
+        ConnectAckReason::ConnectionAccepted => ReasonCode::SUCCESS,
+        ConnectAckReason::UnacceptableProtocolVersion => ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
+        ConnectAckReason::IdentifierRejected => ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+        ConnectAckReason::ServiceUnavailable => ReasonCode::SERVER_UNAVAILABLE,
+        ConnectAckReason::BadUserNameOrPassword => ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+        _ => ReasonCode::NOT_AUTHORIZED,
+    }
 }
 
 /// The 3.1.1 CONNACK return code for an MQTT 5 reason code (MQTT 5 table 3-1, mapped as

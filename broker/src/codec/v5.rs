@@ -63,7 +63,18 @@ fn ack_from_wire(packet_id: NonZeroU16, code: u8) -> Ack {
     Ack { packet_id: PacketId(packet_id), reason: ReasonCode(code) }
 }
 
-pub(super) fn from_wire(packet: v5::Packet) -> Result<Packet, CodecError> {
+/// `from_server`: decoding a server's packets (the client side of a bridge).
+pub(super) fn from_wire(packet: v5::Packet, from_server: bool) -> Result<Packet, CodecError> {
+    let client_only = matches!(
+        packet,
+        v5::Packet::Connect(_)
+            | v5::Packet::Subscribe(_)
+            | v5::Packet::Unsubscribe(_)
+            | v5::Packet::PingRequest
+    );
+    if from_server && client_only {
+        return Err(CodecError::Violation("server sent a packet only a client may send"));
+    }
     Ok(match packet {
         v5::Packet::Connect(c) => Packet::Connect(Box::new(Connect {
             version: ProtocolVersion::V5,
@@ -147,6 +158,16 @@ pub(super) fn from_wire(packet: v5::Packet) -> Result<Packet, CodecError> {
             method: a.auth_method,
             data: a.auth_data,
         }),
+        v5::Packet::ConnectAck(a) if from_server => Packet::ConnAck(Box::new(connack_from_wire(*a))),
+        v5::Packet::SubscribeAck(a) if from_server => Packet::SubAck {
+            packet_id: PacketId(a.packet_id),
+            reasons: a.status.into_iter().map(|r| ReasonCode(r.into())).collect(),
+        },
+        v5::Packet::UnsubscribeAck(a) if from_server => Packet::UnsubAck {
+            packet_id: PacketId(a.packet_id),
+            reasons: a.status.into_iter().map(|r| ReasonCode(r.into())).collect(),
+        },
+        v5::Packet::PingResponse if from_server => Packet::PingResp,
         v5::Packet::ConnectAck(_)
         | v5::Packet::SubscribeAck(_)
         | v5::Packet::UnsubscribeAck(_)
@@ -171,6 +192,31 @@ fn ack2_to_wire(a: Ack) -> v5::PublishAck2 {
         reason_code: reason(a.reason, v5::PublishAck2Reason::PacketIdNotFound),
         properties: Vec::new(),
         reason_string: None,
+    }
+}
+
+/// A server's CONNACK (the client side of a bridge). Absent properties take the values the
+/// spec gives them (the decoder fills them in: Receive Maximum 65,535, Maximum QoS 2, ...).
+fn connack_from_wire(a: v5::ConnectAck) -> ConnAck {
+    ConnAck {
+        session_present: a.session_present,
+        reason: ReasonCode(a.reason_code.into()),
+        session_expiry: a.session_expiry_interval_secs,
+        receive_maximum: Some(a.receive_max.get()),
+        maximum_qos: Some(qos_from_wire(a.max_qos)),
+        retain_available: a.retain_available,
+        maximum_packet_size: a.max_packet_size,
+        assigned_client_id: a.assigned_client_id,
+        topic_alias_maximum: a.topic_alias_max,
+        reason_string: a.reason_string,
+        wildcard_subscription_available: a.wildcard_subscription_available,
+        subscription_identifiers_available: a.subscription_identifiers_available,
+        shared_subscription_available: a.shared_subscription_available,
+        server_keep_alive: a.server_keepalive_sec,
+        response_information: a.response_info,
+        auth_method: a.auth_method,
+        auth_data: a.auth_data,
+        user_properties: a.user_properties,
     }
 }
 
