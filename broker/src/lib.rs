@@ -19,6 +19,7 @@
 //! with the same id takes it over.
 
 pub mod auth;
+pub mod bridge;
 pub mod clock;
 pub mod codec;
 pub mod config;

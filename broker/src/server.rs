@@ -118,6 +118,7 @@ impl Server {
         let broker = self.broker;
         let refusing = Arc::new(AtomicUsize::new(0));
         broker.tasks.spawn(connection::watch_keep_alives(broker.clone()));
+        crate::bridge::spawn_all(&broker);
         for (socket, listener) in self.listeners {
             broker.tasks.spawn(accept_loop(socket, listener, broker.clone(), refusing.clone()));
         }

@@ -193,6 +193,16 @@ impl Connection {
         // connection's life would also keep its password and will in memory.
         let client_id = ClientId(assigned.clone().unwrap_or_else(|| ByteString::from(&*connect.client_id)));
         tracing::Span::current().record("client_id", tracing::field::display(&client_id));
+        // The local sessions of bridges hold their queues: no client may take one over.
+        if crate::bridge::is_bridge_session(&client_id) {
+            return Err(Refusal::Code(
+                ReasonCode::CLIENT_IDENTIFIER_NOT_VALID,
+                format!(
+                    "client identifiers starting with {} are reserved for bridges",
+                    crate::bridge::SESSION_PREFIX
+                ),
+            ));
+        }
         // Who the client is: a verified certificate wins, then an enhanced-authentication
         // method, then CONNECT's user name (checked against the password file).
         let (username, proof) = match (&self.certificate_user, &connect.auth_method) {

@@ -833,7 +833,7 @@ pub async fn watch_keep_alives(broker: Arc<Broker>) {
 
 /// Matches an inbound message and prepares its storage (retained store, stored copies for
 /// persistent sessions). The caller commits `ops`, then `deliver`s.
-fn route(broker: &Broker, message: &Arc<Message>) -> Routed {
+pub(crate) fn route(broker: &Broker, message: &Arc<Message>) -> Routed {
     let mut routed = broker.router.route(message, &broker.message_ids, broker.security.as_ref());
     if message.retain {
         let op = match broker.router.retained.apply(message) {
@@ -850,7 +850,7 @@ fn route(broker: &Broker, message: &Arc<Message>) -> Routed {
 
 /// Routes, stores and hands over a message the broker itself publishes (wills, shared
 /// redistribution) outside a connection's packet handling.
-async fn route_now(broker: &Broker, mut routed: Routed) -> Result<RouteOutcome, StoreError> {
+pub(crate) async fn route_now(broker: &Broker, mut routed: Routed) -> Result<RouteOutcome, StoreError> {
     let ops = std::mem::take(&mut routed.ops);
     if !ops.is_empty() {
         broker.store.commit(ops).await?;

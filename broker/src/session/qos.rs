@@ -149,6 +149,24 @@ impl OutboundWindow {
         }
     }
 
+    /// A packet id for a packet outside the window (a bridge's SUBSCRIBE) [MQTT-2.3.1-2]: one
+    /// not in flight, and the one `allocate_id` reaches last (ids go up from `last_id`), so no
+    /// PUBLISH takes it before its acknowledgement came back unless 65,535 others were sent
+    /// first.
+    /// `None` only when all 65,535 ids are in flight.
+    pub fn spare_id(&self) -> Option<PacketId> {
+        let mut candidate = self.last_id;
+        for _ in 0..=u16::MAX {
+            if let Some(id) = NonZeroU16::new(candidate).map(PacketId) {
+                if self.position(id).is_none() {
+                    return Some(id);
+                }
+            }
+            candidate = candidate.wrapping_sub(1);
+        }
+        None
+    }
+
     fn position(&self, packet_id: PacketId) -> Option<usize> {
         self.entries.iter().position(|(id, _)| *id == packet_id)
     }

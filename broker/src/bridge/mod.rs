@@ -1,0 +1,348 @@
+//! Store-and-forward bridges: connections this broker opens to upstream MQTT servers.
+//!
+//! A bridge is a persistent session of this broker, `$bridge/<name>`, whose "client" is the
+//! upstream server, reached over a connection the bridge task opens (`link.rs`). That one choice
+//! gives the guarantees below from code every persistent session already runs:
+//! - **Acknowledged = queued durably.** The session subscribes to the outbound topics (with
+//!   No Local, so what the bridge itself brought in is not sent back, and Retain As
+//!   Published). A local PUBLISH that matches is stored as a delivery record of this session in
+//!   the same storage commit as the rest of that publish's ops, and the publisher's
+//!   PUBACK/PUBREC waits for that commit (docs/decisions/0002-storage.md). With
+//!   `storage.durability = "memory"` the queue is in memory.
+//! - **Deleted on upstream acknowledgement only.** The session's QoS state machine stores the
+//!   packet id and state (`AwaitingPubAck`, `AwaitingPubRec`, `AwaitingPubComp`) before the
+//!   PUBLISH or PUBREL is written, and deletes the record on PUBACK or PUBCOMP from upstream.
+//!   On reconnect and after a restart the unacknowledged window is re-sent in order, PUBLISH
+//!   with DUP=1 and PUBREL with the same packet id [MQTT-4.4.0-1].
+//! - **One ordered lane**: the session's pending queue, with an in-flight window of
+//!   min(`max_inflight`, the upstream's Receive Maximum) [MQTT-3.3.4-9].
+//! - **Inbound** (`in` topics): an upstream PUBLISH is routed here as if the session had
+//!   published it, and PUBACK/PUBREC go upstream only after that publish's storage commit;
+//!   inbound QoS 2 packet ids are stored until PUBREL, as for any persistent session.
+//!
+//! While the link is down the session stays with the bridge task (never in the offline roster,
+//! so `limits.max_offline_sessions` cannot end it); it queues QoS 1/2 within the bridge's queue
+//! budget and drops QoS 0 and what exceeds the budget (counted and logged by the queue), as an
+//! offline session does. The session's client id is refused to clients (CONNACK 0x85 / 0x02).
+//!
+//! Status: a retained `$SYS/broker/connection/<name>/state`, "1" while linked and "0"
+//! otherwise (as Mosquitto publishes it), and one log line per change.
+
+mod link;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use bytestring::ByteString;
+use tokio::time::Instant;
+use tracing::{error, info, warn, Instrument};
+
+use crate::config::bridge::BridgeConfig;
+use crate::connection::{route, route_now};
+use crate::message::Message;
+use crate::packet::{ProtocolVersion, QoS, RetainHandling, SubscriptionOptions};
+use crate::router::topic::filter_matches;
+use crate::router::{Subscriber, Subscription};
+use crate::session::queue::QueueLimits;
+use crate::session::registry::{control_slot, Control, ControlReceiver, OwnerId};
+use crate::session::{ClientId, Session, SessionLimits, NEVER_EXPIRES};
+use crate::storage::Op;
+use crate::Broker;
+
+/// Client ids of bridge sessions start with this; clients may not use it.
+pub const SESSION_PREFIX: &str = "$bridge/";
+
+/// A link that stayed up this long resets the reconnect backoff to its minimum.
+const STABLE_LINK: Duration = Duration::from_secs(10);
+
+/// True for the local session of a bridge.
+pub fn is_bridge_session(client_id: &ClientId) -> bool {
+    client_id.0.starts_with(SESSION_PREFIX)
+}
+
+/// Starts one task per configured bridge. Call after stored sessions were restored: each
+/// bridge takes its session over from the offline task `restore` started for it.
+pub fn spawn_all(broker: &Arc<Broker>) {
+    for config in &broker.config.bridge {
+        let span = tracing::info_span!(parent: None, "bridge", name = %config.name);
+        broker.tasks.spawn(run(broker.clone(), config.clone()).instrument(span));
+    }
+}
+
+/// The bridge's local side: its session and the topic mapping.
+struct Bridge {
+    broker: Arc<Broker>,
+    config: BridgeConfig,
+    session: Session,
+    owner: OwnerId,
+    control: ControlReceiver,
+    /// Last state published on the status topic.
+    linked: Option<bool>,
+}
+
+/// How a bridge task's wait ended.
+enum Stop {
+    /// Broker shutdown: the task ends.
+    Shutdown,
+}
+
+async fn run(broker: Arc<Broker>, config: BridgeConfig) {
+    let mut bridge = match Bridge::open(broker, config).await {
+        Ok(bridge) => bridge,
+        Err(e) => {
+            error!("bridge not started: {e}");
+            return;
+        }
+    };
+    bridge.set_linked(false).await;
+    let mut failures: u32 = 0;
+    loop {
+        if bridge.broker.shutdown.is_cancelled() {
+            break;
+        }
+        // Failover: the addresses in order, the first (primary) again at every round.
+        let mut stop = None;
+        let mut stable = false;
+        for address in bridge.config.addresses.clone() {
+            match link::Link::connect(&mut bridge, &address).await {
+                Ok(mut link) => {
+                    let since = Instant::now();
+                    bridge.set_linked(true).await;
+                    let ending = link.serve(&mut bridge).await;
+                    bridge.set_linked(false).await;
+                    stable = since.elapsed() >= STABLE_LINK;
+                    match ending {
+                        link::Ending::Shutdown => stop = Some(Stop::Shutdown),
+                        link::Ending::Lost(reason) => warn!(%address, "link lost: {reason}"),
+                    }
+                    break;
+                }
+                Err(link::ConnectError::Shutdown) => {
+                    stop = Some(Stop::Shutdown);
+                    break;
+                }
+                Err(e) => warn!(%address, "cannot connect: {e}"),
+            }
+        }
+        if let Some(Stop::Shutdown) = stop {
+            break;
+        }
+        failures = if stable { 0 } else { failures.saturating_add(1) };
+        let delay = backoff(&bridge.config, failures);
+        if let Some(Stop::Shutdown) = bridge.wait(delay).await {
+            break;
+        }
+    }
+    bridge.close().await;
+}
+
+/// Exponential backoff with jitter: the n-th delay (n ≥ 1) is drawn between half and all of
+/// min(min_ms × 2^(n-1), max_ms), so bridges that lost one upstream at once do not come back
+/// in step.
+fn backoff(config: &BridgeConfig, failures: u32) -> Duration {
+    let exp = failures.saturating_sub(1).min(32);
+    let full = config.reconnect_delay_min_ms.saturating_mul(1 << exp).min(config.reconnect_delay_max_ms);
+    let jitter = u64::from_le_bytes(crate::auth::scram::random_bytes::<8>().unwrap_or([0; 8]));
+    let half = full / 2;
+    Duration::from_millis(half + jitter % (full - half + 1))
+}
+
+impl Bridge {
+    /// Takes the bridge's session over from its offline task (it was restored from storage),
+    /// or makes a new one, and brings its subscriptions in line with the configuration.
+    async fn open(broker: Arc<Broker>, config: BridgeConfig) -> Result<Bridge, crate::storage::StoreError> {
+        let client_id = ClientId(ByteString::from(format!("{SESSION_PREFIX}{}", config.name)));
+        let owner = broker.router.registry.new_owner_id();
+        let (control_tx, control) = control_slot();
+        let previous = broker.router.registry.claim(&client_id, owner, control_tx, true).await;
+        let limits = SessionLimits {
+            max_inflight: usize::from(config.max_inflight),
+            queue: QueueLimits {
+                max_messages: config.queue_max_messages,
+                max_bytes: config.queue_max_bytes,
+                stall_after: Duration::from_millis(broker.config.mqtt.stall_interval_ms),
+            },
+        };
+        let resumed = previous.is_some();
+        let mut session = match previous {
+            // The stored queue limits were the configured ones then; the new ones apply to
+            // what is queued from now on.
+            Some(previous) => previous,
+            None => Session::new(client_id.clone(), ProtocolVersion::V5, NEVER_EXPIRES, limits),
+        };
+        session.expiry = NEVER_EXPIRES;
+        session.pending.mailbox().set_persistent(true);
+        session.pending.mailbox().set_online(false);
+        let mut bridge = Bridge { broker, config, session, owner, control, linked: None };
+        bridge.sync_subscriptions();
+        let mut ops = std::mem::take(&mut bridge.session.journal);
+        ops.push(Op::PutSession(bridge.session.record(None)));
+        bridge.broker.store.commit(ops).await?;
+        info!(
+            resumed,
+            queued = bridge.session.pending.mailbox().pending(),
+            in_flight = bridge.session.outbound.len(),
+            "bridge session ready"
+        );
+        Ok(bridge)
+    }
+
+    /// One local subscription per outbound topic entry, at the entry's QoS (capped by
+    /// `max_qos`); subscriptions of the stored session that the configuration dropped go.
+    fn sync_subscriptions(&mut self) {
+        let wanted: Vec<(String, QoS)> = self
+            .config
+            .topics
+            .iter()
+            .filter(|t| t.direction.outbound())
+            .map(|t| (t.local_filter(), self.config.topic_qos(t)))
+            .collect();
+        let client_id = self.session.client_id.clone();
+        let stale: Vec<ByteString> = self
+            .session
+            .subscriptions
+            .keys()
+            .filter(|f| !wanted.iter().any(|(w, _)| w.as_str() == &***f))
+            .cloned()
+            .collect();
+        for filter in stale {
+            self.broker.router.unsubscribe(&filter, &client_id);
+            self.session.subscriptions.remove(&filter);
+        }
+        for (filter, qos) in wanted {
+            let options = SubscriptionOptions {
+                qos,
+                // What the bridge brought in from upstream is not sent back [MQTT-3.8.3-3].
+                no_local: true,
+                // Retained publishes stay retained upstream [MQTT-3.3.1-12].
+                retain_as_published: true,
+                retain_handling: RetainHandling::Never,
+            };
+            let subscription = Subscription { options, id: None };
+            let subscriber = Subscriber { mailbox: self.session.pending.mailbox().clone(), subscription };
+            self.broker.router.subscribe(&filter, client_id.clone(), subscriber);
+            self.session.subscriptions.insert(ByteString::from(filter), subscription);
+        }
+    }
+
+    /// The upstream topic for a local one: the first outbound entry whose local filter
+    /// matches gives the prefixes (local prefix off, remote prefix on).
+    fn remote_topic(&self, local: &str) -> Option<String> {
+        self.config.topics.iter().filter(|t| t.direction.outbound()).find_map(|t| {
+            let rest = local.strip_prefix(t.local_prefix.as_str())?;
+            filter_matches(&t.local_filter(), local).then(|| format!("{}{rest}", t.remote_prefix))
+        })
+    }
+
+    /// The local topic for an upstream one, by the inbound entries.
+    fn local_topic(&self, remote: &str) -> Option<String> {
+        self.config.topics.iter().filter(|t| t.direction.inbound()).find_map(|t| {
+            let rest = remote.strip_prefix(t.remote_prefix.as_str())?;
+            filter_matches(&t.remote_filter(), remote).then(|| format!("{}{rest}", t.local_prefix))
+        })
+    }
+
+    /// Publishes the retained status "1"/"0" on a change, and logs it.
+    async fn set_linked(&mut self, linked: bool) {
+        if self.linked == Some(linked) {
+            return;
+        }
+        self.linked = Some(linked);
+        info!(state = u8::from(linked), "bridge {}", if linked { "connected" } else { "disconnected" });
+        let topic = format!("$SYS/broker/connection/{}/state", self.config.name);
+        let payload = Bytes::from_static(if linked { b"1" } else { b"0" });
+        let mut message = Message::new(topic, payload, QoS::AtLeastOnce);
+        message.retain = true;
+        message.origin = Some(self.session.client_id.clone());
+        let routed = route(&self.broker, &Arc::new(message));
+        if let Err(e) = route_now(&self.broker, routed).await {
+            warn!("bridge state not published: {e}");
+        }
+    }
+
+    /// Waits `delay` (reconnect backoff), taking in what is routed meanwhile; `Some` on shutdown.
+    async fn wait(&mut self, delay: Duration) -> Option<Stop> {
+        let sleep = tokio::time::sleep(delay);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                () = &mut sleep => return None,
+                request = self.control.recv() => match request {
+                    Control::Shutdown => return Some(Stop::Shutdown),
+                    other => Bridge::refuse(other),
+                },
+                () = self.session.pending.absorb() => {}
+            }
+        }
+    }
+
+    /// Answers a control request other than shutdown. No client can claim a bridge session
+    /// (the handshake refuses its id), so a takeover is refused; no keep-alive deadline is set.
+    fn refuse(request: Control) {
+        if let Control::Takeover(takeover) = request {
+            warn!("takeover of a bridge session refused");
+            let _ = takeover.reply.send(None);
+        }
+    }
+
+    /// Shutdown: the session record is stored (its deliveries already are) for the next start.
+    async fn close(mut self) {
+        self.session.pending.mailbox().set_online(false);
+        let mut ops = std::mem::take(&mut self.session.journal);
+        ops.push(Op::PutSession(self.session.record(None)));
+        if let Err(e) = self.broker.store.commit(ops).await {
+            warn!("bridge session not stored at shutdown: {e}");
+        }
+        self.broker.router.registry.release(&self.session.client_id, self.owner);
+        info!("bridge stopped");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn config(topics: &str) -> BridgeConfig {
+        let toml = format!("[[bridge]]\nname = \"b\"\naddresses = [\"127.0.0.1:1\"]\ntopics = [{topics}]\n");
+        Config::from_toml(&toml).unwrap().bridge.remove(0)
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_maximum_with_jitter_below_each_step() {
+        let mut c = config("{ pattern = \"a\" }");
+        c.reconnect_delay_min_ms = 100;
+        c.reconnect_delay_max_ms = 1000;
+        for (failures, full) in [(1, 100), (2, 200), (3, 400), (4, 800), (5, 1000), (60, 1000)] {
+            for _ in 0..20 {
+                let d = backoff(&c, failures).as_millis() as u64;
+                assert!((full / 2..=full).contains(&d), "failure {failures}: {d} ms");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn prefixes_map_topics_both_ways() {
+        let broker = Arc::new(Broker::new(
+            Arc::new(Config::from_toml("").unwrap()),
+            Arc::new(crate::storage::MemoryStore::default()),
+            Arc::new(crate::auth::Security::load(&Config::from_toml("").unwrap().auth).unwrap()),
+        ));
+        let c = config(
+            "{ pattern = \"s/#\", local_prefix = \"edge/\", remote_prefix = \"site1/\" }, \
+             { pattern = \"cmd/+\", direction = \"in\", remote_prefix = \"site1/\" }, \
+             { pattern = \"x\", direction = \"both\" }",
+        );
+        let bridge = Bridge::open(broker, c).await.unwrap();
+        assert_eq!(bridge.remote_topic("edge/s/t").as_deref(), Some("site1/s/t"));
+        assert_eq!(bridge.remote_topic("s/t"), None);
+        assert_eq!(bridge.remote_topic("x").as_deref(), Some("x"));
+        assert_eq!(bridge.local_topic("site1/cmd/a").as_deref(), Some("cmd/a"));
+        assert_eq!(bridge.local_topic("cmd/a"), None);
+        assert_eq!(bridge.local_topic("x").as_deref(), Some("x"));
+        let filters: Vec<_> = bridge.session.subscriptions.keys().map(|f| f.to_string()).collect();
+        assert_eq!(filters.len(), 2, "outbound entries only: {filters:?}");
+        assert!(bridge.session.subscriptions.values().all(|s| s.options.no_local));
+    }
+}
