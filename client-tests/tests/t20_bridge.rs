@@ -440,3 +440,177 @@ async fn a_client_cannot_use_a_bridge_session_id() {
     let connack = raw.recv().await;
     assert_eq!(connack.bytes(), vec![0x20, 0x02, 0x00, 0x02], "identifier rejected");
 }
+
+// ---------------------------------------------------------------------------------------
+// A scripted upstream: the test plays the server's half packet by packet
+// ---------------------------------------------------------------------------------------
+
+/// Accepts the bridge's next connection, reads its CONNECT (3.1.1, clean session 0) and
+/// answers CONNACK with `session_present`.
+async fn accept_bridge(listener: &TcpListener, session_present: bool) -> Raw {
+    let (stream, peer) =
+        tokio::time::timeout(WAIT, listener.accept()).await.expect("bridge connects").unwrap();
+    let mut raw = Raw::over(stream, peer);
+    let connect = raw.recv().await;
+    assert_eq!(connect.header, 0x10, "CONNECT first [MQTT-3.1.0-1]: {connect:?}");
+    // Protocol name (6 bytes), level 4, flags: clean session 0 keeps the upstream session.
+    assert_eq!((connect.body[6], connect.body[7] & 0x02), (4, 0), "3.1.1, clean session 0: {connect:?}");
+    raw.send(&[0x20, 0x02, u8::from(session_present), 0x00]).await;
+    raw
+}
+
+/// Edge config for a bridge to the scripted upstream at `addr` (long keep-alive: no PINGREQ
+/// interleaves with the scripted packets).
+fn scripted_config(addr: SocketAddr, topics: &str) -> String {
+    format!(
+        "[[bridge]]\nname = \"cloud\"\naddresses = [\"{addr}\"]\nkeep_alive_secs = 60\n\
+         reconnect_delay_min_ms = 50\nreconnect_delay_max_ms = 200\ntopics = [{topics}]\n"
+    )
+}
+
+// Outbound QoS 2 across a crash [MQTT-4.3.3-1] [MQTT-4.4.0-1]: message A is PUBREC'd by the
+// upstream (the bridge stores AwaitingPubComp with its packet id, then sends PUBREL) and its
+// PUBCOMP never comes; message B is sent and never acknowledged. The edge is killed and
+// restarted on the same data: on the resumed upstream session it sends PUBREL for A with the
+// same packet id, never A's PUBLISH again, then B's PUBLISH with DUP=1 and B's packet id.
+#[tokio::test]
+async fn qos2_resumes_with_pubrel_and_the_same_packet_ids_after_kill9() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let config = scripted_config(
+        upstream.local_addr().unwrap(),
+        "{ pattern = \"q/#\", direction = \"out\", qos = 2 }",
+    );
+    let mut edge = Broker::launch(Launch::config(&config).data_dir(dir.path()));
+    let mut up = accept_bridge(&upstream, false).await;
+
+    let mut p = Raw::connected(edge.addr(), "edge-pub", true).await;
+    p.publish_flow("q/a", 2, false, 1, b"pub:0").await;
+    let a = up.recv_publish().await;
+    assert_eq!((a.topic.as_str(), a.qos, a.dup, a.payload.as_slice()), ("q/a", 2, false, &b"pub:0"[..]));
+    let a_id = a.pid.unwrap();
+    up.send(&pkt::pubrec(a_id)).await;
+    assert_eq!(up.recv().await.bytes(), pkt::pubrel(a_id), "PUBREL after PUBREC [MQTT-4.3.3-1]");
+    p.publish_flow("q/b", 2, false, 2, b"pub:1").await;
+    let b = up.recv_publish().await;
+    assert_eq!((b.payload.as_slice(), b.dup), (&b"pub:1"[..], false));
+    let b_id = b.pid.unwrap();
+    assert_ne!(a_id, b_id, "A's id is still in use [MQTT-2.3.1-2]");
+    edge.kill9().await;
+    drop(up);
+
+    let _edge = Broker::launch(Launch::config(&config).data_dir(dir.path()));
+    let mut up = accept_bridge(&upstream, true).await;
+    assert_eq!(
+        up.recv().await.bytes(),
+        pkt::pubrel(a_id),
+        "PUBREL again with A's packet id, not A's PUBLISH"
+    );
+    let again = up.recv_publish().await;
+    assert_eq!(
+        (again.pid, again.dup, again.payload.as_slice()),
+        (Some(b_id), true, &b"pub:1"[..]),
+        "B again, DUP=1 [MQTT-3.3.1-1]"
+    );
+    up.send(&pkt::pubcomp(a_id)).await;
+    up.send(&pkt::pubrec(b_id)).await;
+    assert_eq!(up.recv().await.bytes(), pkt::pubrel(b_id));
+    up.send(&pkt::pubcomp(b_id)).await;
+    up.expect_nothing(QUIET).await;
+}
+
+// Inbound QoS 2 across a crash [MQTT-4.3.3-2] [MQTT-4.3.3-9]: the upstream sends a QoS 2
+// PUBLISH; the bridge routes it to a local persistent session, stores the packet id and only
+// then answers PUBREC. The edge is killed before PUBREL; the upstream, as if the PUBREC was
+// lost, sends the PUBLISH again (DUP=1, same id) after the restart: PUBREC, not a second
+// delivery. After PUBREL/PUBCOMP the same id carries a new message. The local subscriber gets
+// each message exactly once.
+#[tokio::test]
+async fn inbound_qos2_is_delivered_once_across_a_kill9() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let config = scripted_config(
+        upstream.local_addr().unwrap(),
+        "{ pattern = \"cmd/#\", direction = \"in\", qos = 2 }",
+    );
+    let mut edge = Broker::launch(Launch::config(&config).data_dir(dir.path()));
+    let mut up = accept_bridge(&upstream, false).await;
+    let subscribe = up.recv().await;
+    assert_eq!(subscribe.header, 0x82, "SUBSCRIBE: {subscribe:?}");
+    let sub_id = subscribe.pid();
+    assert_eq!(&subscribe.body[2..], b"\x00\x05cmd/#\x02", "cmd/# at QoS 2");
+    up.send(&[0x90, 0x03, (sub_id >> 8) as u8, sub_id as u8, 0x02]).await;
+    // A local persistent session, offline while the messages come.
+    let local = pkt::Connect::new("local-sub").clean(false);
+    let (mut s, _) = Raw::handshake(edge.addr(), &local).await;
+    assert_eq!(s.subscribe(1, &[("cmd/#", 2)]).await, vec![2]);
+    s.disconnect().await;
+
+    up.send(&pkt::publish("cmd/x", 2, false, false, 5, b"up:1")).await;
+    assert_eq!(up.recv().await.bytes(), pkt::pubrec(5), "PUBREC once stored");
+    edge.kill9().await;
+    drop(up);
+
+    let edge = Broker::launch(Launch::config(&config).data_dir(dir.path()));
+    let mut up = accept_bridge(&upstream, true).await;
+    let subscribe = up.recv().await;
+    up.send(&[0x90, 0x03, subscribe.body[0], subscribe.body[1], 0x02]).await;
+    up.send(&pkt::publish("cmd/x", 2, false, true, 5, b"up:1")).await;
+    assert_eq!(up.recv().await.bytes(), pkt::pubrec(5), "the stored id: PUBREC again");
+    up.send(&pkt::pubrel(5)).await;
+    assert_eq!(up.recv().await.bytes(), pkt::pubcomp(5));
+    up.send(&pkt::publish("cmd/x", 2, false, false, 5, b"up:2")).await;
+    assert_eq!(up.recv().await.bytes(), pkt::pubrec(5), "a new message with the freed id");
+    up.send(&pkt::pubrel(5)).await;
+    assert_eq!(up.recv().await.bytes(), pkt::pubcomp(5));
+
+    let (mut s, present) = Raw::handshake(edge.addr(), &local).await;
+    assert!(present, "local session survived the crash");
+    let mut got = Vec::new();
+    loop {
+        match s.read(QUIET).await {
+            ReadOutcome::Packet(p) if p.kind() == 3 => {
+                let m = p.publish();
+                got.push(String::from_utf8(m.payload).unwrap());
+                s.send(&pkt::pubrec(m.pid.expect("QoS 2"))).await;
+            }
+            ReadOutcome::Packet(p) if p.kind() == 6 => s.send(&pkt::pubcomp(p.pid())).await,
+            ReadOutcome::Timeout => break,
+            other => panic!("local subscriber: {other:?}"),
+        }
+    }
+    assert_eq!(got, vec!["up:1", "up:2"], "each once, in order");
+}
+
+// Loops, one bridge both ways on `a/#` (MQTT 5): a message published at the edge reaches the
+// upstream once and does not come back (No Local upstream [MQTT-3.8.3-3]); one published
+// upstream reaches the edge once and is not sent back up (No Local on the bridge's local
+// subscription, the bridge session being the inbound message's origin). Every subscriber sees
+// each message once.
+#[tokio::test]
+async fn a_bridge_both_ways_does_not_echo() {
+    let upstream = Broker::start();
+    let edge = Broker::start_with(&edge_config(
+        upstream.addr(),
+        "protocol = \"5.0\"\ntopics = [{ pattern = \"a/#\", direction = \"both\", qos = 1 }]",
+    ));
+    assert!(edge.wait_log("subscribed upstream", WAIT).await, "bridge subscribed upstream");
+    let mut edge_sub = Mqtt::connect(opts(&edge, "edge-sub")).await;
+    edge_sub.subscribe("a/#", 1).await;
+    let mut up_sub = Mqtt::connect(opts(&upstream, "up-sub")).await;
+    up_sub.subscribe("a/#", 1).await;
+
+    let mut edge_pub = Mqtt::connect(opts(&edge, "edge-pub")).await;
+    edge_pub.publish_wait("a/1", 1, false, payload("edge", 1)).await;
+    let mut up_pub = Mqtt::connect(opts(&upstream, "up-pub")).await;
+    up_pub.publish_wait("a/2", 1, false, payload("up", 2)).await;
+
+    for (name, sub) in [("edge", &mut edge_sub), ("upstream", &mut up_sub)] {
+        let mut got = Vec::new();
+        while let Some(m) = sub.recv_timeout(Duration::from_secs(1)).await {
+            got.push(String::from_utf8(m.payload.to_vec()).unwrap());
+        }
+        got.sort();
+        assert_eq!(got, vec!["edge:1", "up:2"], "{name} subscriber: each message once");
+    }
+}

@@ -28,7 +28,8 @@ use super::Bridge;
 use crate::codec::{Codec, Encoded};
 use crate::message::Message;
 use crate::packet::{
-    Ack, ConnAck, Connect, Disconnect, Packet, PacketId, Publish, QoS, ReasonCode, SubscriptionOptions,
+    Ack, ConnAck, Connect, Disconnect, Packet, PacketId, Publish, QoS, ReasonCode, RetainHandling,
+    SubscriptionOptions,
 };
 use crate::router::Routed;
 use crate::session::registry::Control;
@@ -191,6 +192,10 @@ impl Link {
                     // [MQTT-3.8.3-3].
                     no_local: true,
                     retain_as_published: true,
+                    // Subscribing again at each reconnect does not bring the retained
+                    // messages again (MQTT 5 only; a 3.1.1 upstream sends them again)
+                    // [MQTT-3.3.1-10].
+                    retain_handling: RetainHandling::OnNewSubscribe,
                     ..SubscriptionOptions::qos(bridge.config.topic_qos(t))
                 };
                 (ByteString::from(t.remote_filter()), options)
@@ -255,12 +260,17 @@ impl Link {
             if self.rbuf.capacity() - self.rbuf.len() < READ_SIZE / 2 {
                 self.rbuf.reserve(READ_SIZE);
             }
+            // In this order: the queue is bounded by the in-flight window, so reading always
+            // gets its turn, while an upstream that floods us cannot starve the queue.
             tokio::select! {
                 biased;
                 request = bridge.control.recv() => match request {
                     Control::Shutdown => return Ending::Shutdown,
                     other => Bridge::refuse(other),
                 },
+                () = std::future::poll_fn(|cx| session.pending.poll_pending(cx)), if can_deliver => {
+                    session.pump(&mut self.out, Instant::now());
+                }
                 read = self.stream.read_buf(&mut self.rbuf) => match read {
                     Ok(0) => return Ending::Lost("closed by the upstream".into()),
                     Ok(_) => {
@@ -271,9 +281,6 @@ impl Link {
                     }
                     Err(e) => return Ending::Lost(format!("read failed: {e}")),
                 },
-                () = std::future::poll_fn(|cx| session.pending.poll_pending(cx)), if can_deliver => {
-                    session.pump(&mut self.out, Instant::now());
-                }
                 () = tokio::time::sleep_until(timer) => {
                     let now = Instant::now();
                     if now >= self.dead_at() {

@@ -61,6 +61,11 @@ pub fn is_bridge_session(client_id: &ClientId) -> bool {
     client_id.0.starts_with(SESSION_PREFIX)
 }
 
+/// True when `client_id` is the session of a bridge in `config`.
+pub fn is_configured(config: &crate::Config, client_id: &ClientId) -> bool {
+    client_id.0.strip_prefix(SESSION_PREFIX).is_some_and(|name| config.bridge.iter().any(|b| b.name == name))
+}
+
 /// Starts one task per configured bridge. Call after stored sessions were restored: each
 /// bridge takes its session over from the offline task `restore` started for it.
 pub fn spawn_all(broker: &Arc<Broker>) {

@@ -215,8 +215,18 @@ pub async fn restore(broker: &Arc<Broker>) -> Result<(), StoreError> {
         snapshot.messages.into_iter().map(|(id, m)| (id, Arc::new(m.into_message()))).collect();
     let mut refs: BTreeMap<u64, usize> = BTreeMap::new();
     let mut sweep = Vec::new();
-    let restored = snapshot.sessions.len();
+    let mut restored = snapshot.sessions.len();
     for stored in snapshot.sessions {
+        let client_id = &stored.record.client_id;
+        if crate::bridge::is_bridge_session(client_id)
+            && !crate::bridge::is_configured(&broker.config, client_id)
+        {
+            // Its bridge was removed from the configuration: its queue would grow forever.
+            warn!(%client_id, queued = stored.deliveries.len(), "bridge no longer configured: its stored queue is deleted");
+            sweep.push(Op::DeleteSession(client_id.clone()));
+            restored -= 1;
+            continue;
+        }
         for (_, d) in &stored.deliveries {
             if d.message != 0 && !matches!(d.state, DeliveryState::AwaitingPubComp(_)) {
                 *refs.entry(d.message).or_default() += 1;
