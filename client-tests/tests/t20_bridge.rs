@@ -32,6 +32,9 @@ enum Mode {
     Reset,
     /// Connections stay open but nothing is forwarded (a silently dead link).
     Hold,
+    /// Bytes to the upstream flow, its replies are held: it receives PUBLISHes whose
+    /// acknowledgements never reach the bridge.
+    HoldReplies,
 }
 
 struct Proxy {
@@ -101,15 +104,16 @@ async fn pipe(client: TcpStream, upstream: SocketAddr, mut mode: watch::Receiver
                 }
                 continue;
             }
-            Mode::Pass => {}
+            Mode::Pass | Mode::HoldReplies => {}
         }
+        let replies = current == Mode::Pass;
         tokio::select! {
             changed = mode.changed() => if changed.is_err() { break },
             r = cr.read(&mut cbuf) => match r {
                 Ok(n) if n > 0 => if sw.write_all(&cbuf[..n]).await.is_err() { break },
                 _ => break,
             },
-            r = sr.read(&mut sbuf) => match r {
+            r = sr.read(&mut sbuf), if replies => match r {
                 Ok(n) if n > 0 => if cw.write_all(&sbuf[..n]).await.is_err() { break },
                 _ => break,
             },
@@ -222,11 +226,13 @@ async fn wait_state(w: &mut Mqtt, want: &str, within: Duration) {
 // Tests
 // ---------------------------------------------------------------------------------------
 
-// (a) Link cut. 300 QoS 1 messages at a steady rate; after 100 the proxy resets the link and
-// refuses reconnects for 1 s, then passes again. The edge acknowledges throughout (the
-// messages are queued durably), and the bridge resends its unacknowledged window with DUP=1
-// after reconnecting [MQTT-4.4.0-1] [MQTT-3.3.1-1]: all arrive upstream, new ones in order,
-// duplicates at most the in-flight window (10). The state topic goes 1 -> 0 -> 1.
+// (a) Link cut. 300 QoS 1 messages at a steady rate. From the 100th the upstream's replies are
+// held (it gets PUBLISHes whose PUBACKs never come back, so the window fills), from the 150th
+// the proxy resets the link and refuses reconnects, from the 200th it passes again. The edge
+// acknowledges throughout (the messages are queued durably), and the bridge resends its
+// unacknowledged window with DUP=1 after reconnecting [MQTT-4.4.0-1] [MQTT-3.3.1-1]: all
+// arrive upstream, new ones in order, duplicates at most the in-flight window (10). The state
+// topic goes 1 -> 0 -> 1.
 #[tokio::test]
 async fn link_cut_loses_nothing_and_keeps_order() {
     const N: usize = 300;
@@ -247,6 +253,9 @@ async fn link_cut_loses_nothing_and_keeps_order() {
     for seq in 0..N {
         tick.tick().await;
         if seq == 100 {
+            proxy.set(Mode::HoldReplies);
+        }
+        if seq == 150 {
             proxy.set(Mode::Reset);
             wait_state(&mut state, "0", WAIT).await;
         }
@@ -264,6 +273,7 @@ async fn link_cut_loses_nothing_and_keeps_order() {
     assert!(report.missing.is_empty(), "missing upstream: {:?}", report.missing);
     assert!(report.reordered.is_empty(), "reordered: {:?}", report.reordered);
     assert!(report.duplicates <= WINDOW, "{} duplicates > window {WINDOW}", report.duplicates);
+    assert!(report.duplicates > 0, "the held window was re-sent and had reached the upstream");
     assert!(proxy.linked.load(Ordering::SeqCst) >= 2, "the bridge reconnected");
     assert!(edge.logs().contains("bridge disconnected"), "a log line per state change");
 }
@@ -613,4 +623,106 @@ async fn a_bridge_both_ways_does_not_echo() {
         got.sort();
         assert_eq!(got, vec!["edge:1", "up:2"], "{name} subscriber: each message once");
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Mosquitto as the upstream
+// ---------------------------------------------------------------------------------------
+
+/// A Mosquitto process on a free loopback port (no persistence), killed on drop.
+struct Mosquitto {
+    child: std::process::Child,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    async fn start() -> Mosquitto {
+        let dir = tempfile::tempdir().unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\nlog_dest none\n"))
+            .unwrap();
+        let child = std::process::Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("mosquitto (Debian package `mosquitto`) runs");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        let deadline = Instant::now() + WAIT;
+        while TcpStream::connect(addr).await.is_err() {
+            assert!(Instant::now() < deadline, "mosquitto did not listen on {addr}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Mosquitto { child, addr, _dir: dir }
+    }
+
+    fn opts(&self, client_id: &str) -> rumqttc::MqttOptions {
+        let mut o = rumqttc::MqttOptions::new(client_id, "127.0.0.1", self.addr.port());
+        o.set_keep_alive(Duration::from_secs(30));
+        o
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// Against Mosquitto 2 (MQTT 5 bridge): 200 QoS 2 messages; from the 100th Mosquitto's replies
+// are held, then the link is reset and restored. All arrive exactly once and in order: the
+// bridge resumes its upstream session and re-sends the unacknowledged PUBLISHes with DUP=1 and
+// their packet ids, which Mosquitto recognises as already received [MQTT-4.3.3-2]
+// [MQTT-4.4.0-1]. An upstream QoS 2 command reaches a local subscriber once.
+#[tokio::test]
+async fn mosquitto_upstream_gets_qos2_exactly_once_across_a_link_cut() {
+    const N: usize = 200;
+    let upstream = Mosquitto::start().await;
+    let proxy = Proxy::start(upstream.addr).await;
+    let mut sub = Mqtt::connect(upstream.opts("up-sub")).await;
+    sub.subscribe("m/#", 2).await;
+    let edge = Broker::start_with(&edge_config(
+        proxy.addr,
+        "protocol = \"5.0\"\ntopics = [{ pattern = \"m/#\", direction = \"out\", qos = 2 }, \
+         { pattern = \"c/#\", direction = \"in\", qos = 2 }]",
+    ));
+    assert!(edge.wait_log("subscribed upstream", WAIT).await, "bridge subscribed upstream");
+    let mut state = state_watcher(&edge).await;
+    wait_state(&mut state, "1", WAIT).await;
+
+    // From the middle on, Mosquitto's replies are held: it receives (and delivers) a window of
+    // PUBLISHes whose PUBRECs the bridge never sees, then the link is reset.
+    let mut publisher = Mqtt::connect(opts(&edge, "edge-pub")).await;
+    for seq in 0..N {
+        if seq == N / 2 {
+            proxy.set(Mode::HoldReplies);
+        }
+        publisher.publish_wait("m/t", 2, false, payload("edge-pub", seq)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    proxy.set(Mode::Reset);
+    wait_state(&mut state, "0", WAIT).await;
+    proxy.set(Mode::Pass);
+    let expected: BTreeSet<usize> = (0..N).collect();
+    let got = collect(&mut sub, "edge-pub", &expected).await;
+    let report = check_stream(&got, &expected);
+    eprintln!("mosquitto QoS 2: {} received, {} duplicates", got.len(), report.duplicates);
+    assert!(report.missing.is_empty(), "missing: {:?}", report.missing);
+    assert!(report.reordered.is_empty(), "reordered: {:?}", report.reordered);
+    assert_eq!(report.duplicates, 0, "QoS 2 end to end: exactly once");
+
+    wait_state(&mut state, "1", WAIT).await;
+    assert!(edge.wait_log_line(|l| l.contains("subscribed upstream") && l.contains("c/#"), WAIT).await);
+    let mut local = Mqtt::connect(opts(&edge, "local-sub")).await;
+    local.subscribe("c/#", 2).await;
+    let mut up_pub = Mqtt::connect(upstream.opts("up-pub")).await;
+    up_pub.publish_wait("c/go", 2, false, payload("up-pub", 1)).await;
+    let m = local.recv().await;
+    assert_eq!((m.topic.as_str(), qos_num(m.qos), parse(&m.payload).1), ("c/go", 2, 1));
+    local.expect_silence().await;
 }
