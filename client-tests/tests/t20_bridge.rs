@@ -717,7 +717,6 @@ async fn mosquitto_upstream_gets_qos2_exactly_once_across_a_link_cut() {
     assert_eq!(report.duplicates, 0, "QoS 2 end to end: exactly once");
 
     wait_state(&mut state, "1", WAIT).await;
-    assert!(edge.wait_log_line(|l| l.contains("subscribed upstream") && l.contains("c/#"), WAIT).await);
     let mut local = Mqtt::connect(opts(&edge, "local-sub")).await;
     local.subscribe("c/#", 2).await;
     let mut up_pub = Mqtt::connect(upstream.opts("up-pub")).await;
@@ -725,4 +724,95 @@ async fn mosquitto_upstream_gets_qos2_exactly_once_across_a_link_cut() {
     let m = local.recv().await;
     assert_eq!((m.topic.as_str(), qos_num(m.qos), parse(&m.payload).1), ("c/go", 2, 1));
     local.expect_silence().await;
+}
+
+// Queue budget, `overflow = "drop_newest"`: with the upstream unreachable from the start and a
+// budget of 20 messages, 50 QoS 1 publishes are all acknowledged (3.1.1 has no way to refuse),
+// the first 20 are queued and the rest dropped with a log line; once the link comes up exactly
+// the first 20 arrive, in order.
+#[tokio::test]
+async fn beyond_the_queue_budget_the_newest_are_dropped() {
+    let upstream = Broker::start();
+    let proxy = Proxy::start(upstream.addr()).await;
+    proxy.set(Mode::Reset);
+    let mut sub = Mqtt::connect(opts(&upstream, "up-sub")).await;
+    sub.subscribe("b/#", 1).await;
+    let edge = Broker::start_with(&edge_config(
+        proxy.addr,
+        "queue_max_messages = 20\noverflow = \"drop_newest\"\n\
+         topics = [{ pattern = \"b/#\", direction = \"out\", qos = 1 }]",
+    ));
+    let mut state = state_watcher(&edge).await;
+    wait_state(&mut state, "0", WAIT).await;
+    let mut publisher = Mqtt::connect(opts(&edge, "edge-pub")).await;
+    for seq in 0..50 {
+        publisher.publish_wait("b/t", 1, false, payload("edge-pub", seq)).await;
+    }
+    assert!(edge.wait_log("pending queue full", WAIT).await, "the overflow is logged");
+    proxy.set(Mode::Pass);
+    wait_state(&mut state, "1", WAIT).await;
+    let expected: BTreeSet<usize> = (0..20).collect();
+    let got = collect(&mut sub, "edge-pub", &expected).await;
+    assert_eq!(got, (0..20).collect::<Vec<_>>(), "exactly the queued ones, in order");
+}
+
+// Failover: two upstreams, the first reached through the proxy. Mid-stream the first becomes
+// unreachable (reset, reconnects refused): the bridge connects to the second and goes on;
+// together the two upstreams' subscribers miss nothing. The second has no session for the
+// bridge, so the unacknowledged window is re-sent there as new (at-least-once, logged).
+#[tokio::test]
+async fn when_the_primary_is_unreachable_traffic_goes_to_the_secondary() {
+    const N: usize = 200;
+    let primary = Broker::start();
+    let secondary = Broker::start();
+    let proxy = Proxy::start(primary.addr()).await;
+    let mut sub1 = Mqtt::connect(opts(&primary, "sub-1")).await;
+    sub1.subscribe("f/#", 1).await;
+    let mut sub2 = Mqtt::connect(opts(&secondary, "sub-2")).await;
+    sub2.subscribe("f/#", 1).await;
+    let config = format!(
+        "[[bridge]]\nname = \"cloud\"\naddresses = [\"{}\", \"{}\"]\nkeep_alive_secs = 2\n\
+         reconnect_delay_min_ms = 50\nreconnect_delay_max_ms = 400\nconnect_timeout_secs = 2\n\
+         topics = [{{ pattern = \"f/#\", direction = \"out\", qos = 1 }}]\n",
+        proxy.addr,
+        secondary.addr()
+    );
+    let edge = Broker::start_with(&config);
+    let mut state = state_watcher(&edge).await;
+    wait_state(&mut state, "1", WAIT).await;
+    let mut publisher = Mqtt::connect(opts(&edge, "edge-pub")).await;
+    let mut tick = tokio::time::interval(Duration::from_millis(5));
+    for seq in 0..N {
+        tick.tick().await;
+        if seq == N / 2 {
+            proxy.set(Mode::HoldReplies);
+        }
+        if seq == N / 2 + 20 {
+            proxy.set(Mode::Reset);
+        }
+        publisher.publish_wait("f/t", 1, false, payload("edge-pub", seq)).await;
+    }
+    let deadline = Instant::now() + ARRIVE;
+    let mut union = BTreeSet::new();
+    let (mut first, mut second) = (Vec::new(), Vec::new());
+    while union.len() < N && Instant::now() < deadline {
+        tokio::select! {
+            Some(m) = sub1.recv_timeout(Duration::from_millis(100)) => {
+                let seq = parse(&m.payload).1;
+                first.push(seq);
+                union.insert(seq);
+            }
+            Some(m) = sub2.recv_timeout(Duration::from_millis(100)) => {
+                let seq = parse(&m.payload).1;
+                second.push(seq);
+                union.insert(seq);
+            }
+            else => {}
+        }
+    }
+    let missing: Vec<usize> = (0..N).filter(|s| !union.contains(s)).collect();
+    eprintln!("failover: {} via the primary, {} via the secondary", first.len(), second.len());
+    assert!(missing.is_empty(), "missing from both upstreams: {missing:?}");
+    assert!(!first.is_empty() && !second.is_empty(), "both upstreams carried traffic");
+    assert!(edge.logs().contains("upstream has no session for this bridge"), "the fallback is logged");
 }
