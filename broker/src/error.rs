@@ -17,6 +17,9 @@ pub enum Error {
     /// A listener's certificates or key could not be loaded.
     #[error("listener {addr}: {source}")]
     Tls { addr: SocketAddr, source: crate::transport::tls::TlsError },
+    /// A bridge's TLS files could not be loaded.
+    #[error("bridge {name}: {source}")]
+    BridgeTls { name: String, source: crate::transport::tls::TlsError },
     /// The password file or ACL could not be loaded.
     #[error(transparent)]
     Security(#[from] crate::auth::SecurityError),

@@ -26,6 +26,7 @@ const MAX_REFUSING: usize = 64;
 pub struct Server {
     broker: Arc<Broker>,
     listeners: Vec<(TcpListener, Arc<Listener>)>,
+    bridges: Vec<crate::bridge::Prepared>,
 }
 
 /// Re-reads the password file, the ACL and every listener's certificates (SIGHUP).
@@ -78,6 +79,7 @@ impl Server {
     pub async fn bind_broker(broker: Broker) -> Result<Server> {
         let broker = Arc::new(broker);
         let config = broker.config.clone();
+        let bridges = crate::bridge::prepare(&config)?;
         connection::restore(&broker).await?;
         let mut listeners = Vec::new();
         for listener in &config.listener {
@@ -91,7 +93,7 @@ impl Server {
             listeners.push((bound, Arc::new(settings)));
         }
         info!("accepting connections on {} listener(s)", listeners.len());
-        Ok(Server { broker, listeners })
+        Ok(Server { broker, listeners, bridges })
     }
 
     /// The addresses actually bound (port 0 resolved).
@@ -118,7 +120,7 @@ impl Server {
         let broker = self.broker;
         let refusing = Arc::new(AtomicUsize::new(0));
         broker.tasks.spawn(connection::watch_keep_alives(broker.clone()));
-        crate::bridge::spawn_all(&broker);
+        crate::bridge::spawn_all(&broker, self.bridges);
         for (socket, listener) in self.listeners {
             broker.tasks.spawn(accept_loop(socket, listener, broker.clone(), refusing.clone()));
         }

@@ -816,3 +816,66 @@ async fn when_the_primary_is_unreachable_traffic_goes_to_the_secondary() {
     assert!(!first.is_empty() && !second.is_empty(), "both upstreams carried traffic");
     assert!(edge.logs().contains("upstream has no session for this bridge"), "the fallback is logged");
 }
+
+// TLS to the upstream: a Tern upstream with a TLS listener that requires client certificates
+// (mTLS). The bridge verifies the upstream's certificate against its CA and the address's IP,
+// presents its own, and forwards; a bridge trusting another CA never links (the failure is
+// logged) and keeps the message queued.
+#[tokio::test]
+async fn tls_with_client_certificates_forwards_and_a_wrong_ca_never_links() {
+    use client_tests::pki::{client_config, tls_raw, Pki};
+    let pki = Pki::new("bridge");
+    let server = pki.server("upstream");
+    let upstream = Broker::launch(
+        Launch::config(&format!(
+            "[[listener]]\nbind = \"127.0.0.1:0\"\ntransport = \"tls\"\nallow_anonymous = true\n{}",
+            pki.listener_tls(&server, true, "")
+        ))
+        .args(&[]),
+    );
+    let edge_id = pki.client("edge-1", None);
+    let tls =
+        format!("tls = {{ ca = {:?}, cert = {:?}, key = {:?} }}", pki.ca_file, edge_id.cert, edge_id.key);
+    let edge = Broker::start_with(&edge_config(
+        upstream.addr(),
+        &format!("{tls}\ntopics = [{{ pattern = \"s/#\", direction = \"out\", qos = 1 }}]"),
+    ));
+    assert!(edge.wait_log("bridge connected", WAIT).await, "linked over TLS");
+    let watcher_id = pki.client("watcher", None);
+    let mut sub = tls_raw(upstream.addr(), client_config(&pki.ca_file, Some(&watcher_id))).await;
+    sub.send(&pkt::Connect::new("up-sub").encode()).await;
+    assert_eq!(sub.recv().await.header, 0x20, "CONNACK");
+    assert_eq!(sub.subscribe(1, &[("s/#", 1)]).await, vec![1]);
+    let mut publisher = Mqtt::connect(opts(&edge, "edge-pub")).await;
+    publisher.publish_wait("s/t", 1, false, payload("edge-pub", 1)).await;
+    let m = sub.recv_publish().await;
+    assert_eq!((m.topic.as_str(), m.payload.as_slice()), ("s/t", &b"edge-pub:1"[..]));
+
+    let other = Pki::new("other");
+    let wrong =
+        format!("tls = {{ ca = {:?}, cert = {:?}, key = {:?} }}", other.ca_file, edge_id.cert, edge_id.key);
+    let stranger = Broker::start_with(&edge_config(
+        upstream.addr(),
+        &format!("{wrong}\ntopics = [{{ pattern = \"s/#\", direction = \"out\", qos = 1 }}]"),
+    ));
+    assert!(stranger.wait_log("cannot connect", WAIT).await, "the failed verification is logged");
+    assert!(!stranger.logs().contains("bridge connected"), "never linked with an unverified upstream");
+}
+
+// A TLS file that cannot be read stops the broker at start, naming the bridge and the file.
+#[tokio::test]
+async fn an_unreadable_bridge_ca_stops_the_broker() {
+    let exited = Broker::run_to_exit(
+        Launch::config(
+            "[[bridge]]\nname = \"cloud\"\naddresses = [\"127.0.0.1:1\"]\n\
+             tls = { ca = \"/nonexistent/ca.pem\" }\ntopics = [{ pattern = \"a\" }]\n",
+        ),
+        WAIT,
+    );
+    assert!(exited.status.is_some_and(|s| !s.success()), "exits with an error: {}", exited.logs);
+    assert!(
+        exited.logs.contains("bridge cloud") && exited.logs.contains("/nonexistent/ca.pem"),
+        "{}",
+        exited.logs
+    );
+}

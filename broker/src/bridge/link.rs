@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use bytestring::ByteString;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -34,6 +34,10 @@ use crate::packet::{
 use crate::router::Routed;
 use crate::session::registry::Control;
 use crate::storage::Op;
+
+/// The connection to the upstream: TCP, or TLS over TCP.
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// Read buffer growth step.
 const READ_SIZE: usize = 16 * 1024;
@@ -61,7 +65,7 @@ pub(super) enum ConnectError {
 }
 
 pub(super) struct Link {
-    stream: TcpStream,
+    stream: Box<dyn Io>,
     codec: Codec,
     rbuf: BytesMut,
     wbuf: BytesMut,
@@ -99,9 +103,20 @@ impl Link {
 
     async fn handshake(bridge: &Bridge, address: &str) -> Result<(Link, ConnAck), ConnectError> {
         let config = &bridge.config;
-        let stream = TcpStream::connect(address).await?;
+        let tcp = TcpStream::connect(address).await?;
         // Acknowledgements must not wait for Nagle's algorithm.
-        stream.set_nodelay(true)?;
+        tcp.set_nodelay(true)?;
+        let stream: Box<dyn Io> = match &bridge.tls {
+            Some(tls) => {
+                let host = config.tls.as_ref().and_then(|t| t.server_name.as_deref());
+                let host = host.unwrap_or_else(|| crate::config::bridge::address_host(address));
+                // Checked when the configuration was loaded.
+                let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+                    .map_err(|e| ConnectError::Protocol(format!("server name {host}: {e}")))?;
+                Box::new(tokio_rustls::TlsConnector::from(tls.clone()).connect(name, tcp).await?)
+            }
+            None => Box::new(tcp),
+        };
         let version = config.protocol.version();
         let mqtt = &bridge.broker.config.mqtt;
         let now = Instant::now();
@@ -142,6 +157,7 @@ impl Link {
         link.out.push(Packet::Connect(Box::new(connect)));
         link.encode_plain()?;
         link.stream.write_all_buf(&mut link.wbuf).await?;
+        link.stream.flush().await?;
         // The first packet from the server is CONNACK [MQTT-3.2.0-1].
         loop {
             if let Some(packet) =
@@ -248,7 +264,12 @@ impl Link {
             }
             if !self.wbuf.is_empty() {
                 let dead_at = self.dead_at();
-                match tokio::time::timeout_at(dead_at, self.stream.write_all_buf(&mut self.wbuf)).await {
+                let write = async {
+                    self.stream.write_all_buf(&mut self.wbuf).await?;
+                    // TLS holds records until flushed.
+                    self.stream.flush().await
+                };
+                match tokio::time::timeout_at(dead_at, write).await {
                     Ok(Ok(())) => self.last_sent = Instant::now(),
                     Ok(Err(e)) => return Ending::Lost(format!("write failed: {e}")),
                     Err(_) => return Ending::Lost("write stalled for 1.5 × keep-alive".into()),

@@ -66,12 +66,37 @@ pub fn is_configured(config: &crate::Config, client_id: &ClientId) -> bool {
     client_id.0.strip_prefix(SESSION_PREFIX).is_some_and(|name| config.bridge.iter().any(|b| b.name == name))
 }
 
-/// Starts one task per configured bridge. Call after stored sessions were restored: each
-/// bridge takes its session over from the offline task `restore` started for it.
-pub fn spawn_all(broker: &Arc<Broker>) {
-    for config in &broker.config.bridge {
+/// A configured bridge with its TLS client settings loaded.
+pub struct Prepared {
+    config: BridgeConfig,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+/// Loads every bridge's TLS files (before the broker starts: a bad file stops it, naming the
+/// bridge and the file).
+pub fn prepare(config: &crate::Config) -> crate::Result<Vec<Prepared>> {
+    config
+        .bridge
+        .iter()
+        .map(|bridge| {
+            let tls = match &bridge.tls {
+                Some(settings) => Some(Arc::new(
+                    crate::transport::tls::client_config(settings)
+                        .map_err(|source| crate::Error::BridgeTls { name: bridge.name.clone(), source })?,
+                )),
+                None => None,
+            };
+            Ok(Prepared { config: bridge.clone(), tls })
+        })
+        .collect()
+}
+
+/// Starts one task per bridge. Call after stored sessions were restored: each bridge takes its
+/// session over from the offline task `restore` started for it.
+pub fn spawn_all(broker: &Arc<Broker>, bridges: Vec<Prepared>) {
+    for Prepared { config, tls } in bridges {
         let span = tracing::info_span!(parent: None, "bridge", name = %config.name);
-        broker.tasks.spawn(run(broker.clone(), config.clone()).instrument(span));
+        broker.tasks.spawn(run(broker.clone(), config, tls).instrument(span));
     }
 }
 
@@ -79,6 +104,8 @@ pub fn spawn_all(broker: &Arc<Broker>) {
 struct Bridge {
     broker: Arc<Broker>,
     config: BridgeConfig,
+    /// TLS to the upstream, when configured.
+    tls: Option<Arc<rustls::ClientConfig>>,
     session: Session,
     owner: OwnerId,
     control: ControlReceiver,
@@ -92,8 +119,8 @@ enum Stop {
     Shutdown,
 }
 
-async fn run(broker: Arc<Broker>, config: BridgeConfig) {
-    let mut bridge = match Bridge::open(broker, config).await {
+async fn run(broker: Arc<Broker>, config: BridgeConfig, tls: Option<Arc<rustls::ClientConfig>>) {
+    let mut bridge = match Bridge::open(broker, config, tls).await {
         Ok(bridge) => bridge,
         Err(e) => {
             error!("bridge not started: {e}");
@@ -156,7 +183,11 @@ fn backoff(config: &BridgeConfig, failures: u32) -> Duration {
 impl Bridge {
     /// Takes the bridge's session over from its offline task (it was restored from storage),
     /// or makes a new one, and brings its subscriptions in line with the configuration.
-    async fn open(broker: Arc<Broker>, config: BridgeConfig) -> Result<Bridge, crate::storage::StoreError> {
+    async fn open(
+        broker: Arc<Broker>,
+        config: BridgeConfig,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> Result<Bridge, crate::storage::StoreError> {
         let client_id = ClientId(ByteString::from(format!("{SESSION_PREFIX}{}", config.name)));
         let owner = broker.router.registry.new_owner_id();
         let (control_tx, control) = control_slot();
@@ -179,7 +210,7 @@ impl Bridge {
         session.expiry = NEVER_EXPIRES;
         session.pending.mailbox().set_persistent(true);
         session.pending.mailbox().set_online(false);
-        let mut bridge = Bridge { broker, config, session, owner, control, linked: None };
+        let mut bridge = Bridge { broker, config, tls, session, owner, control, linked: None };
         bridge.sync_subscriptions();
         let mut ops = std::mem::take(&mut bridge.session.journal);
         ops.push(Op::PutSession(bridge.session.record(None)));
@@ -339,7 +370,7 @@ mod tests {
              { pattern = \"cmd/+\", direction = \"in\", remote_prefix = \"site1/\" }, \
              { pattern = \"x\", direction = \"both\" }",
         );
-        let bridge = Bridge::open(broker, c).await.unwrap();
+        let bridge = Bridge::open(broker, c, None).await.unwrap();
         assert_eq!(bridge.remote_topic("edge/s/t").as_deref(), Some("site1/s/t"));
         assert_eq!(bridge.remote_topic("s/t"), None);
         assert_eq!(bridge.remote_topic("x").as_deref(), Some("x"));

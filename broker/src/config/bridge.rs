@@ -5,6 +5,7 @@
 //! every address is `host:port`; every topic entry's local and remote filters are valid filters;
 //! QoS values are 0..=2; the queue budget is non-zero.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -20,8 +21,11 @@ pub struct BridgeConfig {
     /// Names the bridge in logs, in its local session (`$bridge/<name>`) and in the status
     /// topic `$SYS/broker/connection/<name>/state`.
     pub name: String,
-    /// Upstream servers as `host:port`, tried in this order (failover); plain TCP.
+    /// Upstream servers as `host:port`, tried in this order (failover).
     pub addresses: Vec<String>,
+    /// TLS to the upstream (every address); absent = plain TCP.
+    #[serde(default)]
+    pub tls: Option<BridgeTls>,
     /// "3.1.1" or "5.0".
     #[serde(default = "default_protocol")]
     pub protocol: BridgeProtocol,
@@ -66,6 +70,29 @@ pub struct BridgeConfig {
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_secs: u64,
     pub topics: Vec<BridgeTopic>,
+}
+
+/// TLS settings of a bridge. The upstream's certificate is always verified.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BridgeTls {
+    /// PEM CA certificates the upstream's certificate must chain to.
+    pub ca: PathBuf,
+    /// PEM client certificate chain and key, for upstreams that require one (both or neither).
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// The name the upstream's certificate must carry, also sent as SNI; default: the host
+    /// part of each address.
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+/// The host part of a validated `host:port` address (IPv6 brackets removed).
+pub fn address_host(address: &str) -> &str {
+    let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+    host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host)
 }
 
 /// Protocol spoken upstream.
@@ -246,6 +273,24 @@ pub(super) fn validate(bridges: &[BridgeConfig]) -> Result<(), ConfigError> {
                 return invalid("bridge.addresses", name, format!("\"{address}\" is not \"host:port\""));
             }
         }
+        if let Some(tls) = &bridge.tls {
+            if tls.cert.is_some() != tls.key.is_some() {
+                return invalid("bridge.tls.cert", name, "cert and key go together".into());
+            }
+            let names = match &tls.server_name {
+                Some(server_name) => vec![server_name.as_str()],
+                None => bridge.addresses.iter().map(|a| address_host(a)).collect(),
+            };
+            for server_name in names {
+                if rustls::pki_types::ServerName::try_from(server_name).is_err() {
+                    return invalid(
+                        "bridge.tls.server_name",
+                        name,
+                        format!("\"{server_name}\" is not a DNS name or IP address"),
+                    );
+                }
+            }
+        }
         let client_id = bridge.upstream_client_id();
         if client_id.is_empty() || client_id.len() > 65_535 || client_id.contains('\0') {
             return invalid("bridge.client_id", name, "must be 1 to 65535 bytes without U+0000".into());
@@ -365,6 +410,8 @@ mod tests {
             ("overflow = \"reject\"", "bridge.overflow"),
             ("overflow = \"sometimes\"", "overflow"),
             ("tls = true", "tls"),
+            ("tls = { ca = \"ca.pem\", cert = \"c.pem\" }", "bridge.tls.cert"),
+            ("tls = { ca = \"ca.pem\", server_name = \"bad name!\" }", "bridge.tls.server_name"),
             ("topics = []", "bridge.topics"),
             ("topics = [{ pattern = \"a/#/b\" }]", "bridge.topics.pattern"),
             ("topics = [{ pattern = \"a\", qos = 3 }]", "bridge.topics.qos"),

@@ -96,6 +96,26 @@ fn server_config(settings: &TlsConfig) -> Result<ServerConfig, TlsError> {
     Ok(builder.with_single_cert(certificates(&settings.cert, "certificates")?, key)?)
 }
 
+/// The client side of a bridge's TLS: the upstream's certificate must chain to `ca` (and
+/// carry the name the connection asks for); a client certificate is presented if configured.
+pub fn client_config(settings: &crate::config::bridge::BridgeTls) -> Result<rustls::ClientConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = RootCertStore::empty();
+    for cert in certificates(&settings.ca, "CA certificates")? {
+        roots.add(cert)?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS12, &rustls::version::TLS13])?
+        .with_root_certificates(roots);
+    Ok(match (&settings.cert, &settings.key) {
+        (Some(cert), Some(key)) => {
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| file_error("a private key", key, e))?;
+            builder.with_client_auth_cert(certificates(cert, "certificates")?, key)?
+        }
+        _ => builder.with_no_client_auth(),
+    })
+}
+
 fn certificates(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let certs = CertificateDer::pem_file_iter(path)
         .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
