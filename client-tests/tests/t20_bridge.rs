@@ -879,3 +879,46 @@ async fn an_unreadable_bridge_ca_stops_the_broker() {
         exited.logs
     );
 }
+
+// Restarts keep the bridge's own queue budget (not `mqtt.max_queued_messages`, here lower), and
+// a stored queue whose bridge left the configuration is deleted at start, with a warning.
+#[tokio::test]
+async fn a_restart_keeps_the_bridge_budget_and_a_removed_bridge_queue_goes() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Broker::start();
+    let proxy = Proxy::start(upstream.addr()).await;
+    proxy.set(Mode::Reset);
+    let config = format!(
+        "[mqtt]\nmax_queued_messages = 50\n{}",
+        edge_config(
+            proxy.addr,
+            "queue_max_messages = 200\ntopics = [{ pattern = \"r/#\", direction = \"out\", qos = 1 }]"
+        )
+    );
+    let mut edge = Broker::launch(Launch::config(&config).data_dir(dir.path()));
+    let mut publisher = Mqtt::connect(opts(&edge, "edge-pub")).await;
+    for seq in 0..100 {
+        publisher.publish_wait("r/t", 1, false, payload("edge-pub", seq)).await;
+    }
+    drop(publisher);
+    edge.kill9().await;
+    let mut edge = Broker::launch(Launch::config(&config).data_dir(dir.path()));
+    let mut publisher = Mqtt::connect(opts(&edge, "edge-pub")).await;
+    for seq in 100..150 {
+        publisher.publish_wait("r/t", 1, false, payload("edge-pub", seq)).await;
+    }
+    assert!(!edge.logs().contains("pending queue full"), "within the bridge's budget of 200");
+    drop(publisher);
+    edge.kill9().await;
+
+    // Without the bridge: its stored queue is deleted, not kept for ever.
+    let edge = Broker::launch(Launch::config("").data_dir(dir.path()));
+    assert!(edge.wait_log("bridge no longer configured", WAIT).await, "the deletion is logged");
+    drop(edge);
+    let mut sub = Mqtt::connect(opts(&upstream, "up-sub")).await;
+    sub.subscribe("r/#", 1).await;
+    proxy.set(Mode::Pass);
+    let edge = Broker::launch(Launch::config(&config).data_dir(dir.path()));
+    assert!(edge.wait_log("bridge connected", WAIT).await);
+    assert!(sub.recv_timeout(QUIET).await.is_none(), "the deleted queue does not come back");
+}

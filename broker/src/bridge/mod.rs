@@ -66,6 +66,24 @@ pub fn is_configured(config: &crate::Config, client_id: &ClientId) -> bool {
     client_id.0.strip_prefix(SESSION_PREFIX).is_some_and(|name| config.bridge.iter().any(|b| b.name == name))
 }
 
+/// The in-flight window and queue budget of a bridge's session.
+fn session_limits(broker: &crate::Config, config: &BridgeConfig) -> SessionLimits {
+    SessionLimits {
+        max_inflight: usize::from(config.max_inflight),
+        queue: QueueLimits {
+            max_messages: config.queue_max_messages,
+            max_bytes: config.queue_max_bytes,
+            stall_after: Duration::from_millis(broker.mqtt.stall_interval_ms),
+        },
+    }
+}
+
+/// The limits of a stored session being restored, if it belongs to a configured bridge.
+pub fn limits_of(config: &crate::Config, client_id: &ClientId) -> Option<SessionLimits> {
+    let name = client_id.0.strip_prefix(SESSION_PREFIX)?;
+    config.bridge.iter().find(|b| b.name == name).map(|b| session_limits(config, b))
+}
+
 /// A configured bridge with its TLS client settings loaded.
 pub struct Prepared {
     config: BridgeConfig,
@@ -192,18 +210,10 @@ impl Bridge {
         let owner = broker.router.registry.new_owner_id();
         let (control_tx, control) = control_slot();
         let previous = broker.router.registry.claim(&client_id, owner, control_tx, true).await;
-        let limits = SessionLimits {
-            max_inflight: usize::from(config.max_inflight),
-            queue: QueueLimits {
-                max_messages: config.queue_max_messages,
-                max_bytes: config.queue_max_bytes,
-                stall_after: Duration::from_millis(broker.config.mqtt.stall_interval_ms),
-            },
-        };
+        let limits = session_limits(&broker.config, &config);
         let resumed = previous.is_some();
         let mut session = match previous {
-            // The stored queue limits were the configured ones then; the new ones apply to
-            // what is queued from now on.
+            // Restored with this bridge's limits (`limits_of`).
             Some(previous) => previous,
             None => Session::new(client_id.clone(), ProtocolVersion::V5, NEVER_EXPIRES, limits),
         };

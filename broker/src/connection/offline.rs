@@ -258,8 +258,10 @@ fn restore_session(
 ) {
     let record = stored.record;
     let client_id = record.client_id.clone();
-    let mut session =
-        Session::new(client_id.clone(), record.version, record.expiry, broker.config.session_limits());
+    // A bridge's session has the bridge's window and queue budget.
+    let limits = crate::bridge::limits_of(&broker.config, &client_id)
+        .unwrap_or_else(|| broker.config.session_limits());
+    let mut session = Session::new(client_id.clone(), record.version, record.expiry, limits);
     session.pending.mailbox().set_persistent(true);
     session.pending.mailbox().set_username(record.username);
     for (filter, subscription) in record.subscriptions {
