@@ -922,3 +922,29 @@ async fn a_restart_keeps_the_bridge_budget_and_a_removed_bridge_queue_goes() {
     assert!(edge.wait_log("bridge connected", WAIT).await);
     assert!(sub.recv_timeout(QUIET).await.is_none(), "the deleted queue does not come back");
 }
+
+// Upstream capabilities (MQTT 5 CONNACK): an upstream with Maximum QoS 1 and Retain Available
+// 0 gets a QoS 2 retained local publish as QoS 1 without RETAIN [MQTT-3.2.2-11]
+// [MQTT-3.2.2-14], instead of closing the link on it (0x9B / 0x9A) again at every reconnect.
+#[tokio::test]
+async fn the_upstreams_maximum_qos_and_retain_available_are_honoured() {
+    let upstream = Broker::start_with("[mqtt]\nmaximum_qos = 1\nretain_available = false\n");
+    let mut sub = Mqtt::connect(opts(&upstream, "up-sub")).await;
+    sub.subscribe("c/#", 1).await;
+    let edge = Broker::start_with(&edge_config(
+        upstream.addr(),
+        "protocol = \"5.0\"\ntopics = [{ pattern = \"c/#\", direction = \"out\", qos = 2 }]",
+    ));
+    assert!(edge.wait_log("bridge connected", WAIT).await);
+    let mut publisher = Mqtt::connect(opts(&edge, "edge-pub")).await;
+    publisher.publish_wait("c/t", 2, true, payload("edge-pub", 1)).await;
+    publisher.publish_wait("c/t", 2, false, payload("edge-pub", 2)).await;
+    for seq in 1..=2 {
+        let m = sub.recv().await;
+        assert_eq!((qos_num(m.qos), parse(&m.payload).1), (1, seq));
+    }
+    sub.expect_silence().await;
+    let logs = edge.logs();
+    assert!(!logs.contains("link lost"), "the link stayed up:\n{logs}");
+    assert!(logs.contains("upstream takes QoS 1 at most"), "the cap is logged");
+}

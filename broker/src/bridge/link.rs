@@ -83,6 +83,8 @@ pub(super) struct Link {
     pinging: bool,
     /// The SUBSCRIBE for the inbound topics awaits its SUBACK.
     subscribe_id: Option<PacketId>,
+    /// CONNACK's Retain Available: when false, PUBLISH goes without RETAIN [MQTT-3.2.2-14].
+    retain_available: bool,
 }
 
 impl Link {
@@ -133,6 +135,7 @@ impl Link {
             last_sent: now,
             pinging: false,
             subscribe_id: None,
+            retain_available: true,
         };
         let connect = Connect {
             version,
@@ -187,7 +190,18 @@ impl Link {
         if let Some(secs) = connack.server_keep_alive.filter(|s| *s > 0) {
             self.keep_alive = Duration::from_secs(u64::from(secs));
         }
+        self.retain_available = connack.retain_available;
         let session = &mut bridge.session;
+        // The upstream's Maximum QoS caps what enters the window from now on [MQTT-3.2.2-11];
+        // a message already in flight keeps its QoS (its packet id and state are stored).
+        let maximum_qos = connack.maximum_qos.unwrap_or(QoS::ExactlyOnce);
+        session.qos_cap = maximum_qos.min(bridge.config.max_qos());
+        if maximum_qos < bridge.config.max_qos() {
+            info!(
+                maximum_qos = maximum_qos as u8,
+                "upstream takes QoS {} at most: forwarded at that QoS", maximum_qos as u8
+            );
+        }
         if !connack.session_present && !session.outbound.is_empty() {
             // The upstream lost our session: a PUBLISH re-sent now is new to it, so one it had
             // already taken may arrive twice (at-least-once, also for QoS 2), and a PUBREL
@@ -212,7 +226,7 @@ impl Link {
                     // messages again (MQTT 5 only; a 3.1.1 upstream sends them again)
                     // [MQTT-3.3.1-10].
                     retain_handling: RetainHandling::OnNewSubscribe,
-                    ..SubscriptionOptions::qos(bridge.config.topic_qos(t))
+                    ..SubscriptionOptions::qos(bridge.config.topic_qos(t).min(maximum_qos))
                 };
                 (ByteString::from(t.remote_filter()), options)
             })
@@ -456,6 +470,7 @@ impl Link {
                         }
                     }
                     publish.properties.subscription_ids.clear();
+                    publish.retain &= self.retain_available;
                     Packet::Publish(Box::new(publish))
                 }
                 other => other,

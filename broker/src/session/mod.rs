@@ -70,6 +70,9 @@ pub struct Session {
     /// The configured in-flight window; a client's Receive Maximum may lower it. (Packet
     /// identifiers bound any window to 65,535.)
     max_inflight: u16,
+    /// Highest QoS the receiver takes (a bridge's upstream may announce less than 2 in its
+    /// CONNACK, Maximum QoS [MQTT-3.2.2-11]); deliveries entering the window are lowered to it.
+    pub qos_cap: QoS,
     /// Storage changes made by the methods above, for the owner to commit before it writes
     /// the packets they produced (nothing reaches the wire before it is stored).
     pub journal: Vec<Op>,
@@ -87,6 +90,7 @@ impl Session {
             outbound: OutboundWindow::new(usize::from(max_inflight)),
             inbound: InboundQos2::default(),
             max_inflight,
+            qos_cap: QoS::ExactlyOnce,
             journal: Vec::new(),
         }
     }
@@ -115,13 +119,16 @@ impl Session {
 
     /// Sends one delivery: QoS 0 goes straight out, QoS 1/2 enters the in-flight window.
     /// A message whose expiry passed while it was queued is dropped [MQTT-3.3.2-5].
-    pub fn handle_deliver(&mut self, delivery: Delivery, out: &mut Vec<Packet>, now: Instant) {
+    pub fn handle_deliver(&mut self, mut delivery: Delivery, out: &mut Vec<Packet>, now: Instant) {
+        delivery.qos = delivery.qos.min(self.qos_cap);
         if delivery.message.is_expired(now) {
             tracing::debug!(topic = %delivery.message.topic, "message expired before delivery");
             self.journal_done(Some(&delivery), delivery.seq);
             return;
         }
         if delivery.qos == QoS::AtMostOnce {
+            // Only a stored delivery lowered to QoS 0 by `qos_cap` has a record: sent, done.
+            self.journal_done(Some(&delivery), delivery.seq);
             out.push(Packet::Forward(delivery.into_forward(None, false, now)));
             return;
         }
@@ -308,6 +315,33 @@ mod tests {
         session.pending.mailbox().set_online(true);
         session.pending.mailbox().set_persistent(persistent);
         session
+    }
+
+    /// A receiver that takes QoS 1 at most (a bridge's upstream): a QoS 2 delivery enters the
+    /// window as QoS 1 and its stored record says so; lowered to QoS 0 it is sent and its
+    /// record deleted at once.
+    #[test]
+    fn the_qos_cap_lowers_deliveries_and_their_records() {
+        let message = Arc::new(Message::new("t", &b"m"[..], QoS::ExactlyOnce));
+        let mut s = session(true);
+        s.qos_cap = QoS::AtLeastOnce;
+        let mut delivery = Delivery::new(message.clone(), QoS::ExactlyOnce, false);
+        delivery.seq = Some(1);
+        let mut out = Vec::new();
+        s.handle_deliver(delivery, &mut out, Instant::now());
+        assert!(matches!(&out[0], Packet::Forward(f) if f.qos == QoS::AtLeastOnce));
+        assert!(matches!(
+            &s.journal[..],
+            [Op::PutDelivery { record, .. }] if record.qos == QoS::AtLeastOnce
+                && matches!(record.state, DeliveryState::AwaitingPubAck(_))
+        ));
+        s.journal.clear();
+        s.qos_cap = QoS::AtMostOnce;
+        let mut delivery = Delivery::new(message, QoS::ExactlyOnce, false);
+        delivery.seq = Some(2);
+        s.handle_deliver(delivery, &mut out, Instant::now());
+        assert!(matches!(&out[1], Packet::Forward(f) if f.qos == QoS::AtMostOnce && f.packet_id.is_none()));
+        assert!(matches!(&s.journal[..], [Op::DeleteDelivery { seq: 2, .. }, ..]), "{:?}", s.journal);
     }
 
     /// Found by the `session` fuzz target: a session ending with an unacknowledged delivery it
