@@ -275,7 +275,7 @@ async fn link_cut_loses_nothing_and_keeps_order() {
     assert!(report.duplicates <= WINDOW, "{} duplicates > window {WINDOW}", report.duplicates);
     assert!(report.duplicates > 0, "the held window was re-sent and had reached the upstream");
     assert!(proxy.linked.load(Ordering::SeqCst) >= 2, "the bridge reconnected");
-    assert!(edge.logs().contains("bridge disconnected"), "a log line per state change");
+    assert!(edge.wait_log("bridge disconnected", WAIT).await, "a log line per state change");
 }
 
 // (b) kill -9 of the edge mid-stream, then a restart on the same data: every message the edge
@@ -432,7 +432,7 @@ async fn a_black_holed_link_is_noticed_within_one_and_a_half_keep_alives() {
     wait_state(&mut state, "0", Duration::from_secs(5)).await;
     let noticed = held.elapsed();
     assert!(noticed <= Duration::from_millis(3500), "noticed after {noticed:?} (1.5 × 2 s = 3 s)");
-    assert!(edge.logs().contains("keep-alive"), "the reason is logged");
+    assert!(edge.wait_log("nothing received for 1.5 × keep-alive", WAIT).await, "the reason is logged");
     proxy.set(Mode::Pass);
     wait_state(&mut state, "1", WAIT).await;
 }
@@ -759,7 +759,8 @@ async fn beyond_the_queue_budget_the_newest_are_dropped() {
 // Failover: two upstreams, the first reached through the proxy. Mid-stream the first becomes
 // unreachable (reset, reconnects refused): the bridge connects to the second and goes on;
 // together the two upstreams' subscribers miss nothing. The second has no session for the
-// bridge, so the unacknowledged window is re-sent there as new (at-least-once, logged).
+// bridge, so the unacknowledged window is re-sent there as new (at-least-once, logged). When
+// the first answers again the bridge returns to it.
 #[tokio::test]
 async fn when_the_primary_is_unreachable_traffic_goes_to_the_secondary() {
     const N: usize = 200;
@@ -814,7 +815,20 @@ async fn when_the_primary_is_unreachable_traffic_goes_to_the_secondary() {
     eprintln!("failover: {} via the primary, {} via the secondary", first.len(), second.len());
     assert!(missing.is_empty(), "missing from both upstreams: {missing:?}");
     assert!(!first.is_empty() && !second.is_empty(), "both upstreams carried traffic");
-    assert!(edge.logs().contains("upstream has no session for this bridge"), "the fallback is logged");
+    assert!(edge.wait_log("upstream has no session for this bridge", WAIT).await, "the fallback is logged");
+
+    // The primary answers again: the bridge goes back to it (probed every
+    // reconnect_delay_max_ms), and new messages go there.
+    proxy.set(Mode::Pass);
+    assert!(edge.wait_log("moving back to it", WAIT).await, "back to the primary");
+    wait_state(&mut state, "1", WAIT).await;
+    for seq in N..N + 20 {
+        publisher.publish_wait("f/t", 1, false, payload("edge-pub", seq)).await;
+    }
+    let expected: BTreeSet<usize> = (N..N + 20).collect();
+    let got = collect(&mut sub1, "edge-pub", &expected).await;
+    let report = check_stream(&got, &expected);
+    assert!(report.missing.is_empty(), "missing at the primary: {:?}", report.missing);
 }
 
 // TLS to the upstream: a Tern upstream with a TLS listener that requires client certificates
@@ -859,7 +873,7 @@ async fn tls_with_client_certificates_forwards_and_a_wrong_ca_never_links() {
         &format!("{wrong}\ntopics = [{{ pattern = \"s/#\", direction = \"out\", qos = 1 }}]"),
     ));
     assert!(stranger.wait_log("cannot connect", WAIT).await, "the failed verification is logged");
-    assert!(!stranger.logs().contains("bridge connected"), "never linked with an unverified upstream");
+    assert!(!stranger.wait_log("bridge connected", QUIET).await, "never linked with an unverified upstream");
 }
 
 // A TLS file that cannot be read stops the broker at start, naming the bridge and the file.
@@ -907,7 +921,7 @@ async fn a_restart_keeps_the_bridge_budget_and_a_removed_bridge_queue_goes() {
     for seq in 100..150 {
         publisher.publish_wait("r/t", 1, false, payload("edge-pub", seq)).await;
     }
-    assert!(!edge.logs().contains("pending queue full"), "within the bridge's budget of 200");
+    assert!(!edge.wait_log("pending queue full", QUIET).await, "within the bridge's budget of 200");
     drop(publisher);
     edge.kill9().await;
 
@@ -946,5 +960,5 @@ async fn the_upstreams_maximum_qos_and_retain_available_are_honoured() {
     sub.expect_silence().await;
     let logs = edge.logs();
     assert!(!logs.contains("link lost"), "the link stayed up:\n{logs}");
-    assert!(logs.contains("upstream takes QoS 1 at most"), "the cap is logged");
+    assert!(edge.wait_log("upstream takes QoS 1 at most", WAIT).await, "the cap is logged");
 }

@@ -47,6 +47,26 @@ pub(super) enum Ending {
     Shutdown,
     /// Lost or closed; the bridge reconnects.
     Lost(String),
+    /// Linked to a secondary address, the primary answers again: the bridge goes back to it.
+    PrimaryBack,
+}
+
+/// How long a probe of the primary address waits to see the connection stay open: a server
+/// that is up waits for CONNECT, one that is not refuses or resets.
+const PROBE_HOLD: Duration = Duration::from_millis(250);
+
+/// Resolves once `address` accepts a TCP connection and keeps it open for `PROBE_HOLD`,
+/// trying every `every`.
+async fn probe(address: String, every: Duration, timeout: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        if let Ok(Ok(mut stream)) = tokio::time::timeout(timeout, TcpStream::connect(&address)).await {
+            let mut byte = [0u8; 1];
+            if tokio::time::timeout(PROBE_HOLD, stream.read(&mut byte)).await.is_err() {
+                return;
+            }
+        }
+    }
 }
 
 /// Why a connection attempt failed.
@@ -85,6 +105,8 @@ pub(super) struct Link {
     subscribe_id: Option<PacketId>,
     /// CONNACK's Retain Available: when false, PUBLISH goes without RETAIN [MQTT-3.2.2-14].
     retain_available: bool,
+    /// While on a secondary address: resolves when the primary is back (`probe`).
+    primary_back: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
 }
 
 impl Link {
@@ -136,6 +158,7 @@ impl Link {
             pinging: false,
             subscribe_id: None,
             retain_available: true,
+            primary_back: None,
         };
         let connect = Connect {
             version,
@@ -253,6 +276,12 @@ impl Link {
         );
     }
 
+    /// Linked to a secondary address: probes `primary` every `every` (a TCP connect that stays
+    /// open), and the link ends with `Ending::PrimaryBack` once it answers.
+    pub(super) fn watch_primary(&mut self, primary: String, every: Duration, timeout: Duration) {
+        self.primary_back = Some(Box::pin(probe(primary, every, timeout)));
+    }
+
     /// The connected phase, until the link is lost or the broker shuts down.
     pub(super) async fn serve(&mut self, bridge: &mut Bridge) -> Ending {
         let ending = self.serve_loop(bridge).await;
@@ -316,6 +345,12 @@ impl Link {
                     }
                     Err(e) => return Ending::Lost(format!("read failed: {e}")),
                 },
+                () = async {
+                    match self.primary_back.as_mut() {
+                        Some(back) => back.as_mut().await,
+                        None => std::future::pending().await,
+                    }
+                } => return Ending::PrimaryBack,
                 () = tokio::time::sleep_until(timer) => {
                     let now = Instant::now();
                     if now >= self.dead_at() {

@@ -154,9 +154,16 @@ async fn run(broker: Arc<Broker>, config: BridgeConfig, tls: Option<Arc<rustls::
         // Failover: the addresses in order, the first (primary) again at every round.
         let mut stop = None;
         let mut stable = false;
-        for address in bridge.config.addresses.clone() {
-            match link::Link::connect(&mut bridge, &address).await {
+        let mut back = false;
+        let addresses = bridge.config.addresses.clone();
+        for (index, address) in addresses.iter().enumerate() {
+            match link::Link::connect(&mut bridge, address).await {
                 Ok(mut link) => {
+                    if index > 0 {
+                        // Back to the primary as soon as it answers again.
+                        let every = Duration::from_millis(bridge.config.reconnect_delay_max_ms);
+                        link.watch_primary(addresses[0].clone(), every, bridge.config.connect_timeout());
+                    }
                     let since = Instant::now();
                     bridge.set_linked(true).await;
                     let ending = link.serve(&mut bridge).await;
@@ -165,6 +172,10 @@ async fn run(broker: Arc<Broker>, config: BridgeConfig, tls: Option<Arc<rustls::
                     match ending {
                         link::Ending::Shutdown => stop = Some(Stop::Shutdown),
                         link::Ending::Lost(reason) => warn!(%address, "link lost: {reason}"),
+                        link::Ending::PrimaryBack => {
+                            info!(%address, primary = %addresses[0], "primary address answers again: moving back to it");
+                            back = true;
+                        }
                     }
                     break;
                 }
@@ -177,6 +188,10 @@ async fn run(broker: Arc<Broker>, config: BridgeConfig, tls: Option<Arc<rustls::
         }
         if let Some(Stop::Shutdown) = stop {
             break;
+        }
+        if back {
+            failures = 0;
+            continue;
         }
         failures = if stable { 0 } else { failures.saturating_add(1) };
         let delay = backoff(&bridge.config, failures);
