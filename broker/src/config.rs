@@ -239,18 +239,20 @@ impl Config {
         }
         let env =
             config::Environment::with_prefix("TERN").prefix_separator("__").separator("__").try_parsing(true);
-        let config: Config = builder.add_source(env).build()?.try_deserialize()?;
+        let mut config: Config = builder.add_source(env).build()?.try_deserialize()?;
+        bridge::read_mosquitto_topics(&mut config.bridge)?;
         config.validate()?;
         Ok(config)
     }
 
     /// Parses a TOML document layered over the defaults (tests and embedding).
     pub fn from_toml(toml: &str) -> Result<Config, ConfigError> {
-        let config: Config = config::Config::builder()
+        let mut config: Config = config::Config::builder()
             .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml))
             .add_source(config::File::from_str(toml, config::FileFormat::Toml))
             .build()?
             .try_deserialize()?;
+        bridge::read_mosquitto_topics(&mut config.bridge)?;
         config.validate()?;
         Ok(config)
     }

@@ -602,7 +602,8 @@ async fn a_bridge_both_ways_does_not_echo() {
     let upstream = Broker::start();
     let edge = Broker::start_with(&edge_config(
         upstream.addr(),
-        "protocol = \"5.0\"\ntopics = [{ pattern = \"a/#\", direction = \"both\", qos = 1 }]",
+        // The topic in Mosquitto's syntax (`topic a/# both 1` in mosquitto.conf).
+        "protocol = \"5.0\"\nmosquitto_topics = [\"a/# both 1\"]",
     ));
     assert!(edge.wait_log("subscribed upstream", WAIT).await, "bridge subscribed upstream");
     let mut edge_sub = Mqtt::connect(opts(&edge, "edge-sub")).await;

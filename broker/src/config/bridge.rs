@@ -69,7 +69,14 @@ pub struct BridgeConfig {
     /// Seconds for TCP connect plus CONNACK.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout_secs: u64,
+    #[serde(default)]
     pub topics: Vec<BridgeTopic>,
+    /// Topic entries in Mosquitto's syntax, each what follows `topic ` in a mosquitto.conf
+    /// bridge section: `PATTERN [out|in|both [QOS [LOCAL_PREFIX REMOTE_PREFIX]]]`, `""` for an
+    /// empty field. Read into `topics` (after the entries there) with Mosquitto's defaults:
+    /// direction out, QoS 0.
+    #[serde(default)]
+    pub mosquitto_topics: Vec<String>,
 }
 
 /// TLS settings of a bridge. The upstream's certificate is always verified.
@@ -243,6 +250,80 @@ impl BridgeConfig {
     }
 }
 
+/// Reads every bridge's `mosquitto_topics` lines into its `topics`.
+pub(super) fn read_mosquitto_topics(bridges: &mut [BridgeConfig]) -> Result<(), ConfigError> {
+    for bridge in bridges {
+        for line in std::mem::take(&mut bridge.mosquitto_topics) {
+            let topic = parse_topic_line(&line).map_err(|reason| ConfigError::Invalid {
+                key: "bridge.mosquitto_topics",
+                reason: format!("bridge \"{}\": \"{line}\": {reason}", bridge.name),
+            })?;
+            bridge.topics.push(topic);
+        }
+    }
+    Ok(())
+}
+
+/// One Mosquitto `topic` line (without the word `topic`).
+fn parse_topic_line(line: &str) -> Result<BridgeTopic, String> {
+    let fields = split_fields(line)?;
+    let field = |i: usize| fields.get(i).map(String::as_str);
+    let Some(pattern) = field(0) else { return Err("no pattern".into()) };
+    let direction = match field(1) {
+        None | Some("out") => Direction::Out,
+        Some("in") => Direction::In,
+        Some("both") => Direction::Both,
+        Some(other) => return Err(format!("direction \"{other}\" is not out, in or both")),
+    };
+    let qos = match field(2) {
+        None => 0,
+        Some(q) => q.parse::<u8>().ok().filter(|q| *q <= 2).ok_or(format!("QoS \"{q}\" is not 0, 1 or 2"))?,
+    };
+    if fields.len() == 4 || fields.len() > 5 {
+        return Err("expected PATTERN [DIRECTION [QOS [LOCAL_PREFIX REMOTE_PREFIX]]]".into());
+    }
+    Ok(BridgeTopic {
+        pattern: pattern.to_owned(),
+        direction,
+        qos,
+        local_prefix: field(3).unwrap_or("").to_owned(),
+        remote_prefix: field(4).unwrap_or("").to_owned(),
+    })
+}
+
+/// Whitespace-separated fields; a field in double quotes may be empty or hold spaces.
+fn split_fields(line: &str) -> Result<Vec<String>, String> {
+    let mut fields = Vec::new();
+    let mut chars = line.trim().chars().peekable();
+    while let Some(&c) = chars.peek() {
+        if c.is_whitespace() {
+            chars.next();
+            continue;
+        }
+        let mut field = String::new();
+        if c == '"' {
+            chars.next();
+            loop {
+                match chars.next() {
+                    Some('"') => break,
+                    Some(c) => field.push(c),
+                    None => return Err("unterminated quote".into()),
+                }
+            }
+        } else {
+            while let Some(&c) = chars.peek() {
+                if c.is_whitespace() {
+                    break;
+                }
+                field.push(c);
+                chars.next();
+            }
+        }
+        fields.push(field);
+    }
+    Ok(fields)
+}
+
 /// Checks every bridge; the error names the key and the bridge.
 pub(super) fn validate(bridges: &[BridgeConfig]) -> Result<(), ConfigError> {
     let invalid = |key: &'static str, name: &str, reason: String| {
@@ -398,6 +479,23 @@ mod tests {
         assert!(Config::from_toml("").unwrap().bridge.is_empty());
     }
 
+    /// Lines as in a mosquitto.conf bridge section, with Mosquitto's defaults (out, QoS 0).
+    #[test]
+    fn mosquitto_topic_lines_read_as_topic_entries() {
+        let toml = "[[bridge]]\nname = \"m\"\naddresses = [\"h:1883\"]\nmosquitto_topics = [\
+                    \"sensors/#\", \"cmd/# in 2\", 'x/+ both 1 \"\" site1/', '\"\" out 1 local/all remote/all']\n";
+        let config = Config::from_toml(toml).unwrap();
+        let t = &config.bridge[0].topics;
+        assert_eq!(t.len(), 4);
+        assert_eq!(
+            (t[0].pattern.as_str(), t[0].direction, t[0].qos),
+            ("sensors/#", super::Direction::Out, 0)
+        );
+        assert_eq!((t[1].pattern.as_str(), t[1].direction, t[1].qos), ("cmd/#", super::Direction::In, 2));
+        assert_eq!((t[2].local_prefix.as_str(), t[2].remote_prefix.as_str()), ("", "site1/"));
+        assert_eq!((t[3].local_filter(), t[3].remote_filter()), ("local/all".into(), "remote/all".into()));
+    }
+
     #[test]
     fn bad_bridge_settings_name_the_key() {
         let cases = [
@@ -428,6 +526,13 @@ mod tests {
                 .join("\n");
             let err = Config::from_toml(&toml).expect_err(line).to_string();
             assert!(err.contains(key), "{line}: {err}");
+        }
+        for (line, why) in
+            [("a sideways", "direction"), ("a out 3", "QoS"), ("a out 1 x", "expected"), ("\"a", "quote")]
+        {
+            let toml = format!("{MINIMAL}mosquitto_topics = [{line:?}]\n");
+            let err = Config::from_toml(&toml).expect_err(line).to_string();
+            assert!(err.contains("bridge.mosquitto_topics") && err.contains(why), "{line}: {err}");
         }
         let twice = format!("{MINIMAL}{MINIMAL}");
         assert!(Config::from_toml(&twice).unwrap_err().to_string().contains("bridge.name"));
