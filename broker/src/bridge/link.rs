@@ -55,6 +55,17 @@ pub(super) enum Ending {
 /// that is up waits for CONNECT, one that is not refuses or resets.
 const PROBE_HOLD: Duration = Duration::from_millis(250);
 
+/// Data we sent that stays unacknowledged by the peer's TCP for this long aborts the
+/// connection in the kernel (TCP_USER_TIMEOUT, Linux): a write into a dead link fails there
+/// too, not only through the keep-alive timer.
+fn set_user_timeout(tcp: &TcpStream, timeout: Duration) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(timeout))?;
+    #[cfg(not(target_os = "linux"))]
+    let _ = (tcp, timeout);
+    Ok(())
+}
+
 /// Resolves once `address` accepts a TCP connection and keeps it open for `PROBE_HOLD`,
 /// trying every `every`.
 async fn probe(address: String, every: Duration, timeout: Duration) {
@@ -130,6 +141,7 @@ impl Link {
         let tcp = TcpStream::connect(address).await?;
         // Acknowledgements must not wait for Nagle's algorithm.
         tcp.set_nodelay(true)?;
+        set_user_timeout(&tcp, config.keep_alive() * 3 / 2)?;
         let stream: Box<dyn Io> = match &bridge.tls {
             Some(tls) => {
                 let host = config.tls.as_ref().and_then(|t| t.server_name.as_deref());
@@ -531,5 +543,20 @@ impl Link {
             self.codec.encode(packet, &mut self.wbuf).map_err(io::Error::other)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn the_user_timeout_is_set_on_the_socket() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let tcp = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        set_user_timeout(&tcp, Duration::from_millis(4500)).unwrap();
+        let set = socket2::SockRef::from(&tcp).tcp_user_timeout().unwrap();
+        assert_eq!(set, Some(Duration::from_millis(4500)));
     }
 }
