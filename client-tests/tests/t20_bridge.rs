@@ -755,6 +755,8 @@ async fn beyond_the_queue_budget_the_newest_are_dropped() {
     let expected: BTreeSet<usize> = (0..20).collect();
     let got = collect(&mut sub, "edge-pub", &expected).await;
     assert_eq!(got, (0..20).collect::<Vec<_>>(), "exactly the queued ones, in order");
+    // Each state change logs the bridge's counters.
+    assert!(edge.wait_log("dropped=30", WAIT).await, "the drops are counted");
 }
 
 // Failover: two upstreams, the first reached through the proxy. Mid-stream the first becomes

@@ -403,14 +403,22 @@ impl Link {
         let session = &mut bridge.session;
         match packet {
             ack @ (Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_)) => {
-                if let Packet::PubAck(a) | Packet::PubRec(a) = &ack {
-                    if !a.reason.is_success() {
+                let refused = match &ack {
+                    Packet::PubAck(a) | Packet::PubRec(a) if !a.reason.is_success() => {
                         // The upstream will not take it: the entry ends here, not retried.
                         warn!(packet_id = %a.packet_id, reason = %a.reason, "upstream refused a forwarded message: dropped");
+                        true
                     }
-                }
-                if let Err(unexpected) = session.handle_ack(&ack, &mut self.out, now) {
-                    debug!("{unexpected}");
+                    _ => false,
+                };
+                let completes = refused || matches!(ack, Packet::PubAck(_) | Packet::PubComp(_));
+                match session.handle_ack(&ack, &mut self.out, now) {
+                    Ok(()) if completes => {
+                        bridge.counters.acknowledged += 1;
+                        bridge.counters.refused += u64::from(refused);
+                    }
+                    Ok(()) => {}
+                    Err(unexpected) => debug!("{unexpected}"),
                 }
             }
             Packet::PubRel(ack) => self.out.push(session.handle_pubrel(ack.packet_id)),
@@ -436,6 +444,7 @@ impl Link {
     /// An upstream PUBLISH on an inbound topic: routed here as if the bridge's session had
     /// published it (so No Local keeps it from going back out), acknowledged once stored.
     fn handle_publish(&mut self, bridge: &mut Bridge, publish: Publish) {
+        bridge.counters.received += 1;
         let local = bridge.local_topic(&publish.topic);
         let mut message = None;
         if let Some(local) = local {
@@ -508,6 +517,10 @@ impl Link {
         for packet in std::mem::take(&mut self.out) {
             let packet = match packet {
                 Packet::Forward(forward) => {
+                    match forward.dup {
+                        true => bridge.counters.resent += 1,
+                        false => bridge.counters.forwarded += 1,
+                    }
                     let mut publish = forward.into_publish();
                     match bridge.remote_topic(&publish.topic) {
                         Some(remote) => publish.topic = ByteString::from(remote),

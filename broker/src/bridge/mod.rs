@@ -129,6 +129,24 @@ struct Bridge {
     control: ControlReceiver,
     /// Last state published on the status topic.
     linked: Option<bool>,
+    /// Since start, logged with every state change (Tern has no metrics endpoint yet).
+    counters: Counters,
+}
+
+/// What a bridge did since it started.
+#[derive(Debug, Default)]
+struct Counters {
+    /// Links established.
+    links: u64,
+    /// PUBLISH packets sent upstream for the first time, and again with DUP=1.
+    forwarded: u64,
+    resent: u64,
+    /// Deliveries the upstream completed (PUBACK, PUBCOMP, or an error reason).
+    acknowledged: u64,
+    /// Of those, refused by the upstream (reason code 0x80 or above): not retried.
+    refused: u64,
+    /// Messages received from the upstream.
+    received: u64,
 }
 
 /// How a bridge task's wait ended.
@@ -235,7 +253,16 @@ impl Bridge {
         session.expiry = NEVER_EXPIRES;
         session.pending.mailbox().set_persistent(true);
         session.pending.mailbox().set_online(false);
-        let mut bridge = Bridge { broker, config, tls, session, owner, control, linked: None };
+        let mut bridge = Bridge {
+            broker,
+            config,
+            tls,
+            session,
+            owner,
+            control,
+            linked: None,
+            counters: Counters::default(),
+        };
         bridge.sync_subscriptions();
         let mut ops = std::mem::take(&mut bridge.session.journal);
         ops.push(Op::PutSession(bridge.session.record(None)));
@@ -310,7 +337,25 @@ impl Bridge {
             return;
         }
         self.linked = Some(linked);
-        info!(state = u8::from(linked), "bridge {}", if linked { "connected" } else { "disconnected" });
+        if linked {
+            self.counters.links += 1;
+        }
+        let c = &self.counters;
+        let mailbox = self.session.pending.mailbox();
+        info!(
+            state = u8::from(linked),
+            links = c.links,
+            forwarded = c.forwarded,
+            resent = c.resent,
+            acknowledged = c.acknowledged,
+            refused = c.refused,
+            received = c.received,
+            queued = mailbox.pending(),
+            in_flight = self.session.outbound.len(),
+            dropped = mailbox.dropped(),
+            "bridge {}",
+            if linked { "connected" } else { "disconnected" }
+        );
         let topic = format!("$SYS/broker/connection/{}/state", self.config.name);
         let payload = Bytes::from_static(if linked { b"1" } else { b"0" });
         let mut message = Message::new(topic, payload, QoS::AtLeastOnce);
