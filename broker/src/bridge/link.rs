@@ -345,7 +345,8 @@ impl Link {
                     other => Bridge::refuse(other),
                 },
                 () = std::future::poll_fn(|cx| session.pending.poll_pending(cx)), if can_deliver => {
-                    session.pump(&mut self.out, Instant::now());
+                    bridge.trim();
+                    bridge.session.pump(&mut self.out, Instant::now());
                 }
                 read = self.stream.read_buf(&mut self.rbuf) => match read {
                     Ok(0) => return Ending::Lost("closed by the upstream".into()),

@@ -38,7 +38,7 @@ use bytestring::ByteString;
 use tokio::time::Instant;
 use tracing::{error, info, warn, Instrument};
 
-use crate::config::bridge::BridgeConfig;
+use crate::config::bridge::{BridgeConfig, Overflow};
 use crate::connection::{route, route_now};
 use crate::message::Message;
 use crate::packet::{ProtocolVersion, QoS, RetainHandling, SubscriptionOptions};
@@ -68,11 +68,13 @@ pub fn is_configured(config: &crate::Config, client_id: &ClientId) -> bool {
 
 /// The in-flight window and queue budget of a bridge's session.
 fn session_limits(broker: &crate::Config, config: &BridgeConfig) -> SessionLimits {
+    // `drop_oldest` admits up to twice the budget and trims back to it (`Bridge::trim`).
+    let headroom = if config.overflow == Overflow::DropOldest { 2 } else { 1 };
     SessionLimits {
         max_inflight: usize::from(config.max_inflight),
         queue: QueueLimits {
-            max_messages: config.queue_max_messages,
-            max_bytes: config.queue_max_bytes,
+            max_messages: config.queue_max_messages.saturating_mul(headroom),
+            max_bytes: config.queue_max_bytes.saturating_mul(headroom),
             stall_after: Duration::from_millis(broker.mqtt.stall_interval_ms),
         },
     }
@@ -129,6 +131,8 @@ struct Bridge {
     control: ControlReceiver,
     /// Last state published on the status topic.
     linked: Option<bool>,
+    /// `drop_oldest` is dropping (logged once per episode).
+    trimming: bool,
     /// Since start, logged with every state change (Tern has no metrics endpoint yet).
     counters: Counters,
 }
@@ -147,6 +151,8 @@ struct Counters {
     refused: u64,
     /// Messages received from the upstream.
     received: u64,
+    /// Queued messages dropped to make room (`overflow = "drop_oldest"`).
+    dropped_oldest: u64,
 }
 
 /// How a bridge task's wait ended.
@@ -261,6 +267,7 @@ impl Bridge {
             owner,
             control,
             linked: None,
+            trimming: false,
             counters: Counters::default(),
         };
         bridge.sync_subscriptions();
@@ -352,7 +359,7 @@ impl Bridge {
             received = c.received,
             queued = mailbox.pending(),
             in_flight = self.session.outbound.len(),
-            dropped = mailbox.dropped(),
+            dropped = mailbox.dropped() + c.dropped_oldest,
             "bridge {}",
             if linked { "connected" } else { "disconnected" }
         );
@@ -367,6 +374,30 @@ impl Bridge {
         }
     }
 
+    /// `overflow = "drop_oldest"`: drops the oldest queued messages until the queue is within
+    /// its budget again; their stored records go in the session's journal.
+    fn trim(&mut self) {
+        if self.config.overflow != Overflow::DropOldest {
+            return;
+        }
+        let (max_messages, max_bytes) = (self.config.queue_max_messages, self.config.queue_max_bytes);
+        let over = |s: &Session| {
+            let mailbox = s.pending.mailbox();
+            mailbox.pending() > max_messages || mailbox.pending_bytes() > max_bytes
+        };
+        while over(&self.session) && self.session.drop_oldest_pending() {
+            self.counters.dropped_oldest += 1;
+            if !self.trimming {
+                self.trimming = true;
+                warn!(max_messages, max_bytes, "bridge queue over its budget: dropping the oldest messages");
+            }
+        }
+        if self.trimming && self.session.pending.mailbox().pending() <= max_messages / 2 {
+            self.trimming = false;
+            info!(dropped_total = self.counters.dropped_oldest, "bridge queue has room again");
+        }
+    }
+
     /// Waits `delay` (reconnect backoff), taking in what is routed meanwhile; `Some` on shutdown.
     async fn wait(&mut self, delay: Duration) -> Option<Stop> {
         let sleep = tokio::time::sleep(delay);
@@ -378,7 +409,15 @@ impl Bridge {
                     Control::Shutdown => return Some(Stop::Shutdown),
                     other => Bridge::refuse(other),
                 },
-                () = self.session.pending.absorb() => {}
+                () = self.session.pending.absorb() => {
+                    self.trim();
+                    let ops = std::mem::take(&mut self.session.journal);
+                    if !ops.is_empty() {
+                        if let Err(e) = self.broker.store.commit(ops).await {
+                            warn!("dropped messages not deleted from storage: {e}");
+                        }
+                    }
+                }
             }
         }
     }

@@ -148,7 +148,9 @@ impl Direction {
 pub enum Overflow {
     /// Stop acknowledging local publishers (not built yet: refused at start).
     Reject,
-    /// Drop the oldest queued message (not built yet: refused at start).
+    /// Drop the oldest queued (not in flight) message to make room: queued beyond the budget,
+    /// the new message is kept and the oldest goes (counted, logged). A burst the bridge task
+    /// has not yet seen is held up to twice the budget; beyond that the newest are dropped.
     DropOldest,
     /// The new message is not queued for the bridge (counted, logged; an MQTT 5 publisher
     /// whose message no session could take gets 0x97).
@@ -402,12 +404,11 @@ pub(super) fn validate(bridges: &[BridgeConfig]) -> Result<(), ConfigError> {
         if bridge.queue_max_bytes == 0 {
             return invalid("bridge.queue_max_bytes", name, "must be at least 1".into());
         }
-        if bridge.overflow != Overflow::DropNewest {
+        if bridge.overflow == Overflow::Reject {
             return invalid(
                 "bridge.overflow",
                 name,
-                "only \"drop_newest\" is implemented so far (\"reject\" and \"drop_oldest\" are not built yet)"
-                    .into(),
+                "\"reject\" is not built yet (\"drop_newest\" and \"drop_oldest\" are)".into(),
             );
         }
         if bridge.reconnect_delay_min_ms == 0 || bridge.reconnect_delay_max_ms < bridge.reconnect_delay_min_ms

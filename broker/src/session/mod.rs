@@ -205,6 +205,14 @@ impl Session {
         Ok(())
     }
 
+    /// Drops the oldest pending delivery (a bridge's `drop_oldest` overflow policy): its
+    /// stored record goes in the journal. False when nothing is pending.
+    pub fn drop_oldest_pending(&mut self) -> bool {
+        let Some(delivery) = self.pending.try_pop() else { return false };
+        self.journal_done(Some(&delivery), delivery.seq);
+        true
+    }
+
     /// The PUBLISH with this id was not sent (too large for the client): as if acknowledged.
     pub fn forget(&mut self, packet_id: PacketId) {
         if let Some(delivery) = self.outbound.forget(packet_id) {

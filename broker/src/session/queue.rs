@@ -392,6 +392,11 @@ impl Mailbox {
         self.messages.load(Ordering::Relaxed)
     }
 
+    /// Bytes (topic + payload) of the messages currently pending.
+    pub fn pending_bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
     /// Messages dropped by the overflow policy since the session started.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
