@@ -1000,3 +1000,21 @@ async fn drop_oldest_keeps_the_newest_within_the_budget() {
     let got = collect(&mut sub, "edge-pub", &expected).await;
     assert_eq!(got, (30..50).collect::<Vec<_>>(), "exactly the newest 20, in order");
 }
+
+// A broker shutdown ends the link with DISCONNECT (3.1.1 here), so the upstream keeps the
+// session and publishes no will [MQTT-3.14.4-3].
+#[tokio::test]
+async fn shutdown_sends_disconnect_upstream() {
+    let upstream = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let config = scripted_config(
+        upstream.local_addr().unwrap(),
+        "{ pattern = \"q/#\", direction = \"out\", qos = 1 }",
+    );
+    let mut edge = Broker::start_with(&config);
+    let mut up = accept_bridge(&upstream, false).await;
+    assert!(edge.wait_log("bridge connected", WAIT).await);
+    edge.sigterm();
+    assert_eq!(up.recv().await.bytes(), vec![0xE0, 0x00], "DISCONNECT");
+    up.expect_closed(WAIT).await;
+    assert!(edge.wait_exit(WAIT).await.is_some_and(|s| s.success()));
+}

@@ -22,11 +22,19 @@
 //!
 //! While the link is down the session stays with the bridge task (never in the offline roster,
 //! so `limits.max_offline_sessions` cannot end it); it queues QoS 1/2 within the bridge's queue
-//! budget and drops QoS 0 and what exceeds the budget (counted and logged by the queue), as an
-//! offline session does. The session's client id is refused to clients (CONNACK 0x85 / 0x02).
+//! budget and drops QoS 0, as an offline session does. Beyond the budget the newest are dropped
+//! by the queue, or with `overflow = "drop_oldest"` the oldest by `Bridge::trim`; counted and
+//! logged either way. The session's client id is refused to clients (CONNACK 0x85 / 0x02).
+//!
+//! Upstream capabilities from CONNACK: Maximum QoS caps what enters the window
+//! (`Session::qos_cap`), Retain Available 0 clears RETAIN, Maximum Packet Size drops what is
+//! larger; Receive Maximum sizes the window.
+//!
+//! Failover: `addresses` in order at every reconnect round; linked to a secondary, the primary
+//! is probed and the link moves back once it answers.
 //!
 //! Status: a retained `$SYS/broker/connection/<name>/state`, "1" while linked and "0"
-//! otherwise (as Mosquitto publishes it), and one log line per change.
+//! otherwise (as Mosquitto publishes it), and one log line per change with the counters.
 
 mod link;
 

@@ -330,6 +330,10 @@ impl Codec {
                 };
                 inner.encode(v5::to_wire(packet), dst)?
             }
+            // A client's 3.1.1 DISCONNECT (servers send none in 3.1.1, so `v3` writes none).
+            State::V3(_) if self.peer_is_server && matches!(packet, Packet::Disconnect(_)) => {
+                dst.put_slice(&[DISCONNECT_HEADER, 0x00]);
+            }
             // Replies to a refused CONNECT are encoded before a version was chosen: 3.1.1 format.
             State::V3(_) | State::AwaitingConnect => v3::encode(packet, dst)?,
         }

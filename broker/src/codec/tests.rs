@@ -633,6 +633,11 @@ fn client_side_round_trips_with_the_server_side() {
         assert!(matches!(client.decode(&mut wire).unwrap(), Some(Packet::PingResp)));
         assert!(matches!(client.decode(&mut wire).unwrap(), Some(Packet::PubAck(a)) if a.packet_id == id));
 
+        // The client's DISCONNECT is written in both versions (a 3.1.1 server sends none).
+        let mut wire = BytesMut::new();
+        client.encode(Packet::Disconnect(Disconnect::default()), &mut wire).unwrap();
+        assert!(matches!(server.decode(&mut wire).unwrap(), Some(Packet::Disconnect(_))));
+
         // A server does not send PINGREQ.
         let mut wire = BytesMut::from(&b"\xc0\x00"[..]);
         assert!(matches!(client.decode(&mut wire), Err(CodecError::Violation(_))));

@@ -225,7 +225,7 @@ pub(super) fn to_wire(packet: Packet) -> Option<v3::Packet> {
         },
         Packet::UnsubAck { packet_id, .. } => v3::Packet::UnsubscribeAck { packet_id: packet_id.0 },
         Packet::PingResp => v3::Packet::PingResponse,
-        // Client-to-server packets: encoded for completeness (tests, a future bridge).
+        // Client-to-server packets: what a bridge sends upstream (`Codec::client`), and tests.
         Packet::Connect(c) => v3::Packet::Connect(Box::new(v3::Connect {
             protocol: Protocol(if c.version == ProtocolVersion::V31 { 3 } else { 4 }),
             clean_session: c.clean_start,

@@ -298,7 +298,7 @@ pub(super) fn to_wire(packet: Packet) -> v5::Packet {
             reason_string: None,
             user_properties: Vec::new(),
         }),
-        // Client-to-server packets: encoded for completeness (tests, a future bridge).
+        // Client-to-server packets: what a bridge sends upstream (`Codec::client`), and tests.
         Packet::Connect(c) => v5::Packet::Connect(Box::new(v5::Connect {
             clean_start: c.clean_start,
             keep_alive: c.keep_alive,
