@@ -39,6 +39,28 @@ pub struct Config {
     pub server: ServerConfig,
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
+    pub sys: SysConfig,
+    /// Absent from a file: off.
+    #[serde(default)]
+    pub http: HttpConfig,
+}
+
+/// The `$SYS` tree (`sys.rs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SysConfig {
+    /// Seconds between two rounds; 0 = no `$SYS` tree.
+    pub interval: u64,
+}
+
+/// The HTTP endpoint for metrics and health (`http.rs`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to listen on; unset = no HTTP endpoint.
+    pub bind: Option<SocketAddr>,
+    /// File holding the bearer token clients must present; required off loopback.
+    pub token_file: Option<PathBuf>,
 }
 
 /// What an acknowledged message survives.
@@ -317,11 +339,29 @@ impl Config {
         if mqtt.maximum_qos > 2 {
             return invalid("mqtt.maximum_qos", "must be 0, 1 or 2");
         }
+        if self.sys.interval > 86_400 {
+            return invalid("sys.interval", "must be between 0 (off) and 86400 seconds");
+        }
+        if let Some(bind) = self.http.bind {
+            // Metrics name clients' topics' volume and the API (later) acts on clients: off
+            // this host, only with a token.
+            if !bind.ip().is_loopback() && self.http.token_file.is_none() {
+                return invalid(
+                    "http.token_file",
+                    &format!("required when http.bind ({bind}) is not a loopback address"),
+                );
+            }
+        }
         Ok(())
     }
 
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.mqtt.connect_timeout_secs)
+    }
+
+    /// The `$SYS` interval; `None` when off.
+    pub fn sys_interval(&self) -> Option<Duration> {
+        (self.sys.interval > 0).then(|| Duration::from_secs(self.sys.interval))
     }
 
     pub fn shutdown_timeout(&self) -> Duration {
@@ -373,6 +413,20 @@ mod tests {
         assert!(err.contains("mqtt.maximum_qos"), "{err}");
         let err = Config::from_toml("[[listener]]\nbind = \"nowhere\"").unwrap_err().to_string();
         assert!(err.contains("bind"), "{err}");
+    }
+
+    #[test]
+    fn http_off_loopback_needs_a_token_file() {
+        let config = Config::from_toml("").unwrap();
+        assert!(config.http.bind.is_none(), "off by default");
+        assert_eq!(config.sys_interval(), Some(Duration::from_secs(10)));
+        assert!(Config::from_toml("[http]\nbind = \"127.0.0.1:9090\"").is_ok());
+        assert!(Config::from_toml("[http]\nbind = \"[::1]:9090\"").is_ok());
+        let err = Config::from_toml("[http]\nbind = \"0.0.0.0:9090\"").unwrap_err().to_string();
+        assert!(err.contains("http.token_file"), "{err}");
+        let with_token = "[http]\nbind = \"0.0.0.0:9090\"\ntoken_file = \"/etc/tern/token\"";
+        assert!(Config::from_toml(with_token).is_ok());
+        assert_eq!(Config::from_toml("[sys]\ninterval = 0").unwrap().sys_interval(), None);
     }
 
     #[test]

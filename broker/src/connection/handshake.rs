@@ -10,6 +10,7 @@ use tracing::{info, warn};
 use super::{offline, AuthState, Connection};
 use crate::auth::{AuthStep, Proof};
 use crate::codec::CodecError;
+use crate::metrics::METRICS;
 use crate::packet::{Auth, ConnAck, Connect, Packet, ProtocolVersion, QoS, ReasonCode, Will};
 use crate::router::topic;
 use crate::session::registry::{control_slot, ControlReceiver, OwnerId};
@@ -140,6 +141,7 @@ impl Connection {
         loop {
             match self.codec.decode(&mut self.rbuf) {
                 Ok(Some(packet)) => {
+                    METRICS.packet_received();
                     // What came with CONNECT is not ordered against other connections: the
                     // handshake may wait (authentication, takeover) and must hold nobody up.
                     self.arrival.release();
@@ -353,6 +355,7 @@ impl Connection {
         match refusal {
             Refusal::Code(reason, why) => {
                 warn!("refusing connection ({reason}): {why}");
+                METRICS.connect_refused(reason);
                 // [MQTT-3.2.2-6]: session present 0 with a non-zero reason code.
                 let mut refusal = ConnAck::refuse(reason);
                 if self.broker.config.mqtt.reason_strings {

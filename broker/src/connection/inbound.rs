@@ -9,12 +9,14 @@ use tracing::{debug, warn};
 use super::{route, Connection, Ending, ProtocolError};
 use crate::auth::AuthStep;
 use crate::message::{Delivery, Message};
+use crate::metrics::{DropReason, METRICS};
 use crate::packet::{
     Ack, Auth, Disconnect, Packet, PacketId, Publish, QoS, ReasonCode, RetainHandling, SubscriptionOptions,
 };
 use crate::router::{shared, topic, RouteOutcome, Subscriber, Subscription};
 use crate::session::Session;
 use crate::storage::Op;
+use crate::sys;
 
 impl Connection {
     pub(super) fn handle_packet(
@@ -23,6 +25,7 @@ impl Connection {
         packet: Packet,
     ) -> Result<Option<Ending>, ProtocolError> {
         let now = Instant::now();
+        METRICS.packet_received();
         match packet {
             Packet::Publish(publish) => self.handle_publish(session, *publish)?,
             ack @ (Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_)) => {
@@ -50,6 +53,7 @@ impl Connection {
 
     fn handle_publish(&mut self, session: &mut Session, publish: Publish) -> Result<(), ProtocolError> {
         let config = &self.broker.config;
+        METRICS.publish_received(publish.qos, publish.payload.len());
         topic::validate_topic_name(&publish.topic)?;
         topic::check_limits(&publish.topic, config.limits.max_topic_length, config.limits.max_topic_levels)?;
         if publish.retain && !config.mqtt.retain_available {
@@ -60,6 +64,12 @@ impl Connection {
         }
         if let Some(throttle) = &mut self.throttle {
             throttle.take(Instant::now());
+        }
+        // `$SYS/` belongs to the broker (`sys.rs`): what clients read there must be the broker's.
+        if sys::is_sys_topic(&publish.topic) {
+            debug!(topic = %publish.topic, "publish under $SYS refused");
+            self.deny_publish(session, &publish);
+            return Ok(());
         }
         if !self.broker.security.may_publish(self.username.as_deref(), &session.client_id, &publish.topic) {
             debug!(topic = %publish.topic, "publish denied by the ACL");
@@ -98,6 +108,7 @@ impl Connection {
     /// A PUBLISH the ACL denies is not routed. MQTT 5 says so with 0x87 in PUBACK/PUBREC;
     /// 3.1.1 has no way to, so the flow completes as usual (as Mosquitto does).
     fn deny_publish(&mut self, session: &mut Session, publish: &Publish) {
+        METRICS.dropped(DropReason::NotAuthorized, 1);
         let Some(id) = publish.packet_id else { return };
         let v5 = self.version.is_v5();
         let reason = if v5 { ReasonCode::NOT_AUTHORIZED } else { ReasonCode::SUCCESS };

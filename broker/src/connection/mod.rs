@@ -38,6 +38,7 @@ use tracing::{debug, info, warn, Instrument};
 use crate::auth::AuthExchange;
 use crate::codec::{Codec, CodecError, Encoded};
 use crate::message::Message;
+use crate::metrics::{DropReason, METRICS};
 use crate::packet::{Disconnect, Packet, ProtocolVersion, ReasonCode, Will};
 use crate::router::retain::RetainChange;
 use crate::router::topic::TopicError;
@@ -366,7 +367,9 @@ impl Connection {
         let Some(mut accepted) = Box::pin(self.handshake()).instrument(span).await else { return };
         accepted.session.pending.mailbox().set_online(true);
         accepted.session.resume(accepted.receive_maximum, &mut self.out, Instant::now());
+        METRICS.client_connected(self.version as usize);
         let ending = self.serve_session(&mut accepted).await;
+        METRICS.client_disconnected();
         self.arrival.close();
         // The control slot goes on with the session (offline, or handed over): no deadline.
         accepted.control.set_deadline(None);
@@ -634,11 +637,21 @@ impl Connection {
                 Packet::Forward(p) => Some(p.packet_id),
                 _ => None,
             };
+            let publish = match &packet {
+                Packet::Forward(p) => Some((p.qos, p.message.payload.len())),
+                _ => None,
+            };
             if self.codec.encode(packet, &mut self.wbuf)? == Encoded::TooLargeForClient {
                 debug!("message larger than the client's maximum packet size: not sent");
+                METRICS.dropped(DropReason::TooLarge, 1);
                 if let Some(Some(id)) = packet_id {
                     session.forget(id);
                 }
+                continue;
+            }
+            METRICS.packet_sent();
+            if let Some((qos, len)) = publish {
+                METRICS.publish_sent(qos, len);
             }
         }
         Ok(())
@@ -652,6 +665,9 @@ impl Connection {
         let read_waker = self.arrival.read_waker(cx);
         let mut read_cx = Context::from_waker(&read_waker);
         let read = self.poll_read_into_buffer(&mut read_cx);
+        if let Poll::Ready(Ok(n)) = read {
+            METRICS.bytes_received(n);
+        }
         let read_something = matches!(read, Poll::Ready(Ok(n)) if n > 0);
         self.arrival.note_wake(read_something.then_some(&self.rbuf[..]));
         if read_something {
@@ -708,7 +724,10 @@ impl Connection {
         }
         match ready!(poll_write_buf(stream, cx, &mut self.wbuf))? {
             0 => Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
-            _ => Poll::Ready(Ok(true)),
+            n => {
+                METRICS.bytes_sent(n);
+                Poll::Ready(Ok(true))
+            }
         }
     }
 
@@ -716,8 +735,11 @@ impl Connection {
     async fn write_out(&mut self) -> io::Result<()> {
         for packet in self.out.drain(..) {
             self.codec.encode(packet, &mut self.wbuf).map_err(io::Error::other)?;
+            METRICS.packet_sent();
         }
+        let len = self.wbuf.len();
         self.stream.write_all_buf(&mut self.wbuf).await?;
+        METRICS.bytes_sent(len);
         self.stream.flush().await
     }
 
@@ -841,6 +863,9 @@ fn route(broker: &Broker, message: &Arc<Message>) -> Routed {
             RetainChange::Cleared => Op::DeleteRetained(message.topic.clone()),
         };
         routed.ops.push(op);
+    }
+    if routed.outcome.matched == 0 {
+        METRICS.dropped(DropReason::NoSubscribers, 1);
     }
     if routed.outcome.dropped > 0 {
         debug!(topic = %message.topic, dropped = routed.outcome.dropped, "message dropped for sessions with full queues");

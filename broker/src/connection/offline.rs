@@ -11,6 +11,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use super::{publish_will, route_now};
 use crate::message::{Delivery, Message, SharedRoute};
+use crate::metrics::METRICS;
 use crate::packet::Will;
 use crate::router::Subscriber;
 use crate::session::qos::Outbound;
@@ -142,6 +143,7 @@ async fn end_will(broker: &Broker, client_id: &ClientId, will: Will, publish: bo
 /// ends with everything stored for it.
 async fn expire(broker: &Broker, session: Session, owner: OwnerId, will: Option<Will>) {
     info!(client_id = %session.client_id, "session expired");
+    METRICS.sessions_expired.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     if let Some(will) = will {
         publish_will(broker, &will, &session.client_id).await;
     }

@@ -17,6 +17,7 @@ use bytestring::ByteString;
 use tokio::time::Instant;
 
 use crate::message::Delivery;
+use crate::metrics::{DropReason, METRICS};
 use crate::packet::{Packet, PacketId, ProtocolVersion, QoS};
 use crate::router::Subscription;
 use crate::storage::{delivery_record, DeliveryState, Op, SessionRecord};
@@ -118,6 +119,7 @@ impl Session {
     pub fn handle_deliver(&mut self, delivery: Delivery, out: &mut Vec<Packet>, now: Instant) {
         if delivery.message.is_expired(now) {
             tracing::debug!(topic = %delivery.message.topic, "message expired before delivery");
+            METRICS.dropped(DropReason::Expired, 1);
             self.journal_done(Some(&delivery), delivery.seq);
             return;
         }

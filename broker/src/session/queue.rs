@@ -31,6 +31,7 @@ use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
 
 use crate::message::Delivery;
+use crate::metrics::{DropReason, METRICS};
 use crate::packet::QoS;
 use crate::session::ClientId;
 
@@ -342,10 +343,14 @@ impl Mailbox {
         let (max_messages, max_bytes) =
             (self.limits.max_messages * headroom, self.limits.max_bytes * headroom);
         if messages < max_messages && bytes + weight <= max_bytes {
+            METRICS.queued(1, weight);
             return true;
         }
-        self.release(1, weight);
+        // Not through `release`: this message never counted in `METRICS`.
+        self.messages.fetch_sub(1, Ordering::AcqRel);
+        self.bytes.fetch_sub(weight, Ordering::AcqRel);
         self.dropped.fetch_add(1, Ordering::Relaxed);
+        METRICS.dropped(DropReason::QueueFull, 1);
         if !self.overflowing.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 client_id = %self.client_id,
@@ -360,6 +365,7 @@ impl Mailbox {
     fn release(&self, messages: usize, bytes: usize) {
         self.messages.fetch_sub(messages, Ordering::AcqRel);
         self.bytes.fetch_sub(bytes, Ordering::AcqRel);
+        METRICS.unqueued(messages, bytes);
     }
 
     /// Called as `messages` left the queue: wakes paused publishers once there is room, ends an
@@ -445,6 +451,7 @@ impl PendingQueue {
     pub fn restore(&mut self, delivery: Delivery) {
         self.mailbox.messages.fetch_add(1, Ordering::AcqRel);
         self.mailbox.bytes.fetch_add(delivery.message.weight(), Ordering::AcqRel);
+        METRICS.queued(1, delivery.message.weight());
         self.local.push_back(delivery);
     }
 
