@@ -1,12 +1,13 @@
 //! The operator's HTTP endpoint (`[http]`): `GET /metrics` (Prometheus text format 0.0.4),
-//! `GET /healthz` and `GET /readyz`. A small HTTP/1.1 responder on tokio, written here rather
+//! `GET /healthz`, `GET /readyz`, and the admin API under `/api/v1` (`admin.rs`). A small HTTP/1.1 responder on tokio, written here rather
 //! than taken from a crate (see docs/decisions/0003-http-endpoint.md): one request per
 //! connection, answered and closed.
 //!
 //! Bounds: at most `MAX_CONNECTIONS` requests at once (more wait in the listen backlog), a
 //! request head of at most `MAX_HEAD` bytes, read within `READ_TIMEOUT`; a body is never read.
 //! The bearer token, when configured, is compared in constant time. `/healthz` and `/readyz`
-//! need no token: probes rarely carry one, and they tell nothing but up or down.
+//! need no token: probes rarely carry one, and they tell nothing but up or down. `/metrics`
+//! and `/api/` do.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -25,7 +26,7 @@ use tracing::{debug, info, warn};
 use crate::config::HttpConfig;
 use crate::metrics::{get, DropReason, Metrics, METRICS, PROTOCOLS};
 use crate::packet::ReasonCode;
-use crate::{Broker, Error, Result};
+use crate::{admin, Broker, Error, Result};
 
 /// Requests served at once.
 const MAX_CONNECTIONS: usize = 32;
@@ -115,7 +116,7 @@ async fn handle(mut stream: TcpStream, broker: &Broker, token: Option<&[u8]>) ->
         Err(_) => return Ok(()),
     };
     let response = match complete.then(|| Request::parse(&head)).flatten() {
-        Some(request) => respond(&request, broker, token),
+        Some(request) => respond(&request, broker, token).await,
         None => Response::text(400, "bad request\n"),
     };
     let bytes = response.to_bytes();
@@ -132,6 +133,8 @@ async fn handle(mut stream: TcpStream, broker: &Broker, token: Option<&[u8]>) ->
 pub struct Request {
     pub method: String,
     pub path: String,
+    /// What follows '?', undecoded.
+    pub query: String,
     pub authorization: Option<String>,
 }
 
@@ -145,13 +148,18 @@ impl Request {
         if !version.starts_with("HTTP/1.") {
             return None;
         }
-        let path = target.split('?').next().unwrap_or(target);
+        let (path, query) = target.split_once('?').unwrap_or((target, ""));
         let authorization = lines
             .take_while(|line| !line.is_empty())
             .filter_map(|line| line.split_once(':'))
             .find(|(name, _)| name.trim().eq_ignore_ascii_case("authorization"))
             .map(|(_, value)| value.trim().to_owned());
-        Some(Request { method: method.to_owned(), path: path.to_owned(), authorization })
+        Some(Request {
+            method: method.to_owned(),
+            path: path.to_owned(),
+            query: query.to_owned(),
+            authorization,
+        })
     }
 }
 
@@ -177,6 +185,8 @@ impl Response {
             401 => "Unauthorized",
             404 => "Not Found",
             405 => "Method Not Allowed",
+            409 => "Conflict",
+            500 => "Internal Server Error",
             503 => "Service Unavailable",
             _ => "",
         };
@@ -198,7 +208,14 @@ impl Response {
 }
 
 /// The answer to a request.
-pub fn respond(request: &Request, broker: &Broker, token: Option<&[u8]>) -> Response {
+pub async fn respond(request: &Request, broker: &Broker, token: Option<&[u8]>) -> Response {
+    if request.path.starts_with("/api/") {
+        if !authorized(request, token) {
+            let body = "{\"error\":\"bearer token required\"}\n".into();
+            return Response { status: 401, content_type: "application/json", body, head_only: false };
+        }
+        return admin::respond(request, broker).await;
+    }
     let head_only = request.method == "HEAD";
     if request.method != "GET" && !head_only {
         return Response::text(405, "only GET and HEAD\n");
@@ -414,6 +431,7 @@ mod tests {
         let request = Request::parse(head).unwrap();
         assert_eq!(request.method, "GET");
         assert_eq!(request.path, "/metrics");
+        assert_eq!(request.query, "x=1");
         assert_eq!(request.authorization.as_deref(), Some("Bearer s3cret"));
         assert!(Request::parse(b"GET / SPDY/3\r\n\r\n").is_none());
         assert!(Request::parse(b"GET\r\n\r\n").is_none());
@@ -424,6 +442,7 @@ mod tests {
         let request = |auth: Option<&str>| Request {
             method: "GET".into(),
             path: "/metrics".into(),
+            query: String::new(),
             authorization: auth.map(str::to_owned),
         };
         assert!(authorized(&request(None), None));

@@ -18,6 +18,7 @@
 //! its socket. A persistent session outlives its connection in an offline task until a client
 //! with the same id takes it over.
 
+pub mod admin;
 pub mod auth;
 pub mod clock;
 pub mod codec;

@@ -106,9 +106,11 @@ impl Server {
             info!(transport = ?listener.transport, "listening on {addr}");
             listeners.push((bound, Arc::new(settings)));
         }
-        info!("accepting connections on {} listener(s)", listeners.len());
         _stop_http_on_error.disarm();
+        // Ready before saying so: whoever waits for the line below finds /readyz 200. (Bound
+        // listeners already queue connections; `run` accepts them.)
         broker.ready.store(true, Ordering::Release);
+        info!("accepting connections on {} listener(s)", listeners.len());
         Ok(Server { broker, listeners, http_addr, http_stop })
     }
 

@@ -2,7 +2,9 @@
 //! (read with `mosquitto_sub` and rumqttc), `$SYS` kept from `#` subscribers [MQTT-4.7.2-1] and
 //! from publishers, the counters behind `$SYS` and `GET /metrics` (exact after 100 QoS 1
 //! messages; the exposition linted by `promtool check metrics`), `/healthz` and `/readyz`, the
-//! bearer token, and the refusal to serve HTTP off loopback without one.
+//! bearer token, the refusal to serve HTTP off loopback without one, and the admin API
+//! (`/api/v1`: summary, client listing with filters, kick with DISCONNECT 0x98, retained
+//! messages listed and deleted by filter).
 //!
 //! HTTP is spoken over a raw TCP stream (one GET per connection, as curl would send it), so
 //! status lines and headers are checked on the wire.
@@ -89,12 +91,22 @@ async fn http_addr(b: &Broker) -> SocketAddr {
     addr.parse().expect("http address")
 }
 
-/// One HTTP/1.1 request; returns (status, headers, body).
+/// One HTTP/1.1 GET; returns (status, headers, body).
 async fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String, String) {
+    http_request(addr, "GET", path, token).await
+}
+
+/// One HTTP/1.1 request, as curl sends it; returns (status, headers, body).
+async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, String, String) {
     let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect to http endpoint");
     let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
     let request =
-        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: t19\r\n{auth}Accept: */*\r\n\r\n");
+        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: t19\r\n{auth}Accept: */*\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = Vec::new();
     tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
@@ -405,30 +417,206 @@ async fn non_loopback_http_without_token_refuses_to_start() {
 async fn gauges_follow_clients_subscriptions_and_retained() {
     let b = Broker::start_with(OPS);
     let http = http_addr(&b).await;
+    // The first round adds the tree's retained messages; it publishes this topic last, and
+    // later rounds add no topics: from here on only our changes move the retained count.
+    let mut sys = Mqtt::connect(opts(&b, "gauge-sys")).await;
+    sys.subscribe("$SYS/broker/load/connections/15min", 0).await;
+    sys.recv().await;
     let mut a = Mqtt::connect(opts(&b, "gauge-a")).await;
     a.subscribe("g/1", 1).await;
     a.subscribe("g/2", 1).await;
     a.publish_wait("g/r", 1, true, "kept").await;
     let (_, _, body) = http_get(http, "/metrics", None).await;
-    assert_eq!(sample(&body, "tern_clients_connected"), 1);
-    assert_eq!(sample(&body, "tern_subscriptions"), 2);
+    assert_eq!(sample(&body, "tern_clients_connected"), 2);
+    assert_eq!(sample(&body, "tern_subscriptions"), 3);
     assert!(sample(&body, "tern_retained_messages") >= 1);
     a.unsubscribe("g/1").await;
     a.publish_wait("g/r", 1, true, "").await;
     let (_, _, after) = http_get(http, "/metrics", None).await;
-    assert_eq!(sample(&after, "tern_subscriptions"), 1);
+    assert_eq!(sample(&after, "tern_subscriptions"), 2);
     assert_eq!(sample(&after, "tern_retained_messages"), sample(&body, "tern_retained_messages") - 1);
 
-    let mut sys = Mqtt::connect(opts(&b, "gauge-sys")).await;
     sys.subscribe("$SYS/broker/clients/connected", 0).await;
     sys.subscribe("$SYS/broker/subscriptions/count", 0).await;
     let wanted = ["$SYS/broker/clients/connected".to_string(), "$SYS/broker/subscriptions/count".to_string()];
     // Retained first, then the next round's values: wait for the round after our changes.
     let deadline = Instant::now() + Duration::from_secs(5);
     let mut seen = collect_sys(&mut sys, &wanted).await;
-    while (seen[&wanted[0]].as_str(), seen[&wanted[1]].as_str()) != ("2", "3") {
+    while (seen[&wanted[0]].as_str(), seen[&wanted[1]].as_str()) != ("2", "4") {
         let p = sys.recv_timeout(deadline.saturating_duration_since(Instant::now())).await;
-        let p = p.unwrap_or_else(|| panic!("$SYS never showed 2 clients and 3 subscriptions: {seen:?}"));
+        let p = p.unwrap_or_else(|| panic!("$SYS never showed 2 clients and 4 subscriptions: {seen:?}"));
         seen.insert(p.topic.clone(), String::from_utf8_lossy(&p.payload).into_owned());
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Admin API (/api/v1)
+// ---------------------------------------------------------------------------------------
+
+/// Every listed `"key":value` fragment is in the JSON body.
+fn assert_json_has(body: &str, fragments: &[&str]) {
+    for fragment in fragments {
+        assert!(body.contains(fragment), "{fragment} not in {body}");
+    }
+}
+
+// Kick: a connected MQTT 5 client with a persistent session gets DISCONNECT 0x98
+// (Administrative action) and is then listed as disconnected, its session kept; a second kick
+// finds it not connected (409), an unknown id is 404. A 3.1.1 client is closed (servers send
+// 3.1.1 clients no DISCONNECT). Without the configured token the API answers 401.
+#[tokio::test]
+async fn admin_kick_sends_v5_disconnect_0x98_and_keeps_the_persistent_session() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "adm1n").unwrap();
+    let b = Broker::start_with(&format!(
+        "[sys]\ninterval = 0\n[http]\nbind = \"127.0.0.1:0\"\ntoken_file = \"{}\"\n",
+        token_file.display()
+    ));
+    let http = http_addr(&b).await;
+    let (mut v5c, connack) =
+        Raw::connect5(b.addr(), &v5::Connect::new("kick-me").clean(false).session_expiry(600)).await;
+    assert_eq!(connack.reason, 0);
+    v5c.sub5("kick/t", 1).await;
+
+    assert_eq!(http_request(http, "DELETE", "/api/v1/clients/kick-me", None).await.0, 401);
+    v5c.expect_nothing(QUIET).await;
+    let (status, _, body) = http_request(http, "DELETE", "/api/v1/clients/kick-me", Some("adm1n")).await;
+    assert_eq!(status, 200, "{body}");
+    v5c.expect_disconnect_reason(0x98, "kicked through the admin API").await;
+
+    // The session goes offline as the connection closes: wait for the listing to say so.
+    let deadline = Instant::now() + WAIT;
+    let body = loop {
+        let (status, head, body) = http_get(http, "/api/v1/clients?connected=false", Some("adm1n")).await;
+        assert_eq!(status, 200);
+        assert!(head.contains("Content-Type: application/json"), "{head}");
+        if body.contains("kick-me") {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "kick-me never listed as disconnected: {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_json_has(
+        &body,
+        &["\"total\":1", "\"client_id\":\"kick-me\"", "\"connected\":false", "\"persistent\":true"],
+    );
+    let (status, _, body) = http_request(http, "DELETE", "/api/v1/clients/kick-me", Some("adm1n")).await;
+    assert_eq!((status, body.contains("not connected")), (409, true), "{body}");
+    assert_eq!(http_request(http, "DELETE", "/api/v1/clients/nobody", Some("adm1n")).await.0, 404);
+
+    // The session is still there: a message queued for it is delivered on return.
+    let mut p = Raw::connected(b.addr(), "kick-pub", true).await;
+    p.publish_flow("kick/t", 1, false, 1, b"while away").await;
+    let (mut back, connack) =
+        Raw::connect5(b.addr(), &v5::Connect::new("kick-me").clean(false).session_expiry(600)).await;
+    assert!(connack.session_present, "session kept after the kick");
+    assert_eq!(back.recv_publish5().await.payload, b"while away");
+
+    let mut v3 = Raw::connected(b.addr(), "kick-v3", true).await;
+    assert_eq!(http_request(http, "DELETE", "/api/v1/clients/kick-v3", Some("adm1n")).await.0, 200);
+    v3.expect_closed(WAIT).await;
+}
+
+// Listing: filters by connection state, user name and client id prefix, sorted by id, paged.
+#[tokio::test]
+async fn admin_lists_clients_by_connected_user_and_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let passwd = dir.path().join("passwd");
+    for user in ["alice", "bob"] {
+        let out = std::process::Command::new(tern_bin())
+            .args(["passwd", passwd.to_str().unwrap(), user, "pw"])
+            .output()
+            .expect("tern passwd");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let b = Broker::start_with(&format!(
+        "[sys]\ninterval = 0\n[http]\nbind = \"127.0.0.1:0\"\n[auth]\npassword_file = \"{}\"\n",
+        passwd.display()
+    ));
+    let http = http_addr(&b).await;
+    let with_user = |id: &str, user: &str| {
+        let mut o = opts(&b, id);
+        o.set_credentials(user, "pw");
+        o
+    };
+    let _a1 = Mqtt::connect(with_user("sensor-1", "alice")).await;
+    let _a2 = Mqtt::connect(with_user("sensor-2", "alice")).await;
+    let _b1 = Mqtt::connect(with_user("pump-1", "bob")).await;
+    let mut gone = with_user("sensor-3", "bob");
+    gone.set_clean_session(false);
+    Mqtt::connect(gone).await.disconnect().await;
+
+    let ids = |body: &str| -> Vec<String> {
+        body.split("\"client_id\":\"").skip(1).map(|s| s.split('"').next().unwrap().to_owned()).collect()
+    };
+    let list = |query: &'static str| async move {
+        let (status, _, body) = http_get(http, &format!("/api/v1/clients{query}"), None).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    // The disconnected persistent session may take a moment to go offline.
+    let deadline = Instant::now() + WAIT;
+    while !list("?connected=false").await.contains("sensor-3") {
+        assert!(Instant::now() < deadline, "sensor-3 never listed as disconnected");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(ids(&list("").await), ["pump-1", "sensor-1", "sensor-2", "sensor-3"]);
+    assert_eq!(ids(&list("?connected=true").await), ["pump-1", "sensor-1", "sensor-2"]);
+    assert_eq!(ids(&list("?connected=false").await), ["sensor-3"]);
+    assert_eq!(ids(&list("?user=alice").await), ["sensor-1", "sensor-2"]);
+    assert_eq!(ids(&list("?prefix=sensor-&user=bob").await), ["sensor-3"]);
+    let page = list("?prefix=sensor&offset=1&limit=1").await;
+    assert_eq!(ids(&page), ["sensor-2"]);
+    assert_json_has(&page, &["\"total\":3", "\"offset\":1", "\"user\":\"alice\""]);
+    assert_eq!(http_get(http, "/api/v1/clients?connected=maybe", None).await.0, 400);
+
+    let (status, _, summary) = http_get(http, "/api/v1/summary", None).await;
+    assert_eq!(status, 200);
+    assert_json_has(&summary, &["\"clients_connected\":3", "\"sessions_disconnected\":1", "\"version\":\""]);
+}
+
+// Deleting retained messages by filter removes exactly the matching ones, from memory and from
+// storage (a restart on the same data still lacks them), and the listing agrees with what a
+// new subscriber receives. $SYS retained messages are the broker's: never deleted.
+#[tokio::test]
+async fn admin_deletes_exactly_the_retained_messages_matching_a_filter() {
+    let data = tempfile::tempdir().unwrap();
+    let config = "[sys]\ninterval = 1\n[http]\nbind = \"127.0.0.1:0\"\n[storage]\ndurability = \"wal\"\n";
+    let b = Broker::launch(Launch::config(config).data_dir(data.path()));
+    let http = http_addr(&b).await;
+    let mut p = Mqtt::connect(opts(&b, "ret-pub")).await;
+    for topic in ["a/1", "a/2", "a/b/3", "b/1"] {
+        p.publish_wait(topic, 1, true, format!("v-{topic}")).await;
+    }
+    let (_, _, before) = http_get(http, "/api/v1/retained?filter=%23", None).await;
+    assert_json_has(
+        &before,
+        &["\"total\":4", "{\"topic\":\"a/b/3\",\"qos\":1,\"payload_bytes\":7,\"payload\":\"v-a/b/3\"}"],
+    );
+    assert_eq!(http_request(http, "DELETE", "/api/v1/retained", None).await.0, 400, "filter required");
+    assert_eq!(http_request(http, "DELETE", "/api/v1/retained?filter=a/%23/x", None).await.0, 400);
+    let (status, _, body) = http_request(http, "DELETE", "/api/v1/retained?filter=a/+", None).await;
+    assert_eq!((status, body.as_str()), (200, "{\"deleted\":2}\n"));
+    let (_, _, after) = http_get(http, "/api/v1/retained", None).await;
+    assert_json_has(&after, &["\"total\":2", "\"topic\":\"a/b/3\"", "\"topic\":\"b/1\""]);
+
+    let mut s = Mqtt::connect(opts(&b, "ret-sub")).await;
+    s.subscribe("#", 1).await;
+    let mut got = vec![s.recv().await.topic, s.recv().await.topic];
+    got.sort();
+    assert_eq!(got, ["a/b/3", "b/1"]);
+    s.expect_silence().await;
+
+    let (_, _, body) = http_request(http, "DELETE", "/api/v1/retained?filter=%24SYS/%23", None).await;
+    assert_eq!(body, "{\"deleted\":0}\n", "$SYS is the broker's");
+
+    // Restart on the same data: the deleted ones stay deleted.
+    drop((p, s));
+    let mut b = b;
+    b.sigterm();
+    b.wait_exit(Duration::from_secs(10)).await.expect("exit after SIGTERM");
+    let b = Broker::launch(Launch::config(config).data_dir(data.path()));
+    let (_, _, restarted) = http_get(http_addr(&b).await, "/api/v1/retained?filter=%23", None).await;
+    assert_json_has(&restarted, &["\"total\":2", "\"topic\":\"a/b/3\"", "\"topic\":\"b/1\""]);
 }

@@ -274,6 +274,7 @@ impl Connection {
         session.pending.mailbox().set_username(username.clone());
         self.username = username;
         session.pending.mailbox().set_persistent(session.is_persistent());
+        self.broker.router.registry.set_mailbox(&client_id, owner, session.pending.mailbox());
         if session.is_persistent() {
             // Stored before CONNACK: a session the client was told exists survives a crash.
             if let Err(e) = self.broker.store.commit(vec![Op::PutSession(session.record(None))]).await {

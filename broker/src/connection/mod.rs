@@ -104,6 +104,8 @@ enum Ending {
     TakenOver(Takeover),
     /// Broker shutdown: DISCONNECT 0x8B.
     Shutdown,
+    /// An operator disconnected the client (admin API): DISCONNECT 0x98.
+    Kicked,
 }
 
 impl std::fmt::Display for Ending {
@@ -119,6 +121,7 @@ impl std::fmt::Display for Ending {
             Ending::Protocol(e) => write!(f, "{e}"),
             Ending::TakenOver(_) => f.write_str("session taken over by a new connection with this client id"),
             Ending::Shutdown => f.write_str("server shutting down"),
+            Ending::Kicked => f.write_str("disconnected by an administrator"),
         }
     }
 }
@@ -144,6 +147,7 @@ impl Ending {
             Ending::Protocol(e) => Some(e.reason_code()),
             Ending::TakenOver(_) => Some(ReasonCode::SESSION_TAKEN_OVER),
             Ending::Shutdown => Some(ReasonCode::SERVER_SHUTTING_DOWN),
+            Ending::Kicked => Some(ReasonCode::ADMINISTRATIVE_ACTION),
             Ending::ClientDisconnect { .. } | Ending::PeerClosed | Ending::Io(_) => None,
         }
     }
@@ -441,6 +445,7 @@ impl Connection {
                 Control::Shutdown => Ending::Shutdown,
                 Control::Takeover(takeover) => Ending::TakenOver(takeover),
                 Control::KeepAliveTimeout => Ending::KeepAliveTimeout,
+                Control::Kick => Ending::Kicked,
             }));
         }
         if let Some(pause) = &mut self.pause {

@@ -93,8 +93,8 @@ pub(super) async fn run(
                 let takeover = match request {
                     Control::Takeover(takeover) => takeover,
                     Control::Shutdown => return,
-                    // No deadline is set while offline.
-                    Control::KeepAliveTimeout => continue,
+                    // No deadline is set while offline; no client to disconnect.
+                    Control::KeepAliveTimeout | Control::Kick => continue,
                 };
                 if Instant::now() >= expires_at {
                     // The expiry passed at the same moment: the session is over, not resumed.
@@ -301,6 +301,7 @@ fn restore_session(
     let owner = broker.router.registry.new_owner_id();
     let (control_tx, control) = control_slot();
     broker.router.registry.register(&client_id, owner, control_tx);
+    broker.router.registry.set_mailbox(&client_id, owner, session.pending.mailbox());
     let span = tracing::info_span!("session", %client_id);
     // A session that expired while the broker was down ends at once in its task (will first),
     // before any client can claim it: the registration is taken only after this function.

@@ -393,6 +393,11 @@ impl Mailbox {
         }
     }
 
+    /// The session outlives its connection (admin API).
+    pub fn is_persistent(&self) -> bool {
+        self.persistent.load(Ordering::Relaxed)
+    }
+
     /// Messages currently pending (for tests and metrics).
     pub fn pending(&self) -> usize {
         self.messages.load(Ordering::Relaxed)
