@@ -57,6 +57,7 @@ pub async fn respond(request: &Request, broker: &Broker) -> Response {
 
 fn summary(broker: &Broker) -> Response {
     let m = &METRICS;
+    let queued = broker.router.registry.queued();
     let body = format!(
         "{{\"version\":{},\"uptime_seconds\":{},\"clients_connected\":{},\"clients_maximum\":{},\
          \"sessions_disconnected\":{},\"subscriptions\":{},\"retained_messages\":{},\
@@ -68,8 +69,8 @@ fn summary(broker: &Broker) -> Response {
         broker.router.registry.offline_len(),
         get(&m.subscriptions_current),
         get(&m.retained_current),
-        get(&m.queued_current),
-        get(&m.queued_bytes_current),
+        queued.0,
+        queued.1,
     );
     json(200, body)
 }

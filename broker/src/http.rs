@@ -274,6 +274,7 @@ fn refusal_label(code: u8) -> String {
 /// The Prometheus text exposition (format 0.0.4) of every counter and gauge.
 pub fn render_metrics(m: &Metrics, broker: &Broker) -> String {
     let mut out = String::with_capacity(8 * 1024);
+    let queued = broker.router.registry.queued();
     let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for (labels, value) in samples {
@@ -406,18 +407,8 @@ pub fn render_metrics(m: &Metrics, broker: &Broker) -> String {
         "Topic and payload bytes of the retained messages.",
         &one(get(&m.retained_bytes_current)),
     );
-    family(
-        "tern_queued_messages",
-        "gauge",
-        "Messages waiting in sessions' pending queues.",
-        &one(get(&m.queued_current)),
-    );
-    family(
-        "tern_queued_bytes",
-        "gauge",
-        "Topic and payload bytes of the queued messages.",
-        &one(get(&m.queued_bytes_current)),
-    );
+    family("tern_queued_messages", "gauge", "Messages waiting in sessions' pending queues.", &one(queued.0));
+    family("tern_queued_bytes", "gauge", "Topic and payload bytes of the queued messages.", &one(queued.1));
     out
 }
 

@@ -7,6 +7,8 @@
 //!   all of them at one instant (as Mosquitto's `$SYS` does).
 //! - Counters only ever rise. Gauges (`*_current`) rise and fall; each fall matches an earlier
 //!   rise of the same code path, so they cannot underflow.
+//! - Gauges that would need a shared counter on the delivery path (messages queued per session)
+//!   are not here: `Registry::queued` sums the sessions' own counters when someone asks.
 //! - One process-wide set (`METRICS`). The places that count include the sans-IO session and
 //!   its queue, which hold no handle on the broker; threading one through every constructor
 //!   for a fact about the process (like its RSS) would buy nothing. One broker runs per
@@ -94,9 +96,6 @@ pub struct Metrics {
     /// Retained messages, and their topic + payload bytes.
     pub retained_current: AtomicU64,
     pub retained_bytes_current: AtomicU64,
-    /// Messages waiting in sessions' pending queues, and their topic + payload bytes.
-    pub queued_current: AtomicU64,
-    pub queued_bytes_current: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -130,8 +129,6 @@ impl Metrics {
             subscriptions_current: ZERO,
             retained_current: ZERO,
             retained_bytes_current: ZERO,
-            queued_current: ZERO,
-            queued_bytes_current: ZERO,
         }
     }
 
@@ -201,18 +198,6 @@ impl Metrics {
         }
     }
 
-    /// Messages entered a pending queue.
-    pub fn queued(&self, messages: usize, bytes: usize) {
-        self.queued_current.fetch_add(messages as u64, Ordering::Relaxed);
-        self.queued_bytes_current.fetch_add(bytes as u64, Ordering::Relaxed);
-    }
-
-    /// Messages left a pending queue (sent, dropped or the session ended).
-    pub fn unqueued(&self, messages: usize, bytes: usize) {
-        self.queued_current.fetch_sub(messages as u64, Ordering::Relaxed);
-        self.queued_bytes_current.fetch_sub(bytes as u64, Ordering::Relaxed);
-    }
-
     /// Sum of an array of counters.
     pub fn sum(counters: &[AtomicU64]) -> u64 {
         counters.iter().map(|c| c.load(Ordering::Relaxed)).sum()
@@ -260,11 +245,8 @@ mod tests {
         m.retained(true, 10);
         m.retained(true, 5);
         m.retained(false, 10);
-        m.queued(3, 30);
-        m.unqueued(2, 20);
         assert_eq!(get(&m.subscriptions_current), 1);
         assert_eq!((get(&m.retained_current), get(&m.retained_bytes_current)), (1, 5));
-        assert_eq!((get(&m.queued_current), get(&m.queued_bytes_current)), (1, 10));
     }
 
     #[test]

@@ -75,13 +75,15 @@ pub struct Sample {
     pub uptime: Duration,
     /// Persistent sessions whose clients are away.
     pub disconnected: u64,
+    /// Messages pending in sessions' queues, and their topic + payload bytes.
+    pub queued: (u64, u64),
 }
 
 impl SysTree {
     /// The topics and payloads of one round at `now`: those whose payload changed.
     pub fn round(&mut self, m: &Metrics, sample: &Sample, now: Instant) -> Vec<(String, String)> {
         let connected = get(&m.clients_connected);
-        let queued = get(&m.queued_current);
+        let queued = sample.queued.0;
         let mut values: Vec<(String, String)> = [
             ("version", version()),
             ("uptime", format!("{} seconds", sample.uptime.as_secs())),
@@ -97,7 +99,7 @@ impl SysTree {
             ("messages/sent", get(&m.packets_sent).to_string()),
             ("messages/stored", queued.to_string()),
             ("store/messages/count", queued.to_string()),
-            ("store/messages/bytes", get(&m.queued_bytes_current).to_string()),
+            ("store/messages/bytes", sample.queued.1.to_string()),
             ("publish/messages/received", Metrics::sum(&m.publish_received).to_string()),
             ("publish/messages/sent", Metrics::sum(&m.publish_sent).to_string()),
             ("publish/messages/dropped", m.publish_dropped().to_string()),
@@ -169,6 +171,7 @@ pub async fn run(broker: Arc<Broker>, interval: Duration) {
         let sample = Sample {
             uptime: broker.started.elapsed(),
             disconnected: broker.router.registry.offline_len() as u64,
+            queued: broker.router.registry.queued(),
         };
         for (topic, payload) in tree.round(&METRICS, &sample, Instant::now()) {
             publish(&broker, topic, payload).await;
@@ -202,7 +205,7 @@ mod tests {
     use super::*;
 
     fn sample() -> Sample {
-        Sample { uptime: Duration::from_secs(7), disconnected: 2 }
+        Sample { uptime: Duration::from_secs(7), disconnected: 2, queued: (3, 30) }
     }
 
     fn value<'a>(round: &'a [(String, String)], topic: &str) -> Option<&'a str> {
@@ -231,6 +234,8 @@ mod tests {
         assert_eq!(value(&round, "$SYS/broker/clients/inactive"), Some("2"));
         assert_eq!(value(&round, "$SYS/broker/clients/total"), Some("3"));
         assert_eq!(value(&round, "$SYS/broker/retained messages/count"), Some("0"));
+        assert_eq!(value(&round, "$SYS/broker/store/messages/count"), Some("3"));
+        assert_eq!(value(&round, "$SYS/broker/store/messages/bytes"), Some("30"));
         assert_eq!(value(&round, "$SYS/broker/load/messages/received/15min"), Some("0.00"));
         assert_eq!(round.len(), 23 + 9 * 3);
     }

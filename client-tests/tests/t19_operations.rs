@@ -620,3 +620,67 @@ async fn admin_deletes_exactly_the_retained_messages_matching_a_filter() {
     let (_, _, restarted) = http_get(http_addr(&b).await, "/api/v1/retained?filter=%23", None).await;
     assert_json_has(&restarted, &["\"total\":2", "\"topic\":\"a/b/3\"", "\"topic\":\"b/1\""]);
 }
+
+// A will under $SYS/ would let a client have the broker publish there for it: its CONNECT is
+// refused as not authorized (MQTT 5 CONNACK 0x87, 3.1.1 0x05), as for a will the ACL denies.
+#[tokio::test]
+async fn will_under_sys_is_refused_at_connect() {
+    let b = Broker::start_with("[sys]\ninterval = 0\n");
+    let c5 = v5::Connect::new("will5").will("$SYS/broker/uptime", b"0 seconds", 0, true, Props::new());
+    let (_, connack) = Raw::connect5(b.addr(), &c5).await;
+    assert_eq!(connack.reason, 0x87, "MQTT 5 CONNACK for a $SYS will");
+    let c3 = pkt::Connect::new("will3").will("$SYS/x", b"forged", 0, true);
+    let mut raw = Raw::connect(b.addr()).await;
+    raw.send(&c3.encode()).await;
+    let ack = raw.recv().await;
+    assert_eq!(
+        (ack.header, ack.body.as_slice()),
+        (0x20, &[0u8, 0x05][..]),
+        "3.1.1 CONNACK 0x05 for a $SYS will"
+    );
+    raw.expect_closed(WAIT).await;
+    assert!(b.logs().contains("will topic under $SYS"), "{}", b.logs());
+    assert_broker_alive(b.addr()).await;
+}
+
+// Messages queued for an offline persistent session count in /metrics (and in $SYS
+// store/messages/count|bytes, from the same sum): 3 messages of topic "q/t" and payload "abc"
+// are 3 messages and 18 bytes; delivered on return, they are gone from the count.
+#[tokio::test]
+async fn queued_messages_of_offline_sessions_are_counted() {
+    let b = Broker::start_with(OPS);
+    let http = http_addr(&b).await;
+    let mut away = opts(&b, "away");
+    away.set_clean_session(false);
+    let mut m = Mqtt::connect(away.clone()).await;
+    m.subscribe("q/t", 1).await;
+    m.disconnect().await;
+    // The session goes offline as its connection closes.
+    let deadline = Instant::now() + WAIT;
+    while sample(&http_get(http, "/metrics", None).await.2, "tern_sessions_disconnected") != 1 {
+        assert!(Instant::now() < deadline, "the session never went offline");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut p = Mqtt::connect(opts(&b, "q-pub")).await;
+    for _ in 0..3 {
+        p.publish_wait("q/t", 1, false, "abc").await;
+    }
+    let (_, _, body) = http_get(http, "/metrics", None).await;
+    assert_eq!(sample(&body, "tern_queued_messages"), 3);
+    assert_eq!(sample(&body, "tern_queued_bytes"), 18);
+
+    let mut back = Mqtt::connect(away).await;
+    for _ in 0..3 {
+        back.recv().await;
+    }
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, _, body) = http_get(http, "/metrics", None).await;
+        if sample(&body, "tern_queued_messages") == 0 {
+            assert_eq!(sample(&body, "tern_queued_bytes"), 0);
+            break;
+        }
+        assert!(Instant::now() < deadline, "queued count never went back to 0:\n{body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

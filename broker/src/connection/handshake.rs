@@ -16,6 +16,7 @@ use crate::router::topic;
 use crate::session::registry::{control_slot, ControlReceiver, OwnerId};
 use crate::session::{ClientId, Session};
 use crate::storage::Op;
+use crate::sys;
 
 /// A connection that passed the handshake. Boxed: it holds the session for the connection's
 /// life, and the connection task should not carry it inline (see `serve`).
@@ -226,6 +227,10 @@ impl Connection {
         };
         // The will is published later on the client's behalf: it needs the right to publish.
         if let Some(will) = &connect.will {
+            // `$SYS/` is the broker's, for wills as for PUBLISH (`inbound.rs`).
+            if sys::is_sys_topic(&will.topic) {
+                return Err(Refusal::Code(ReasonCode::NOT_AUTHORIZED, "will topic under $SYS".into()));
+            }
             if !self.broker.security.may_publish(username.as_deref(), &client_id, &will.topic) {
                 return Err(Refusal::Code(ReasonCode::NOT_AUTHORIZED, "will topic denied by the ACL".into()));
             }

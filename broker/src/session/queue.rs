@@ -343,12 +343,9 @@ impl Mailbox {
         let (max_messages, max_bytes) =
             (self.limits.max_messages * headroom, self.limits.max_bytes * headroom);
         if messages < max_messages && bytes + weight <= max_bytes {
-            METRICS.queued(1, weight);
             return true;
         }
-        // Not through `release`: this message never counted in `METRICS`.
-        self.messages.fetch_sub(1, Ordering::AcqRel);
-        self.bytes.fetch_sub(weight, Ordering::AcqRel);
+        self.release(1, weight);
         self.dropped.fetch_add(1, Ordering::Relaxed);
         METRICS.dropped(DropReason::QueueFull, 1);
         if !self.overflowing.swap(true, Ordering::Relaxed) {
@@ -365,7 +362,6 @@ impl Mailbox {
     fn release(&self, messages: usize, bytes: usize) {
         self.messages.fetch_sub(messages, Ordering::AcqRel);
         self.bytes.fetch_sub(bytes, Ordering::AcqRel);
-        METRICS.unqueued(messages, bytes);
     }
 
     /// Called as `messages` left the queue: wakes paused publishers once there is room, ends an
@@ -396,6 +392,11 @@ impl Mailbox {
     /// The session outlives its connection (admin API).
     pub fn is_persistent(&self) -> bool {
         self.persistent.load(Ordering::Relaxed)
+    }
+
+    /// Topic and payload bytes of the messages pending (metrics).
+    pub fn pending_bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
     }
 
     /// Messages currently pending (for tests and metrics).
@@ -456,7 +457,6 @@ impl PendingQueue {
     pub fn restore(&mut self, delivery: Delivery) {
         self.mailbox.messages.fetch_add(1, Ordering::AcqRel);
         self.mailbox.bytes.fetch_add(delivery.message.weight(), Ordering::AcqRel);
-        METRICS.queued(1, delivery.message.weight());
         self.local.push_back(delivery);
     }
 

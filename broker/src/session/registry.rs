@@ -281,6 +281,14 @@ impl Registry {
         self.lock().values().filter_map(|o| o.mailbox.clone()).collect()
     }
 
+    /// Messages and their bytes pending in every session's queue, summed now (for `$SYS` and
+    /// `/metrics`: summing when asked keeps a shared counter off the delivery path).
+    pub fn queued(&self) -> (u64, u64) {
+        self.lock().values().filter_map(|o| o.mailbox.as_ref()).fold((0, 0), |(messages, bytes), m| {
+            (messages + m.pending() as u64, bytes + m.pending_bytes() as u64)
+        })
+    }
+
     /// Asks the owner of `client_id` to disconnect its client (DISCONNECT 0x98). False when
     /// no session has that id.
     pub fn kick(&self, client_id: &ClientId) -> bool {
