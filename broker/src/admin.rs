@@ -57,11 +57,11 @@ pub async fn respond(request: &Request, broker: &Broker) -> Response {
 
 fn summary(broker: &Broker) -> Response {
     let m = &METRICS;
-    let queued = broker.router.registry.queued();
+    let totals = broker.router.registry.queue_totals();
     let body = format!(
         "{{\"version\":{},\"uptime_seconds\":{},\"clients_connected\":{},\"clients_maximum\":{},\
          \"sessions_disconnected\":{},\"subscriptions\":{},\"retained_messages\":{},\
-         \"queued_messages\":{},\"queued_bytes\":{}}}\n",
+         \"queued_messages\":{},\"queued_bytes\":{},\"inflight_messages\":{}}}\n",
         json_str(env!("CARGO_PKG_VERSION")),
         broker.started.elapsed().as_secs(),
         get(&m.clients_connected),
@@ -69,8 +69,9 @@ fn summary(broker: &Broker) -> Response {
         broker.router.registry.offline_len(),
         get(&m.subscriptions_current),
         get(&m.retained_current),
-        queued.0,
-        queued.1,
+        totals.messages,
+        totals.bytes,
+        totals.inflight,
     );
     json(200, body)
 }

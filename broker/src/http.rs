@@ -274,7 +274,7 @@ fn refusal_label(code: u8) -> String {
 /// The Prometheus text exposition (format 0.0.4) of every counter and gauge.
 pub fn render_metrics(m: &Metrics, broker: &Broker) -> String {
     let mut out = String::with_capacity(8 * 1024);
-    let queued = broker.router.registry.queued();
+    let queued = broker.router.registry.queue_totals();
     let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, u64)]| {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for (labels, value) in samples {
@@ -407,9 +407,97 @@ pub fn render_metrics(m: &Metrics, broker: &Broker) -> String {
         "Topic and payload bytes of the retained messages.",
         &one(get(&m.retained_bytes_current)),
     );
-    family("tern_queued_messages", "gauge", "Messages waiting in sessions' pending queues.", &one(queued.0));
-    family("tern_queued_bytes", "gauge", "Topic and payload bytes of the queued messages.", &one(queued.1));
+    family(
+        "tern_queued_messages",
+        "gauge",
+        "Messages waiting in sessions' pending queues.",
+        &one(queued.messages),
+    );
+    family(
+        "tern_queued_bytes",
+        "gauge",
+        "Topic and payload bytes of the queued messages.",
+        &one(queued.bytes),
+    );
+    family(
+        "tern_inflight_messages",
+        "gauge",
+        "QoS 1/2 messages sent to clients and not yet acknowledged.",
+        &one(queued.inflight),
+    );
+    let denied = [("publish", &m.acl_denied[0]), ("subscribe", &m.acl_denied[1])]
+        .map(|(action, c)| (format!("{{action=\"{action}\"}}"), get(c)));
+    family(
+        "tern_acl_denied_total",
+        "counter",
+        "PUBLISH packets and SUBSCRIBE filters the ACL denied.",
+        &denied,
+    );
+    let process = ProcessStats::read();
+    if let Some(cpu) = process.cpu_seconds {
+        // A float: the one sample not counted in whole units.
+        let _ = writeln!(
+            out,
+            "# HELP process_cpu_seconds_total User and system CPU time spent, in seconds.\n\
+             # TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total {cpu:.2}"
+        );
+    }
+    let mut family = |name: &str, help: &str, value: Option<u64>| {
+        if let Some(value) = value {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+        }
+    };
+    family("process_resident_memory_bytes", "Resident memory size in bytes.", process.resident_bytes);
+    family("process_open_fds", "Open file descriptors.", process.open_fds);
+    family("process_max_fds", "Limit on open file descriptors.", process.max_fds);
     out
+}
+
+/// The process's own figures, from Linux's /proc (absent elsewhere, or when unreadable).
+#[derive(Debug, Default)]
+struct ProcessStats {
+    cpu_seconds: Option<f64>,
+    resident_bytes: Option<u64>,
+    open_fds: Option<u64>,
+    max_fds: Option<u64>,
+}
+
+impl ProcessStats {
+    fn read() -> ProcessStats {
+        let status = std::fs::read_to_string("/proc/self/status").ok();
+        let stat = std::fs::read_to_string("/proc/self/stat").ok();
+        let limits = std::fs::read_to_string("/proc/self/limits").ok();
+        ProcessStats {
+            cpu_seconds: stat.as_deref().and_then(cpu_seconds),
+            resident_bytes: status.as_deref().and_then(resident_bytes),
+            open_fds: std::fs::read_dir("/proc/self/fd").ok().map(|dir| dir.count() as u64),
+            max_fds: limits.as_deref().and_then(max_open_files),
+        }
+    }
+}
+
+/// utime + stime of /proc/self/stat (fields 14 and 15, counted after the parenthesised command
+/// name, which may contain spaces), in clock ticks of 1/100 s: USER_HZ is 100 on every Linux
+/// architecture.
+fn cpu_seconds(stat: &str) -> Option<f64> {
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_name.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
+/// `VmRSS:  1234 kB` of /proc/self/status, in bytes.
+fn resident_bytes(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// The soft limit of `Max open files` in /proc/self/limits.
+fn max_open_files(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..].split_whitespace().next()?.parse().ok()
 }
 
 #[cfg(test)]
@@ -452,6 +540,18 @@ mod tests {
         std::fs::write(&path, "\n").unwrap();
         assert!(read_token(&path).unwrap_err().to_string().contains("http.token_file"));
         assert!(read_token(&dir.path().join("missing")).is_err());
+    }
+
+    #[test]
+    fn process_figures_parse_from_proc_formats() {
+        let stat = "4242 (tern (x) y) S 1 4242 4242 0 -1 4194304 100 0 0 0 250 50 0 0 20 0 9 0";
+        assert_eq!(cpu_seconds(stat), Some(3.0));
+        assert_eq!(resident_bytes("Name:\ttern\nVmRSS:\t   2048 kB\n"), Some(2 * 1024 * 1024));
+        let limits = "Limit                     Soft Limit           Hard Limit           Units\n\
+                      Max open files            1024                 524288               files\n";
+        assert_eq!(max_open_files(limits), Some(1024));
+        let now = ProcessStats::read();
+        assert!(now.resident_bytes.is_some_and(|b| b > 0) && now.open_fds.is_some_and(|n| n > 0));
     }
 
     #[test]

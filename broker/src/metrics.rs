@@ -91,6 +91,8 @@ pub struct Metrics {
     pub bytes_sent: AtomicU64,
     /// Messages not delivered, by `DropReason`.
     pub dropped: [AtomicU64; 5],
+    /// PUBLISH (index 0) and SUBSCRIBE filters (index 1) the ACL denied.
+    pub acl_denied: [AtomicU64; 2],
     /// Subscriptions held by all sessions (shared ones included).
     pub subscriptions_current: AtomicU64,
     /// Retained messages, and their topic + payload bytes.
@@ -126,6 +128,7 @@ impl Metrics {
             bytes_received: ZERO,
             bytes_sent: ZERO,
             dropped: [ZERO; 5],
+            acl_denied: [ZERO; 2],
             subscriptions_current: ZERO,
             retained_current: ZERO,
             retained_bytes_current: ZERO,

@@ -171,7 +171,10 @@ pub async fn run(broker: Arc<Broker>, interval: Duration) {
         let sample = Sample {
             uptime: broker.started.elapsed(),
             disconnected: broker.router.registry.offline_len() as u64,
-            queued: broker.router.registry.queued(),
+            queued: {
+                let totals = broker.router.registry.queue_totals();
+                (totals.messages, totals.bytes)
+            },
         };
         for (topic, payload) in tree.round(&METRICS, &sample, Instant::now()) {
             publish(&broker, topic, payload).await;

@@ -684,3 +684,35 @@ async fn queued_messages_of_offline_sessions_are_counted() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+// ACL denials are counted by action, and QoS 1 messages a subscriber has not acknowledged show
+// as in flight: an anonymous client the ACL lets use only ok/# is denied one PUBLISH and one
+// SUBSCRIBE filter; a raw subscriber that never sends PUBACK holds 2 messages in flight.
+#[tokio::test]
+async fn acl_denials_and_inflight_messages_are_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let acl = dir.path().join("acl");
+    std::fs::write(&acl, "topic readwrite ok/#\n").unwrap();
+    let b = Broker::start_with(&format!(
+        "[sys]\ninterval = 0\n[http]\nbind = \"127.0.0.1:0\"\n[auth]\nacl_file = \"{}\"\n",
+        acl.display()
+    ));
+    let http = http_addr(&b).await;
+    let mut c = Raw::connected(b.addr(), "acl-c", true).await;
+    assert_eq!(c.subscribe(1, &[("no/#", 1), ("ok/#", 1)]).await, vec![0x80, 1]);
+    c.publish_flow("no/x", 1, false, 2, b"denied").await;
+    let (_, _, body) = http_get(http, "/metrics", None).await;
+    assert_eq!(sample(&body, "tern_acl_denied_total{action=\"publish\"}"), 1);
+    assert_eq!(sample(&body, "tern_acl_denied_total{action=\"subscribe\"}"), 1);
+    assert_eq!(sample(&body, "tern_inflight_messages"), 0);
+
+    let mut p = Raw::connected(b.addr(), "acl-p", true).await;
+    p.publish_flow("ok/1", 1, false, 1, b"a").await;
+    p.publish_flow("ok/2", 1, false, 2, b"b").await;
+    c.recv_publish().await;
+    c.recv_publish().await;
+    let (_, _, body) = http_get(http, "/metrics", None).await;
+    assert_eq!(sample(&body, "tern_inflight_messages"), 2, "sent, never acknowledged");
+    assert!(sample(&body, "process_resident_memory_bytes") > 0);
+    assert!(sample(&body, "process_open_fds") > 0);
+}

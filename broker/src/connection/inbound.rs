@@ -73,6 +73,7 @@ impl Connection {
         }
         if !self.broker.security.may_publish(self.username.as_deref(), &session.client_id, &publish.topic) {
             debug!(topic = %publish.topic, "publish denied by the ACL");
+            METRICS.acl_denied[0].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.deny_publish(session, &publish);
             return Ok(());
         }
@@ -220,6 +221,7 @@ impl Connection {
         }
         if !self.broker.security.may_subscribe(self.username.as_deref(), &session.client_id, filter) {
             debug!(%filter, "subscription denied by the ACL");
+            METRICS.acl_denied[1].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Some(ReasonCode::NOT_AUTHORIZED);
         }
         None

@@ -394,6 +394,11 @@ impl Mailbox {
         self.persistent.load(Ordering::Relaxed)
     }
 
+    /// QoS 1/2 messages sent to the client and not yet acknowledged (metrics).
+    pub fn inflight(&self) -> u32 {
+        self.inflight.load(Ordering::Relaxed)
+    }
+
     /// Topic and payload bytes of the messages pending (metrics).
     pub fn pending_bytes(&self) -> usize {
         self.bytes.load(Ordering::Relaxed)

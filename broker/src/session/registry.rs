@@ -202,6 +202,16 @@ struct Owner {
     mailbox: Option<Arc<Mailbox>>,
 }
 
+/// What all sessions' queues hold (`Registry::queue_totals`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct QueueTotals {
+    /// Messages waiting to be sent, and their topic + payload bytes.
+    pub messages: u64,
+    pub bytes: u64,
+    /// QoS 1/2 messages sent and not yet acknowledged.
+    pub inflight: u64,
+}
+
 #[derive(Debug, Default)]
 pub struct Registry {
     owners: Mutex<HashMap<ClientId, Owner>>,
@@ -281,12 +291,16 @@ impl Registry {
         self.lock().values().filter_map(|o| o.mailbox.clone()).collect()
     }
 
-    /// Messages and their bytes pending in every session's queue, summed now (for `$SYS` and
+    /// Messages pending in every session's queue and in flight, summed now (for `$SYS` and
     /// `/metrics`: summing when asked keeps a shared counter off the delivery path).
-    pub fn queued(&self) -> (u64, u64) {
-        self.lock().values().filter_map(|o| o.mailbox.as_ref()).fold((0, 0), |(messages, bytes), m| {
-            (messages + m.pending() as u64, bytes + m.pending_bytes() as u64)
-        })
+    pub fn queue_totals(&self) -> QueueTotals {
+        let mut totals = QueueTotals::default();
+        for mailbox in self.lock().values().filter_map(|o| o.mailbox.as_ref()) {
+            totals.messages += mailbox.pending() as u64;
+            totals.bytes += mailbox.pending_bytes() as u64;
+            totals.inflight += u64::from(mailbox.inflight());
+        }
+        totals
     }
 
     /// Asks the owner of `client_id` to disconnect its client (DISCONNECT 0x98). False when
