@@ -343,7 +343,8 @@ impl Config {
             queue: QueueLimits {
                 max_messages: self.mqtt.max_queued_messages,
                 max_bytes: self.mqtt.max_queued_bytes,
-                stall_after: Duration::from_millis(self.mqtt.stall_interval_ms),
+                // Validated: at most 3,600,000.
+                stall_after_ms: u32::try_from(self.mqtt.stall_interval_ms).unwrap_or(u32::MAX),
             },
         }
     }

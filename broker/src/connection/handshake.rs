@@ -270,7 +270,7 @@ impl Connection {
         session.version = connect.version;
         session.expiry = connect.session_expiry;
         session.pending.mailbox().set_username(username.clone());
-        self.username = username;
+        self.username = username.map(Box::new);
         session.pending.mailbox().set_persistent(session.is_persistent());
         if session.is_persistent() {
             // Stored before CONNACK: a session the client was told exists survives a crash.
