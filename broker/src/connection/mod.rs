@@ -801,9 +801,8 @@ impl Connection {
                 offline::redistribute_shared(&self.broker, &mut session).await;
                 // The session lives on in a task of its own, so this one ends and drops the
                 // connection: an offline session owns no socket and no buffers.
-                let span = tracing::info_span!(parent: None, "session", client_id = %session.client_id);
-                let run = offline::run(self.broker.clone(), session, owner, control, offline);
-                self.broker.tasks.spawn(run.instrument(span));
+                offline::OfflineTask { broker: self.broker.clone(), session, owner, control, offline }
+                    .spawn();
             }
             (_, None) => {
                 offline::end_session(&self.broker, session, owner).await;
