@@ -25,6 +25,7 @@ pub mod config;
 pub mod connection;
 pub mod error;
 pub mod message;
+pub mod notify;
 pub mod packet;
 pub mod router;
 pub mod server;
