@@ -81,6 +81,8 @@ pub enum Durability {
 pub struct StorageConfig {
     pub durability: Durability,
     pub dir: std::path::PathBuf,
+    /// Bytes of RocksDB memtables and block cache together.
+    pub memory_budget: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -303,6 +305,9 @@ impl Config {
                 return invalid("listener.ws_path", "must start with '/'");
             }
         }
+        if self.storage.memory_budget < 1 << 20 {
+            return invalid("storage.memory_budget", "must be at least 1048576 (1 MiB)");
+        }
         let limits = &self.limits;
         if !(1..=65_535).contains(&limits.max_topic_length) {
             return invalid("limits.max_topic_length", "must be between 1 and 65535");
@@ -383,7 +388,8 @@ impl Config {
             queue: QueueLimits {
                 max_messages: self.mqtt.max_queued_messages,
                 max_bytes: self.mqtt.max_queued_bytes,
-                stall_after: Duration::from_millis(self.mqtt.stall_interval_ms),
+                // Validated: at most 3,600,000.
+                stall_after_ms: u32::try_from(self.mqtt.stall_interval_ms).unwrap_or(u32::MAX),
             },
         }
     }
@@ -411,6 +417,8 @@ mod tests {
         assert!(err.contains("mqtt.max_inflight_messages"), "{err}");
         let err = Config::from_toml("[mqtt]\nmaximum_qos = 3").unwrap_err().to_string();
         assert!(err.contains("mqtt.maximum_qos"), "{err}");
+        let err = Config::from_toml("[storage]\nmemory_budget = 1000").unwrap_err().to_string();
+        assert!(err.contains("storage.memory_budget"), "{err}");
         let err = Config::from_toml("[[listener]]\nbind = \"nowhere\"").unwrap_err().to_string();
         assert!(err.contains("bind"), "{err}");
     }

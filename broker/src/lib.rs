@@ -28,6 +28,7 @@ pub mod error;
 pub mod http;
 pub mod message;
 pub mod metrics;
+pub mod notify;
 pub mod packet;
 pub mod router;
 pub mod server;

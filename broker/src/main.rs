@@ -4,9 +4,11 @@ use std::io::IsTerminal;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use tern::auth::password;
+use tern::notify::{self, Notifier};
 use tern::{Config, Server};
 use tracing_subscriber::EnvFilter;
 
@@ -98,14 +100,31 @@ async fn serve(config: Config) -> tern::Result<()> {
     // signal sent as soon as the broker is reachable already means a graceful shutdown.
     let signals = Signals::install();
     let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    let notifier = Arc::new(Notifier::from_env());
     let server = Server::bind(config).await?;
+    // Storage is open and every listener bound: ready for systemd (Type=notify).
+    let addrs: Vec<String> = server.local_addrs().iter().map(ToString::to_string).collect();
+    notifier.send(&format!("READY=1\nSTATUS=accepting connections on {}", addrs.join(", ")));
+    if let Some(every) = notifier.watchdog_interval() {
+        let notifier = notifier.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                notifier.send("WATCHDOG=1");
+            }
+        });
+    }
     match hangup {
         Ok(mut hangup) => {
             let reloader = server.reloader();
+            let notifier = notifier.clone();
             tokio::spawn(async move {
                 while hangup.recv().await.is_some() {
                     tracing::info!("SIGHUP received: reloading the password file, ACL and certificates");
+                    notifier.send(&notify::reloading());
                     reloader.reload();
+                    notifier.send("READY=1");
                 }
             });
         }
@@ -114,6 +133,7 @@ async fn serve(config: Config) -> tern::Result<()> {
     let shutdown = server.shutdown_token();
     tokio::spawn(async move {
         signals.recv().await;
+        notifier.send("STOPPING=1");
         shutdown.cancel();
     });
     server.run().await;

@@ -68,8 +68,12 @@ impl Server {
     pub async fn bind(config: Config) -> Result<Server> {
         let store: Arc<dyn Store> = match config.storage.durability {
             Durability::Memory => Arc::new(MemoryStore::default()),
-            Durability::Wal => Arc::new(RocksStore::open(&config.storage.dir, false)?),
-            Durability::Fsync => Arc::new(RocksStore::open(&config.storage.dir, true)?),
+            Durability::Wal => {
+                Arc::new(RocksStore::open(&config.storage.dir, false, config.storage.memory_budget)?)
+            }
+            Durability::Fsync => {
+                Arc::new(RocksStore::open(&config.storage.dir, true, config.storage.memory_budget)?)
+            }
         };
         Self::bind_with_store(config, store).await
     }

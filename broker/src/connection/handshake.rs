@@ -277,7 +277,7 @@ impl Connection {
         session.version = connect.version;
         session.expiry = connect.session_expiry;
         session.pending.mailbox().set_username(username.clone());
-        self.username = username;
+        self.username = username.map(Box::new);
         session.pending.mailbox().set_persistent(session.is_persistent());
         self.broker.router.registry.set_mailbox(&client_id, owner, session.pending.mailbox());
         if session.is_persistent() {

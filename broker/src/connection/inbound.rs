@@ -71,7 +71,7 @@ impl Connection {
             self.deny_publish(session, &publish);
             return Ok(());
         }
-        if !self.broker.security.may_publish(self.username.as_deref(), &session.client_id, &publish.topic) {
+        if !self.broker.security.may_publish(self.user(), &session.client_id, &publish.topic) {
             debug!(topic = %publish.topic, "publish denied by the ACL");
             METRICS.acl_denied[0].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.deny_publish(session, &publish);
@@ -193,7 +193,7 @@ impl Connection {
             };
         if send_retained {
             let security = &self.broker.security;
-            let username = self.username.as_deref();
+            let username = self.user();
             let readable = |m: &Arc<Message>| security.may_read(username, &session.client_id, &m.topic);
             for message in self.broker.router.retained.matching(&filter).into_iter().filter(readable) {
                 let qos = options.qos.min(message.qos);
@@ -219,7 +219,7 @@ impl Connection {
             warn!(client_id = %session.client_id, %filter, "subscription refused: limits.max_subscriptions_per_client ({max}) reached");
             return Some(ReasonCode::QUOTA_EXCEEDED);
         }
-        if !self.broker.security.may_subscribe(self.username.as_deref(), &session.client_id, filter) {
+        if !self.broker.security.may_subscribe(self.user(), &session.client_id, filter) {
             debug!(%filter, "subscription denied by the ACL");
             METRICS.acl_denied[1].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Some(ReasonCode::NOT_AUTHORIZED);
@@ -272,7 +272,7 @@ impl Connection {
             (ReasonCode::REAUTHENTICATE, None) => {
                 let authenticator =
                     self.broker.enhanced_auth(&state.method).ok_or(ProtocolError::UnexpectedAuth)?;
-                state.exchange.insert(authenticator.start(&state.client_id, self.username.as_ref()))
+                state.exchange.insert(authenticator.start(&state.client_id, self.username.as_deref()))
             }
             (ReasonCode::CONTINUE_AUTHENTICATION, Some(exchange)) => exchange,
             _ => return Err(ProtocolError::UnexpectedAuth),
