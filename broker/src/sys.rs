@@ -243,6 +243,28 @@ mod tests {
         assert_eq!(round.len(), 23 + 9 * 3);
     }
 
+    /// The widely used Mosquitto exporter (sapcc/mosquitto-exporter) names a metric after its
+    /// topic: `$SYS/` dropped, '/' and ' ' turned into '_'; the value is the first number in
+    /// the payload; `version` is skipped. Every topic must give a valid Prometheus name and
+    /// every payload a number.
+    #[test]
+    fn every_topic_maps_to_a_metric_under_the_mosquitto_exporter_rule() {
+        let m = Metrics::new();
+        let round = SysTree::default().round(&m, &sample(), Instant::now());
+        for (topic, payload) in &round {
+            let name = topic.replacen("$SYS/", "", 1).replace(['/', ' '], "_");
+            let mut chars = name.chars();
+            let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':');
+            assert!(
+                first_ok && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'),
+                "{topic} -> {name}"
+            );
+            if topic != "$SYS/broker/version" {
+                assert!(payload.starts_with(|c: char| c.is_ascii_digit()), "{topic}: {payload:?}");
+            }
+        }
+    }
+
     #[test]
     fn later_rounds_publish_only_what_changed() {
         let m = Metrics::new();
