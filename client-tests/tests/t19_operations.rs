@@ -639,7 +639,8 @@ async fn will_under_sys_is_refused_at_connect() {
         "3.1.1 CONNACK 0x05 for a $SYS will"
     );
     raw.expect_closed(WAIT).await;
-    assert!(b.logs().contains("will topic under $SYS"), "{}", b.logs());
+    // The broker's output reaches the test through a pipe: wait for it rather than race it.
+    assert!(b.wait_log("will topic under $SYS", WAIT).await, "{}", b.logs());
     assert_broker_alive(b.addr()).await;
 }
 
