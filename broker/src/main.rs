@@ -175,10 +175,27 @@ fn init_logging(config: &Config, verbose: u8) -> Result<(), String> {
     };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| LogOutput)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     Ok(())
+}
+
+/// Standard error for log lines, dropping them when it cannot be written (a closed pipe, a
+/// terminal that went away). tracing-subscriber reports a failed write with `eprintln!`, which
+/// panics when stderr is gone: the task that logged (a client's connection) would die with it.
+struct LogOutput;
+
+impl std::io::Write for LogOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
 }
 
 /// Parses `log.level`. A bare word must be a level: tracing would otherwise read a typo such

@@ -247,3 +247,34 @@ async fn an_unusable_notify_socket_is_reported_not_fatal() {
     c.publish_wait("t", 1, false, "x").await;
     assert!(b.logs().contains("sd_notify"), "{}", b.logs());
 }
+
+// Its log output going away (stderr a pipe whose reader closed, as with `tern | head`) costs
+// the log lines, not the clients: connecting and publishing still work.
+#[tokio::test]
+async fn a_closed_log_pipe_does_not_break_connections() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut tern = std::process::Command::new(tern_bin())
+        .args(["--bind", "127.0.0.1", "-p", "0"])
+        .current_dir(dir.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let port = {
+        let log = std::io::BufReader::new(tern.stderr.take().unwrap());
+        let port = log.lines().map_while(Result::ok).find_map(|line| {
+            let addr = line.split("listening on ").nth(1)?.split_whitespace().next()?.to_string();
+            addr.rsplit(':').next()?.parse::<u16>().ok()
+        });
+        port.expect("no 'listening on' line")
+        // The reader is dropped here: every later log line meets a closed pipe.
+    };
+    for n in 0..3 {
+        let mut o = rumqttc::MqttOptions::new(format!("after-close-{n}"), "127.0.0.1", port);
+        o.set_keep_alive(Duration::from_secs(5));
+        let mut c = Mqtt::connect(o).await;
+        c.publish_wait("t", 1, false, "x").await;
+    }
+    tern.kill().unwrap();
+    tern.wait().unwrap();
+}
