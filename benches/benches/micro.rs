@@ -79,11 +79,7 @@ fn codec(c: &mut Criterion) {
 
 fn fan_out(c: &mut Criterion) {
     let router = Router::default();
-    let limits = QueueLimits {
-        max_messages: 1_000_000,
-        max_bytes: 1 << 30,
-        stall_after: std::time::Duration::from_secs(2),
-    };
+    let limits = QueueLimits { max_messages: 1_000_000, max_bytes: 1 << 30, stall_after_ms: 2000 };
     let mut queues: Vec<PendingQueue> = (0..50)
         .map(|i| {
             let id = ClientId::from(format!("sub{i}").as_str());

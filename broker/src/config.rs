@@ -44,6 +44,28 @@ pub struct Config {
     /// Upstream connections (store-and-forward bridges); none by default.
     #[serde(default)]
     pub bridge: Vec<bridge::BridgeConfig>,
+    pub sys: SysConfig,
+    /// Absent from a file: off.
+    #[serde(default)]
+    pub http: HttpConfig,
+}
+
+/// The `$SYS` tree (`sys.rs`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SysConfig {
+    /// Seconds between two rounds; 0 = no `$SYS` tree.
+    pub interval: u64,
+}
+
+/// The HTTP endpoint for metrics and health (`http.rs`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Address to listen on; unset = no HTTP endpoint.
+    pub bind: Option<SocketAddr>,
+    /// File holding the bearer token clients must present; required off loopback.
+    pub token_file: Option<PathBuf>,
 }
 
 /// What an acknowledged message survives.
@@ -64,6 +86,8 @@ pub enum Durability {
 pub struct StorageConfig {
     pub durability: Durability,
     pub dir: std::path::PathBuf,
+    /// Bytes of RocksDB memtables and block cache together.
+    pub memory_budget: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -288,6 +312,9 @@ impl Config {
                 return invalid("listener.ws_path", "must start with '/'");
             }
         }
+        if self.storage.memory_budget < 1 << 20 {
+            return invalid("storage.memory_budget", "must be at least 1048576 (1 MiB)");
+        }
         let limits = &self.limits;
         if !(1..=65_535).contains(&limits.max_topic_length) {
             return invalid("limits.max_topic_length", "must be between 1 and 65535");
@@ -324,11 +351,29 @@ impl Config {
         if mqtt.maximum_qos > 2 {
             return invalid("mqtt.maximum_qos", "must be 0, 1 or 2");
         }
+        if self.sys.interval > 86_400 {
+            return invalid("sys.interval", "must be between 0 (off) and 86400 seconds");
+        }
+        if let Some(bind) = self.http.bind {
+            // Metrics name clients' topics' volume and the API (later) acts on clients: off
+            // this host, only with a token.
+            if !bind.ip().is_loopback() && self.http.token_file.is_none() {
+                return invalid(
+                    "http.token_file",
+                    &format!("required when http.bind ({bind}) is not a loopback address"),
+                );
+            }
+        }
         bridge::validate(&self.bridge)
     }
 
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.mqtt.connect_timeout_secs)
+    }
+
+    /// The `$SYS` interval; `None` when off.
+    pub fn sys_interval(&self) -> Option<Duration> {
+        (self.sys.interval > 0).then(|| Duration::from_secs(self.sys.interval))
     }
 
     pub fn shutdown_timeout(&self) -> Duration {
@@ -350,7 +395,8 @@ impl Config {
             queue: QueueLimits {
                 max_messages: self.mqtt.max_queued_messages,
                 max_bytes: self.mqtt.max_queued_bytes,
-                stall_after: Duration::from_millis(self.mqtt.stall_interval_ms),
+                // Validated: at most 3,600,000.
+                stall_after_ms: u32::try_from(self.mqtt.stall_interval_ms).unwrap_or(u32::MAX),
             },
         }
     }
@@ -378,8 +424,24 @@ mod tests {
         assert!(err.contains("mqtt.max_inflight_messages"), "{err}");
         let err = Config::from_toml("[mqtt]\nmaximum_qos = 3").unwrap_err().to_string();
         assert!(err.contains("mqtt.maximum_qos"), "{err}");
+        let err = Config::from_toml("[storage]\nmemory_budget = 1000").unwrap_err().to_string();
+        assert!(err.contains("storage.memory_budget"), "{err}");
         let err = Config::from_toml("[[listener]]\nbind = \"nowhere\"").unwrap_err().to_string();
         assert!(err.contains("bind"), "{err}");
+    }
+
+    #[test]
+    fn http_off_loopback_needs_a_token_file() {
+        let config = Config::from_toml("").unwrap();
+        assert!(config.http.bind.is_none(), "off by default");
+        assert_eq!(config.sys_interval(), Some(Duration::from_secs(10)));
+        assert!(Config::from_toml("[http]\nbind = \"127.0.0.1:9090\"").is_ok());
+        assert!(Config::from_toml("[http]\nbind = \"[::1]:9090\"").is_ok());
+        let err = Config::from_toml("[http]\nbind = \"0.0.0.0:9090\"").unwrap_err().to_string();
+        assert!(err.contains("http.token_file"), "{err}");
+        let with_token = "[http]\nbind = \"0.0.0.0:9090\"\ntoken_file = \"/etc/tern/token\"";
+        assert!(Config::from_toml(with_token).is_ok());
+        assert_eq!(Config::from_toml("[sys]\ninterval = 0").unwrap().sys_interval(), None);
     }
 
     #[test]

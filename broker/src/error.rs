@@ -23,6 +23,9 @@ pub enum Error {
     /// The password file or ACL could not be loaded.
     #[error(transparent)]
     Security(#[from] crate::auth::SecurityError),
+    /// The HTTP endpoint's token file could not be used.
+    #[error("invalid value for `http.token_file` ({path}): {reason}")]
+    HttpToken { path: std::path::PathBuf, reason: String },
     /// Stored state could not be loaded.
     #[error("storage: {0}")]
     Store(#[from] StoreError),

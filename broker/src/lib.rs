@@ -18,6 +18,7 @@
 //! its socket. A persistent session outlives its connection in an offline task until a client
 //! with the same id takes it over.
 
+pub mod admin;
 pub mod auth;
 pub mod bridge;
 pub mod clock;
@@ -25,15 +26,19 @@ pub mod codec;
 pub mod config;
 pub mod connection;
 pub mod error;
+pub mod http;
 pub mod message;
+pub mod metrics;
+pub mod notify;
 pub mod packet;
 pub mod router;
 pub mod server;
 pub mod session;
 pub mod storage;
+pub mod sys;
 pub mod transport;
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
@@ -69,6 +74,10 @@ pub struct Broker {
     pub message_ids: AtomicU64,
     /// Memory for partly read large packets, all connections together.
     pub packet_budget: Arc<PacketBudget>,
+    /// When the broker started (`$SYS/broker/uptime`).
+    pub started: std::time::Instant,
+    /// Storage is open and every listener bound, and shutdown has not begun (`/readyz`).
+    pub ready: AtomicBool,
 }
 
 impl Broker {
@@ -89,6 +98,8 @@ impl Broker {
             assigned_ids: AtomicU64::new(seed),
             message_ids: AtomicU64::new(1),
             packet_budget: PacketBudget::new(config.limits.max_incomplete_packet_bytes),
+            started: std::time::Instant::now(),
+            ready: AtomicBool::new(false),
             config,
         }
     }

@@ -4,9 +4,11 @@ use std::io::IsTerminal;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use tern::auth::password;
+use tern::notify::{self, Notifier};
 use tern::{Config, Server};
 use tracing_subscriber::EnvFilter;
 
@@ -98,14 +100,31 @@ async fn serve(config: Config) -> tern::Result<()> {
     // signal sent as soon as the broker is reachable already means a graceful shutdown.
     let signals = Signals::install();
     let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+    let notifier = Arc::new(Notifier::from_env());
     let server = Server::bind(config).await?;
+    // Storage is open and every listener bound: ready for systemd (Type=notify).
+    let addrs: Vec<String> = server.local_addrs().iter().map(ToString::to_string).collect();
+    notifier.send(&format!("READY=1\nSTATUS=accepting connections on {}", addrs.join(", ")));
+    if let Some(every) = notifier.watchdog_interval() {
+        let notifier = notifier.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tick.tick().await;
+                notifier.send("WATCHDOG=1");
+            }
+        });
+    }
     match hangup {
         Ok(mut hangup) => {
             let reloader = server.reloader();
+            let notifier = notifier.clone();
             tokio::spawn(async move {
                 while hangup.recv().await.is_some() {
                     tracing::info!("SIGHUP received: reloading the password file, ACL and certificates");
+                    notifier.send(&notify::reloading());
                     reloader.reload();
+                    notifier.send("READY=1");
                 }
             });
         }
@@ -114,6 +133,7 @@ async fn serve(config: Config) -> tern::Result<()> {
     let shutdown = server.shutdown_token();
     tokio::spawn(async move {
         signals.recv().await;
+        notifier.send("STOPPING=1");
         shutdown.cancel();
     });
     server.run().await;
@@ -155,10 +175,27 @@ fn init_logging(config: &Config, verbose: u8) -> Result<(), String> {
     };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| LogOutput)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     Ok(())
+}
+
+/// Standard error for log lines, dropping them when it cannot be written (a closed pipe, a
+/// terminal that went away). tracing-subscriber reports a failed write with `eprintln!`, which
+/// panics when stderr is gone: the task that logged (a client's connection) would die with it.
+struct LogOutput;
+
+impl std::io::Write for LogOutput {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
 }
 
 /// Parses `log.level`. A bare word must be a level: tracing would otherwise read a typo such

@@ -99,6 +99,7 @@ impl ReasonCode {
     pub const TOPIC_ALIAS_INVALID: Self = Self(0x94);
     pub const PACKET_TOO_LARGE: Self = Self(0x95);
     pub const QUOTA_EXCEEDED: Self = Self(0x97);
+    pub const ADMINISTRATIVE_ACTION: Self = Self(0x98);
     pub const PAYLOAD_FORMAT_INVALID: Self = Self(0x99);
     pub const RETAIN_NOT_SUPPORTED: Self = Self(0x9A);
     pub const QOS_NOT_SUPPORTED: Self = Self(0x9B);

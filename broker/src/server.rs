@@ -6,14 +6,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::auth::scram::ScramSha256;
 use crate::auth::Security;
 use crate::config::Durability;
+use crate::http::HttpServer;
+use crate::metrics::METRICS;
 use crate::storage::{MemoryStore, RocksStore, Store};
 use crate::transport::{try_increment, Listener};
-use crate::{connection, Broker, Config, Error, Result};
+use crate::{connection, sys, Broker, Config, Error, Result};
 
 /// Back-off after a failed `accept` (e.g. out of file descriptors), so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
@@ -27,6 +30,11 @@ pub struct Server {
     broker: Arc<Broker>,
     listeners: Vec<(TcpListener, Arc<Listener>)>,
     bridges: Vec<crate::bridge::Prepared>,
+    /// The HTTP endpoint's address, if one is configured; it serves from `bind` on.
+    http_addr: Option<SocketAddr>,
+    /// Stops the HTTP endpoint: after everything else, so `/readyz` says 503 throughout
+    /// shutdown.
+    http_stop: CancellationToken,
 }
 
 /// Re-reads the password file, the ACL and every listener's certificates (SIGHUP).
@@ -61,8 +69,12 @@ impl Server {
     pub async fn bind(config: Config) -> Result<Server> {
         let store: Arc<dyn Store> = match config.storage.durability {
             Durability::Memory => Arc::new(MemoryStore::default()),
-            Durability::Wal => Arc::new(RocksStore::open(&config.storage.dir, false)?),
-            Durability::Fsync => Arc::new(RocksStore::open(&config.storage.dir, true)?),
+            Durability::Wal => {
+                Arc::new(RocksStore::open(&config.storage.dir, false, config.storage.memory_budget)?)
+            }
+            Durability::Fsync => {
+                Arc::new(RocksStore::open(&config.storage.dir, true, config.storage.memory_budget)?)
+            }
         };
         Self::bind_with_store(config, store).await
     }
@@ -79,6 +91,14 @@ impl Server {
     pub async fn bind_broker(broker: Broker) -> Result<Server> {
         let broker = Arc::new(broker);
         let config = broker.config.clone();
+        // First, so that /readyz answers 503 while sessions are restored and listeners bound.
+        let http_stop = CancellationToken::new();
+        let mut http_addr = None;
+        if let Some(http) = HttpServer::bind(&config.http).await? {
+            http_addr = http.local_addr();
+            tokio::spawn(http.serve(broker.clone(), http_stop.clone()));
+        }
+        let _stop_http_on_error = http_stop.clone().drop_guard();
         let bridges = crate::bridge::prepare(&config)?;
         connection::restore(&broker).await?;
         let mut listeners = Vec::new();
@@ -92,8 +112,17 @@ impl Server {
             info!(transport = ?listener.transport, "listening on {addr}");
             listeners.push((bound, Arc::new(settings)));
         }
+        _stop_http_on_error.disarm();
+        // Ready before saying so: whoever waits for the line below finds /readyz 200. (Bound
+        // listeners already queue connections; `run` accepts them.)
+        broker.ready.store(true, Ordering::Release);
         info!("accepting connections on {} listener(s)", listeners.len());
-        Ok(Server { broker, listeners, bridges })
+        Ok(Server { broker, listeners, bridges, http_addr, http_stop })
+    }
+
+    /// The HTTP endpoint's bound address (port 0 resolved), if one is configured.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
     }
 
     /// The addresses actually bound (port 0 resolved).
@@ -121,10 +150,14 @@ impl Server {
         let refusing = Arc::new(AtomicUsize::new(0));
         broker.tasks.spawn(connection::watch_keep_alives(broker.clone()));
         crate::bridge::spawn_all(&broker, self.bridges);
+        if let Some(interval) = broker.config.sys_interval() {
+            broker.tasks.spawn(sys::run(broker.clone(), interval));
+        }
         for (socket, listener) in self.listeners {
             broker.tasks.spawn(accept_loop(socket, listener, broker.clone(), refusing.clone()));
         }
         broker.shutdown.cancelled().await;
+        broker.ready.store(false, Ordering::Release);
         info!("shutting down");
         // Connections and offline sessions wait on their control slots, not on the token.
         broker.router.registry.shut_down();
@@ -134,6 +167,7 @@ impl Server {
         }
         // Everything acknowledged is already stored; this flushes and releases the directory.
         broker.store.close();
+        self.http_stop.cancel();
     }
 }
 
@@ -150,6 +184,7 @@ async fn accept_loop(
         };
         match accepted {
             Ok((stream, peer)) => {
+                METRICS.sockets_accepted.fetch_add(1, Ordering::Relaxed);
                 // Small packets (acks) must not wait for Nagle's algorithm.
                 if let Err(e) = stream.set_nodelay(true) {
                     warn!(%peer, "cannot set TCP_NODELAY: {e}");

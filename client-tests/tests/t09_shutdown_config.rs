@@ -192,3 +192,89 @@ async fn config_not_toml_rejected() {
     assert!(!st.success(), "output:\n{}", e.logs);
     assert!(!e.logs.contains("listening on"));
 }
+
+/// The next sd_notify datagram other than WATCHDOG=1, and whether a WATCHDOG=1 came first.
+async fn next_notification(socket: &tokio::net::UnixDatagram, watchdog_seen: &mut bool) -> String {
+    let mut buf = [0u8; 512];
+    loop {
+        let n = tokio::time::timeout(EXIT_WAIT, socket.recv(&mut buf))
+            .await
+            .expect("no sd_notify message within 10 s")
+            .unwrap();
+        let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if message == "WATCHDOG=1" {
+            *watchdog_seen = true;
+        } else {
+            return message;
+        }
+    }
+}
+
+// systemd Type=notify (sd_notify(3)) on a test-owned NOTIFY_SOCKET: READY=1 with a STATUS once
+// listening, RELOADING=1 (with MONOTONIC_USEC) then READY=1 around SIGHUP, STOPPING=1 on
+// SIGTERM, in that order; WATCHDOG=1 at half of WATCHDOG_USEC meanwhile.
+#[tokio::test]
+async fn systemd_notifications_arrive_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("notify");
+    let socket = tokio::net::UnixDatagram::bind(&path).unwrap();
+    let mut b = Broker::launch(
+        Launch::config("").env("NOTIFY_SOCKET", path.to_str().unwrap()).env("WATCHDOG_USEC", "200000"),
+    );
+    let mut watchdog = false;
+    let ready = next_notification(&socket, &mut watchdog).await;
+    assert!(
+        ready.starts_with(&format!("READY=1\nSTATUS=accepting connections on {}", b.addr())),
+        "{ready:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    b.sighup();
+    let reloading = next_notification(&socket, &mut watchdog).await;
+    assert!(reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="), "{reloading:?}");
+    assert_eq!(next_notification(&socket, &mut watchdog).await, "READY=1");
+    assert!(watchdog, "WATCHDOG=1 every 100 ms");
+    b.sigterm();
+    assert_eq!(next_notification(&socket, &mut watchdog).await, "STOPPING=1");
+    assert!(b.wait_exit(EXIT_WAIT).await.expect("exits after SIGTERM").success());
+}
+
+// Without NOTIFY_SOCKET nothing is attempted (the other tests), and an unusable one is
+// reported without stopping the broker.
+#[tokio::test]
+async fn an_unusable_notify_socket_is_reported_not_fatal() {
+    let b = Broker::launch(Launch::config("").env("NOTIFY_SOCKET", "relative/not/a/socket"));
+    let mut c = Mqtt::connect(opts(&b, "notify-check")).await;
+    c.publish_wait("t", 1, false, "x").await;
+    assert!(b.logs().contains("sd_notify"), "{}", b.logs());
+}
+
+// Its log output going away (stderr a pipe whose reader closed, as with `tern | head`) costs
+// the log lines, not the clients: connecting and publishing still work.
+#[tokio::test]
+async fn a_closed_log_pipe_does_not_break_connections() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut tern = std::process::Command::new(tern_bin())
+        .args(["--bind", "127.0.0.1", "-p", "0"])
+        .current_dir(dir.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let port = {
+        let log = std::io::BufReader::new(tern.stderr.take().unwrap());
+        let port = log.lines().map_while(Result::ok).find_map(|line| {
+            let addr = line.split("listening on ").nth(1)?.split_whitespace().next()?.to_string();
+            addr.rsplit(':').next()?.parse::<u16>().ok()
+        });
+        port.expect("no 'listening on' line")
+        // The reader is dropped here: every later log line meets a closed pipe.
+    };
+    for n in 0..3 {
+        let mut o = rumqttc::MqttOptions::new(format!("after-close-{n}"), "127.0.0.1", port);
+        o.set_keep_alive(Duration::from_secs(5));
+        let mut c = Mqtt::connect(o).await;
+        c.publish_wait("t", 1, false, "x").await;
+    }
+    tern.kill().unwrap();
+    tern.wait().unwrap();
+}

@@ -342,6 +342,8 @@ impl Link {
                 biased;
                 request = bridge.control.recv() => match request {
                     Control::Shutdown => return Ending::Shutdown,
+                    // The admin API's kick: the link goes, the bridge reconnects.
+                    Control::Kick => return Ending::Lost("disconnected by an operator".into()),
                     other => Bridge::refuse(other),
                 },
                 () = std::future::poll_fn(|cx| session.pending.poll_pending(cx)), if can_deliver => {

@@ -47,7 +47,7 @@ use tokio::time::Instant;
 use tracing::{error, info, warn, Instrument};
 
 use crate::config::bridge::{BridgeConfig, Overflow};
-use crate::connection::{route, route_now};
+use crate::connection::route_now;
 use crate::message::Message;
 use crate::packet::{ProtocolVersion, QoS, RetainHandling, SubscriptionOptions};
 use crate::router::topic::filter_matches;
@@ -83,7 +83,7 @@ fn session_limits(broker: &crate::Config, config: &BridgeConfig) -> SessionLimit
         queue: QueueLimits {
             max_messages: config.queue_max_messages.saturating_mul(headroom),
             max_bytes: config.queue_max_bytes.saturating_mul(headroom),
-            stall_after: Duration::from_millis(broker.mqtt.stall_interval_ms),
+            stall_after_ms: u32::try_from(broker.mqtt.stall_interval_ms).unwrap_or(u32::MAX),
         },
     }
 }
@@ -264,6 +264,8 @@ impl Bridge {
             Some(previous) => previous,
             None => Session::new(client_id.clone(), ProtocolVersion::V5, NEVER_EXPIRES, limits),
         };
+        // Listed by the admin API and counted in the queue totals like any session.
+        broker.router.registry.set_mailbox(&client_id, owner, session.pending.mailbox());
         session.expiry = NEVER_EXPIRES;
         session.pending.mailbox().set_persistent(true);
         session.pending.mailbox().set_online(false);
@@ -376,7 +378,11 @@ impl Bridge {
         let mut message = Message::new(topic, payload, QoS::AtLeastOnce);
         message.retain = true;
         message.origin = Some(self.session.client_id.clone());
-        let routed = route(&self.broker, &Arc::new(message));
+        // Like the `$SYS` tree's (sys.rs): retained in memory only; every start publishes "0".
+        let message = Arc::new(message);
+        let routed =
+            self.broker.router.route(&message, &self.broker.message_ids, self.broker.security.as_ref());
+        self.broker.router.retained.apply(&message);
         if let Err(e) = route_now(&self.broker, routed).await {
             warn!("bridge state not published: {e}");
         }
@@ -431,7 +437,8 @@ impl Bridge {
     }
 
     /// Answers a control request other than shutdown. No client can claim a bridge session
-    /// (the handshake refuses its id), so a takeover is refused; no keep-alive deadline is set.
+    /// (the handshake refuses its id), so a takeover is refused; no keep-alive deadline is set;
+    /// a kick (admin API) without a link has nothing to disconnect.
     fn refuse(request: Control) {
         if let Control::Takeover(takeover) = request {
             warn!("takeover of a bridge session refused");

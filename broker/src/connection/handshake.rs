@@ -10,11 +10,13 @@ use tracing::{info, warn};
 use super::{offline, AuthState, Connection};
 use crate::auth::{AuthStep, Proof};
 use crate::codec::CodecError;
+use crate::metrics::METRICS;
 use crate::packet::{Auth, ConnAck, Connect, Packet, ProtocolVersion, QoS, ReasonCode, Will};
 use crate::router::topic;
 use crate::session::registry::{control_slot, ControlReceiver, OwnerId};
 use crate::session::{ClientId, Session};
 use crate::storage::Op;
+use crate::sys;
 
 /// A connection that passed the handshake. Boxed: it holds the session for the connection's
 /// life, and the connection task should not carry it inline (see `serve`).
@@ -140,6 +142,7 @@ impl Connection {
         loop {
             match self.codec.decode(&mut self.rbuf) {
                 Ok(Some(packet)) => {
+                    METRICS.packet_received();
                     // What came with CONNECT is not ordered against other connections: the
                     // handshake may wait (authentication, takeover) and must hold nobody up.
                     self.arrival.release();
@@ -234,6 +237,10 @@ impl Connection {
         };
         // The will is published later on the client's behalf: it needs the right to publish.
         if let Some(will) = &connect.will {
+            // `$SYS/` is the broker's, for wills as for PUBLISH (`inbound.rs`).
+            if sys::is_sys_topic(&will.topic) {
+                return Err(Refusal::Code(ReasonCode::NOT_AUTHORIZED, "will topic under $SYS".into()));
+            }
             if !self.broker.security.may_publish(username.as_deref(), &client_id, &will.topic) {
                 return Err(Refusal::Code(ReasonCode::NOT_AUTHORIZED, "will topic denied by the ACL".into()));
             }
@@ -280,8 +287,9 @@ impl Connection {
         session.version = connect.version;
         session.expiry = connect.session_expiry;
         session.pending.mailbox().set_username(username.clone());
-        self.username = username;
+        self.username = username.map(Box::new);
         session.pending.mailbox().set_persistent(session.is_persistent());
+        self.broker.router.registry.set_mailbox(&client_id, owner, session.pending.mailbox());
         if session.is_persistent() {
             // Stored before CONNACK: a session the client was told exists survives a crash.
             if let Err(e) = self.broker.store.commit(vec![Op::PutSession(session.record(None))]).await {
@@ -363,6 +371,7 @@ impl Connection {
         match refusal {
             Refusal::Code(reason, why) => {
                 warn!("refusing connection ({reason}): {why}");
+                METRICS.connect_refused(reason);
                 // [MQTT-3.2.2-6]: session present 0 with a non-zero reason code.
                 let mut refusal = ConnAck::refuse(reason);
                 if self.broker.config.mqtt.reason_strings {

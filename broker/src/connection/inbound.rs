@@ -9,12 +9,14 @@ use tracing::{debug, warn};
 use super::{route, Connection, Ending, ProtocolError};
 use crate::auth::AuthStep;
 use crate::message::{Delivery, Message};
+use crate::metrics::{DropReason, METRICS};
 use crate::packet::{
     Ack, Auth, Disconnect, Packet, PacketId, Publish, QoS, ReasonCode, RetainHandling, SubscriptionOptions,
 };
 use crate::router::{shared, topic, RouteOutcome, Subscriber, Subscription};
 use crate::session::Session;
 use crate::storage::Op;
+use crate::sys;
 
 impl Connection {
     pub(super) fn handle_packet(
@@ -23,6 +25,7 @@ impl Connection {
         packet: Packet,
     ) -> Result<Option<Ending>, ProtocolError> {
         let now = Instant::now();
+        METRICS.packet_received();
         match packet {
             Packet::Publish(publish) => self.handle_publish(session, *publish)?,
             ack @ (Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_)) => {
@@ -50,6 +53,7 @@ impl Connection {
 
     fn handle_publish(&mut self, session: &mut Session, publish: Publish) -> Result<(), ProtocolError> {
         let config = &self.broker.config;
+        METRICS.publish_received(publish.qos, publish.payload.len());
         topic::validate_topic_name(&publish.topic)?;
         topic::check_limits(&publish.topic, config.limits.max_topic_length, config.limits.max_topic_levels)?;
         if publish.retain && !config.mqtt.retain_available {
@@ -61,8 +65,15 @@ impl Connection {
         if let Some(throttle) = &mut self.throttle {
             throttle.take(Instant::now());
         }
-        if !self.broker.security.may_publish(self.username.as_deref(), &session.client_id, &publish.topic) {
+        // `$SYS/` belongs to the broker (`sys.rs`): what clients read there must be the broker's.
+        if sys::is_sys_topic(&publish.topic) {
+            debug!(topic = %publish.topic, "publish under $SYS refused");
+            self.deny_publish(session, &publish);
+            return Ok(());
+        }
+        if !self.broker.security.may_publish(self.user(), &session.client_id, &publish.topic) {
             debug!(topic = %publish.topic, "publish denied by the ACL");
+            METRICS.acl_denied[0].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.deny_publish(session, &publish);
             return Ok(());
         }
@@ -98,6 +109,7 @@ impl Connection {
     /// A PUBLISH the ACL denies is not routed. MQTT 5 says so with 0x87 in PUBACK/PUBREC;
     /// 3.1.1 has no way to, so the flow completes as usual (as Mosquitto does).
     fn deny_publish(&mut self, session: &mut Session, publish: &Publish) {
+        METRICS.dropped(DropReason::NotAuthorized, 1);
         let Some(id) = publish.packet_id else { return };
         let v5 = self.version.is_v5();
         let reason = if v5 { ReasonCode::NOT_AUTHORIZED } else { ReasonCode::SUCCESS };
@@ -181,7 +193,7 @@ impl Connection {
             };
         if send_retained {
             let security = &self.broker.security;
-            let username = self.username.as_deref();
+            let username = self.user();
             let readable = |m: &Arc<Message>| security.may_read(username, &session.client_id, &m.topic);
             for message in self.broker.router.retained.matching(&filter).into_iter().filter(readable) {
                 let qos = options.qos.min(message.qos);
@@ -207,8 +219,9 @@ impl Connection {
             warn!(client_id = %session.client_id, %filter, "subscription refused: limits.max_subscriptions_per_client ({max}) reached");
             return Some(ReasonCode::QUOTA_EXCEEDED);
         }
-        if !self.broker.security.may_subscribe(self.username.as_deref(), &session.client_id, filter) {
+        if !self.broker.security.may_subscribe(self.user(), &session.client_id, filter) {
             debug!(%filter, "subscription denied by the ACL");
+            METRICS.acl_denied[1].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return Some(ReasonCode::NOT_AUTHORIZED);
         }
         None
@@ -259,7 +272,7 @@ impl Connection {
             (ReasonCode::REAUTHENTICATE, None) => {
                 let authenticator =
                     self.broker.enhanced_auth(&state.method).ok_or(ProtocolError::UnexpectedAuth)?;
-                state.exchange.insert(authenticator.start(&state.client_id, self.username.as_ref()))
+                state.exchange.insert(authenticator.start(&state.client_id, self.username.as_deref()))
             }
             (ReasonCode::CONTINUE_AUTHENTICATION, Some(exchange)) => exchange,
             _ => return Err(ProtocolError::UnexpectedAuth),

@@ -7,10 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
-use tracing::{debug, info, warn, Instrument};
+use tracing::{debug, info, warn};
 
 use super::{publish_will, route_now};
 use crate::message::{Delivery, Message, SharedRoute};
+use crate::metrics::METRICS;
 use crate::packet::Will;
 use crate::router::Subscriber;
 use crate::session::qos::Outbound;
@@ -22,10 +23,30 @@ use crate::Broker;
 /// Far enough away to mean "never" for a timer.
 const NEVER: Duration = Duration::from_secs(100 * 365 * 86_400);
 
-/// What an offline session waits for: its delayed will and its expiry.
+/// What an offline session waits for: its delayed will (boxed: most sessions have none, and
+/// every offline session's task holds the field) and its expiry.
 pub(super) struct Offline {
-    will: Option<(Will, Instant)>,
+    will: Option<(Box<Will>, Instant)>,
     expires_at: Instant,
+}
+
+/// An offline session's task, handed over in one piece: an async fn keeps each of its
+/// arguments twice in its state, which every offline session carries.
+pub(super) struct OfflineTask {
+    pub broker: Arc<Broker>,
+    pub session: Session,
+    pub owner: OwnerId,
+    pub control: ControlReceiver,
+    pub offline: Offline,
+}
+
+impl OfflineTask {
+    /// Runs the session offline in a task of its own. No span: it would cost every offline
+    /// session a few hundred bytes in the log subscriber; events name the client themselves.
+    pub fn spawn(self) {
+        let tasks = self.broker.tasks.clone();
+        tasks.spawn(run(Box::new(self)));
+    }
 }
 
 /// Stores that a persistent session's client left (its expiry counts from now, also across a
@@ -43,7 +64,7 @@ pub(super) async fn store_offline(broker: &Broker, session: &mut Session, will: 
             publish_at_unix_ms: now_ms + delay.as_millis() as u64,
         };
         ops.push(Op::PutWill(record));
-        (will, Instant::now() + delay)
+        (Box::new(will), Instant::now() + delay)
     });
     if let Err(e) = broker.store.commit(ops).await {
         warn!("offline session state not stored: {e}");
@@ -63,18 +84,12 @@ fn expiry_deadline(expiry: u32, elapsed: Duration) -> Instant {
 /// session over [MQTT-3.1.2-5], or the Session Expiry Interval passes [MQTT-3.1.2-23]. A
 /// delayed will is published when its delay or the session ends, whichever is first, unless
 /// the client returns before [MQTT-3.1.3-9]. Ends at shutdown (told through the control slot).
-pub(super) async fn run(
-    broker: Arc<Broker>,
-    mut session: Session,
-    owner: OwnerId,
-    mut control: ControlReceiver,
-    offline: Offline,
-) {
-    debug!("session offline");
+async fn run(task: Box<OfflineTask>) {
+    let OfflineTask { broker, mut session, owner, mut control, offline } = *task;
+    debug!(client_id = %session.client_id, "session offline");
     let mut roster =
         broker.router.registry.go_offline(&session.client_id, broker.config.limits.max_offline_sessions);
     let Offline { mut will, expires_at } = offline;
-    let will_at = will.as_ref().map_or(expires_at, |(_, at)| (*at).min(expires_at));
     // Expiry, or eviction (too many sessions offline, this one away longest) ends it alike.
     let evicted = &mut roster.evicted;
     let expiry = async move {
@@ -83,8 +98,10 @@ pub(super) async fn run(
             Ok(()) = evicted => {}
         }
     };
-    let will_timer = tokio::time::sleep_until(will_at);
-    tokio::pin!(expiry, will_timer);
+    // Boxed, and only for a delayed will: a timer is 112 bytes in every offline session.
+    let mut will_timer =
+        will.as_ref().map(|(_, at)| Box::pin(tokio::time::sleep_until((*at).min(expires_at))));
+    tokio::pin!(expiry);
     loop {
         tokio::select! {
             biased;
@@ -92,33 +109,37 @@ pub(super) async fn run(
                 let takeover = match request {
                     Control::Takeover(takeover) => takeover,
                     Control::Shutdown => return,
-                    // No deadline is set while offline.
-                    Control::KeepAliveTimeout => continue,
+                    // No deadline is set while offline; no client to disconnect.
+                    Control::KeepAliveTimeout | Control::Kick => continue,
                 };
                 if Instant::now() >= expires_at {
                     // The expiry passed at the same moment: the session is over, not resumed.
                     let _ = takeover.reply.send(None);
-                    Box::pin(expire(&broker, session, owner, will.take().map(|(w, _)| w))).await;
+                    Box::pin(expire(&broker, session, owner, will.take().map(|(w, _)| *w))).await;
                     return;
                 }
                 // The client is back: a pending delayed will is not sent [MQTT-3.1.3-9], unless
                 // the new connection starts clean, which ends the session: then it goes now.
                 if let Some((will, _)) = will.take() {
-                    end_will(&broker, &session.client_id, will, !takeover.resumes).await;
+                    end_will(&broker, &session.client_id, *will, !takeover.resumes).await;
                 }
                 if let Err(Some(session)) = takeover.reply.send(Some(session)) {
-                    warn!("takeover abandoned; session ends");
+                    warn!(client_id = %session.client_id, "takeover abandoned; session ends");
                     end_session(&broker, session, owner).await;
                 }
                 return;
             }
-            _ = &mut will_timer, if will.is_some() => {
+            () = std::future::poll_fn(|cx| match &mut will_timer {
+                Some(timer) => std::future::Future::poll(timer.as_mut(), cx),
+                None => std::task::Poll::Pending,
+            }), if will_timer.is_some() => {
+                will_timer = None;
                 if let Some((will, _)) = will.take() {
-                    end_will(&broker, &session.client_id, will, true).await;
+                    end_will(&broker, &session.client_id, *will, true).await;
                 }
             }
             _ = &mut expiry => {
-                Box::pin(expire(&broker, session, owner, will.take().map(|(w, _)| w))).await;
+                Box::pin(expire(&broker, session, owner, will.take().map(|(w, _)| *w))).await;
                 drop(control);
                 return;
             }
@@ -134,7 +155,7 @@ async fn end_will(broker: &Broker, client_id: &ClientId, will: Will, publish: bo
         publish_will(broker, &will, client_id).await;
     }
     if let Err(e) = broker.store.commit(vec![Op::DeleteWill(client_id.clone())]).await {
-        warn!("stored will not deleted: {e}");
+        warn!(%client_id, "stored will not deleted: {e}");
     }
 }
 
@@ -142,6 +163,7 @@ async fn end_will(broker: &Broker, client_id: &ClientId, will: Will, publish: bo
 /// ends with everything stored for it.
 async fn expire(broker: &Broker, session: Session, owner: OwnerId, will: Option<Will>) {
     info!(client_id = %session.client_id, "session expired");
+    METRICS.sessions_expired.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     if let Some(will) = will {
         publish_will(broker, &will, &session.client_id).await;
     }
@@ -306,15 +328,14 @@ fn restore_session(
     let expires_at = expiry_deadline(record.expiry, offline_for);
     let will = stored.will.map(|w| {
         let wait = Duration::from_millis(w.publish_at_unix_ms.saturating_sub(unix_ms()));
-        (w.will, Instant::now() + wait)
+        (Box::new(w.will), Instant::now() + wait)
     });
     let owner = broker.router.registry.new_owner_id();
     let (control_tx, control) = control_slot();
     broker.router.registry.register(&client_id, owner, control_tx);
-    let span = tracing::info_span!("session", %client_id);
+    broker.router.registry.set_mailbox(&client_id, owner, session.pending.mailbox());
     // A session that expired while the broker was down ends at once in its task (will first),
     // before any client can claim it: the registration is taken only after this function.
-    broker
-        .tasks
-        .spawn(run(broker.clone(), session, owner, control, Offline { will, expires_at }).instrument(span));
+    OfflineTask { broker: broker.clone(), session, owner, control, offline: Offline { will, expires_at } }
+        .spawn();
 }

@@ -25,6 +25,7 @@ use bytestring::ByteString;
 
 use crate::auth::ReadGate;
 use crate::message::{Delivery, Message, SharedRoute};
+use crate::metrics::METRICS;
 use crate::packet::SubscriptionOptions;
 use crate::session::queue::{Clock, Mailbox, Offer};
 use crate::session::registry::Registry;
@@ -163,14 +164,29 @@ impl Router {
             let group = groups.entry(share.group.into()).or_insert_with(|| Group::new(filter.into()));
             let existed = group.remove(&client);
             group.insert(client, subscriber);
+            if !existed {
+                METRICS.subscription(true);
+            }
             return existed;
         }
         let mut tree = self.subscriptions.write().unwrap_or_else(|e| e.into_inner());
-        tree.entry(filter).insert(client, subscriber).is_some()
+        let existed = tree.entry(filter).insert(client, subscriber).is_some();
+        if !existed {
+            METRICS.subscription(true);
+        }
+        existed
     }
 
     /// Removes `client`'s subscription to `filter`; true if there was one.
     pub fn unsubscribe(&self, filter: &str, client: &ClientId) -> bool {
+        let removed = self.remove_subscription(filter, client);
+        if removed {
+            METRICS.subscription(false);
+        }
+        removed
+    }
+
+    fn remove_subscription(&self, filter: &str, client: &ClientId) -> bool {
         if let Ok(Some(share)) = shared::parse(filter) {
             let mut tree = self.shared.write().unwrap_or_else(|e| e.into_inner());
             return tree

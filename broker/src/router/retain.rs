@@ -3,6 +3,7 @@
 use std::sync::{Arc, RwLock};
 
 use crate::message::Message;
+use crate::metrics::METRICS;
 
 use super::trie::{self, TopicTree};
 
@@ -25,10 +26,15 @@ impl RetainedStore {
     pub fn apply(&self, message: &Arc<Message>) -> RetainChange {
         let mut tree = self.tree.write().unwrap_or_else(|e| e.into_inner());
         if message.payload.is_empty() {
-            tree.update(&message.topic, |slot| slot.take());
+            if let Some(Some(old)) = tree.update(&message.topic, |slot| slot.take()) {
+                METRICS.retained(false, old.weight());
+            }
             RetainChange::Cleared
         } else {
-            *tree.entry(&message.topic) = Some(message.clone());
+            if let Some(old) = tree.entry(&message.topic).replace(message.clone()) {
+                METRICS.retained(false, old.weight());
+            }
+            METRICS.retained(true, message.weight());
             RetainChange::Stored
         }
     }

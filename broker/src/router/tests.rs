@@ -22,7 +22,7 @@ fn open() -> Security {
 fn queue(id: &str) -> PendingQueue {
     let q = PendingQueue::new(
         ClientId::from(id),
-        QueueLimits { max_messages: 100, max_bytes: 1 << 20, stall_after: std::time::Duration::from_secs(2) },
+        QueueLimits { max_messages: 100, max_bytes: 1 << 20, stall_after_ms: 2000 },
     );
     q.mailbox().set_online(true);
     q.mailbox().set_inflight(0, 10);

@@ -31,6 +31,7 @@ use futures_util::task::AtomicWaker;
 use tokio::sync::Notify;
 
 use crate::message::Delivery;
+use crate::metrics::{DropReason, METRICS};
 use crate::packet::QoS;
 use crate::session::ClientId;
 
@@ -83,10 +84,15 @@ pub struct QueueLimits {
     /// A congested queue from which nothing is taken for this long belongs to a stalled
     /// subscriber (one that stopped reading, or two clients waiting on each other): its
     /// publishers stop waiting, so one stuck client cannot stall others.
-    pub stall_after: Duration,
+    /// In milliseconds: a `Duration` would take 16 bytes of every session's mailbox.
+    pub stall_after_ms: u32,
 }
 
 impl QueueLimits {
+    pub fn stall_after(&self) -> Duration {
+        Duration::from_millis(u64::from(self.stall_after_ms))
+    }
+
     /// Messages and bytes at which publishers pause at once: the limits, or less.
     fn pause_at(&self) -> (usize, usize) {
         (self.max_messages.min(PAUSE_AT_MESSAGES), self.max_bytes.min(PAUSE_AT_BYTES))
@@ -284,13 +290,13 @@ impl Mailbox {
             if !self.is_online() || self.has_room() || self.stalled.load(Ordering::SeqCst) {
                 return;
             }
-            if tokio::time::timeout(self.limits.stall_after, notified).await.is_err() {
+            if tokio::time::timeout(self.limits.stall_after(), notified).await.is_err() {
                 let taken = self.taken.load(Ordering::SeqCst);
                 if taken == seen {
                     if !self.stalled.swap(true, Ordering::SeqCst) {
                         tracing::warn!(
                             client_id = %self.client_id,
-                            stall_after = ?self.limits.stall_after,
+                            stall_after = ?self.limits.stall_after(),
                             "subscriber takes nothing from its queue: treated as stalled, publishers resume, \
                              its new messages are dropped beyond twice the queue limits"
                         );
@@ -346,6 +352,7 @@ impl Mailbox {
         }
         self.release(1, weight);
         self.dropped.fetch_add(1, Ordering::Relaxed);
+        METRICS.dropped(DropReason::QueueFull, 1);
         if !self.overflowing.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 client_id = %self.client_id,
@@ -387,14 +394,24 @@ impl Mailbox {
         }
     }
 
+    /// The session outlives its connection (admin API).
+    pub fn is_persistent(&self) -> bool {
+        self.persistent.load(Ordering::Relaxed)
+    }
+
+    /// QoS 1/2 messages sent to the client and not yet acknowledged (metrics).
+    pub fn inflight(&self) -> u32 {
+        self.inflight.load(Ordering::Relaxed)
+    }
+
+    /// Topic and payload bytes of the messages pending (metrics).
+    pub fn pending_bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
     /// Messages currently pending (for tests and metrics).
     pub fn pending(&self) -> usize {
         self.messages.load(Ordering::Relaxed)
-    }
-
-    /// Bytes (topic + payload) of the messages currently pending.
-    pub fn pending_bytes(&self) -> usize {
-        self.bytes.load(Ordering::Relaxed)
     }
 
     /// Messages dropped by the overflow policy since the session started.
@@ -590,7 +607,7 @@ mod tests {
     }
 
     fn queue(max_messages: usize, max_bytes: usize) -> PendingQueue {
-        let limits = QueueLimits { max_messages, max_bytes, stall_after: STALL_AFTER };
+        let limits = QueueLimits { max_messages, max_bytes, stall_after_ms: STALL_AFTER.as_millis() as u32 };
         let q = PendingQueue::new(ClientId::from("c"), limits);
         q.mailbox().set_online(true);
         q

@@ -16,6 +16,7 @@ use futures_util::task::AtomicWaker;
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
+use super::queue::Mailbox;
 use super::{ClientId, Session};
 
 /// How often `Registry::expire_keep_alives` should run: the keep-alive timeout comes at most
@@ -36,6 +37,9 @@ pub enum Control {
     KeepAliveTimeout,
     /// Give the session up to a new connection with the same client id.
     Takeover(Takeover),
+    /// An operator asked to disconnect the client (admin API): DISCONNECT 0x98. An offline
+    /// session has nothing to disconnect and ignores it.
+    Kick,
 }
 
 /// A new connection's claim on the session another task holds.
@@ -77,6 +81,7 @@ struct SlotState {
     shutdown: bool,
     /// The deadline was seen passed; the owner checks it again (it may have moved since).
     overdue: bool,
+    kick: bool,
     takeover: Option<Takeover>,
 }
 
@@ -108,6 +113,11 @@ impl ControlSender {
 
     fn shut_down(&self) {
         self.0.state().shutdown = true;
+        self.0.wake.wake();
+    }
+
+    fn kick(&self) {
+        self.0.state().kick = true;
         self.0.wake.wake();
     }
 
@@ -147,6 +157,9 @@ impl ControlReceiver {
             if let Some(takeover) = state.takeover.take() {
                 return Some(Control::Takeover(takeover));
             }
+            if std::mem::take(&mut state.kick) {
+                return Some(Control::Kick);
+            }
             let overdue = std::mem::take(&mut state.overdue);
             (overdue && passed(deadline_ms.load(Ordering::Relaxed), clock_ms(Instant::now())))
                 .then_some(Control::KeepAliveTimeout)
@@ -184,6 +197,19 @@ pub type OwnerId = u64;
 struct Owner {
     id: OwnerId,
     control: ControlSender,
+    /// The session's mailbox, once the owner has its session (`set_mailbox`): what the admin
+    /// API lists (client id, user, online, queue).
+    mailbox: Option<Arc<Mailbox>>,
+}
+
+/// What all sessions' queues hold (`Registry::queue_totals`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct QueueTotals {
+    /// Messages waiting to be sent, and their topic + payload bytes.
+    pub messages: u64,
+    pub bytes: u64,
+    /// QoS 1/2 messages sent and not yet acknowledged.
+    pub inflight: u64,
 }
 
 #[derive(Debug, Default)]
@@ -233,7 +259,7 @@ impl Registry {
         control: ControlSender,
         resumes: bool,
     ) -> Option<Session> {
-        let previous = self.lock().insert(client_id.clone(), Owner { id: owner, control });
+        let previous = self.lock().insert(client_id.clone(), Owner { id: owner, control, mailbox: None });
         let previous = previous?;
         let (reply, answer) = oneshot::channel();
         // A refused request means the previous owner already ended (a clean session).
@@ -249,7 +275,44 @@ impl Registry {
 
     /// Registers a session restored at start (no previous owner can exist yet).
     pub fn register(&self, client_id: &ClientId, owner: OwnerId, control: ControlSender) {
-        self.lock().insert(client_id.clone(), Owner { id: owner, control });
+        self.lock().insert(client_id.clone(), Owner { id: owner, control, mailbox: None });
+    }
+
+    /// Records the mailbox of the session `owner` holds (after its claim settled).
+    pub fn set_mailbox(&self, client_id: &ClientId, owner: OwnerId, mailbox: &Arc<Mailbox>) {
+        if let Some(o) = self.lock().get_mut(client_id).filter(|o| o.id == owner) {
+            o.mailbox = Some(mailbox.clone());
+        }
+    }
+
+    /// Every session with its mailbox, online and offline (a claim still in progress is left
+    /// out), in no particular order.
+    pub fn sessions(&self) -> Vec<Arc<Mailbox>> {
+        self.lock().values().filter_map(|o| o.mailbox.clone()).collect()
+    }
+
+    /// Messages pending in every session's queue and in flight, summed now (for `$SYS` and
+    /// `/metrics`: summing when asked keeps a shared counter off the delivery path).
+    pub fn queue_totals(&self) -> QueueTotals {
+        let mut totals = QueueTotals::default();
+        for mailbox in self.lock().values().filter_map(|o| o.mailbox.as_ref()) {
+            totals.messages += mailbox.pending() as u64;
+            totals.bytes += mailbox.pending_bytes() as u64;
+            totals.inflight += u64::from(mailbox.inflight());
+        }
+        totals
+    }
+
+    /// Asks the owner of `client_id` to disconnect its client (DISCONNECT 0x98). False when
+    /// no session has that id.
+    pub fn kick(&self, client_id: &ClientId) -> bool {
+        match self.lock().get(client_id) {
+            Some(owner) => {
+                owner.control.kick();
+                true
+            }
+            None => false,
+        }
     }
 
     /// Removes the registration if `owner` still holds it.

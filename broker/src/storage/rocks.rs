@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use rocksdb::{
-    ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, Options, WriteBatch, WriteOptions, DB,
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Direction, IteratorMode, LogLevel,
+    Options, WriteBatch, WriteBufferManager, WriteOptions, DB,
 };
 use tokio::sync::oneshot;
 use tracing::{error, info};
@@ -58,25 +59,22 @@ pub struct RocksStore {
 
 impl RocksStore {
     /// Opens (or creates) the database in `dir`. `sync` makes every commit fsync the WAL.
+    /// RocksDB's memtables and block cache share `memory_budget` bytes (`storage_options`).
     /// Refuses a directory locked by another process, an unreadable or damaged database, or
     /// one with another schema version — it never wipes data.
-    pub fn open(dir: &Path, sync: bool) -> Result<RocksStore, StoreError> {
+    pub fn open(dir: &Path, sync: bool, memory_budget: usize) -> Result<RocksStore, StoreError> {
         let shown = dir.display().to_string();
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Open {
             dir: shown.clone(),
             detail: format!("cannot create directory: {e}"),
         })?;
-        let mut options = Options::default();
-        options.create_if_missing(true);
-        options.create_missing_column_families(true);
-        options.set_compression_type(DBCompressionType::Lz4);
-        // Bounded disk and memory for an edge box: WAL files are recycled after flushes.
-        options.set_max_total_wal_size(64 << 20);
-        options.set_keep_log_file_num(2);
-        options.set_max_log_file_size(4 << 20);
-        options.set_db_write_buffer_size(32 << 20);
-        options.set_max_open_files(256);
-        let families = FAMILIES.iter().map(|name| ColumnFamilyDescriptor::new(*name, options.clone()));
+        let options = storage_options(memory_budget);
+        // The default family too: unnamed, it would get RocksDB's default 64 MiB write buffer
+        // (and its WAL preallocation with it).
+        let families = FAMILIES
+            .iter()
+            .chain(&[rocksdb::DEFAULT_COLUMN_FAMILY_NAME])
+            .map(|name| ColumnFamilyDescriptor::new(*name, options.clone()));
         let db = DB::open_cf_descriptors(&options, dir, families).map_err(|e| open_error(&shown, e))?;
         check_schema(&db, &shown)?;
         let db = Arc::new(db);
@@ -97,6 +95,38 @@ impl RocksStore {
             writer: Mutex::new(Some(writer)),
         })
     }
+}
+
+/// RocksDB sized for a small host. Memtables and the block cache are charged to one LRU cache
+/// of `memory_budget` bytes (memtables at most half of it, so reads keep a cache); the write
+/// buffer sizes also bound what RocksDB preallocates for each WAL file (1.1 × the write
+/// buffer), and the manifest preallocates 64 KiB instead of 4 MiB, so an empty data directory
+/// takes a few MiB of disk, not 37. The WAL as a whole is bounded by `max_total_wal_size`:
+/// beyond it the oldest memtables are flushed. RocksDB's own LOG keeps warnings only (no
+/// stream of informational writes on an SD card) in at most two files of 1 MiB.
+fn storage_options(memory_budget: usize) -> Options {
+    let cache = Cache::new_lru_cache(memory_budget);
+    let mut table = BlockBasedOptions::default();
+    table.set_block_cache(&cache);
+    let mut options = Options::default();
+    options.create_if_missing(true);
+    options.create_missing_column_families(true);
+    options.set_compression_type(DBCompressionType::Lz4);
+    options.set_block_based_table_factory(&table);
+    options.set_write_buffer_manager(&WriteBufferManager::new_write_buffer_manager_with_cache(
+        memory_budget / 2,
+        false,
+        cache,
+    ));
+    options.set_write_buffer_size(memory_budget / 8);
+    options.set_max_write_buffer_number(2);
+    options.set_max_total_wal_size(u64::try_from(memory_budget * 2).unwrap_or(u64::MAX));
+    options.set_manifest_preallocation_size(64 << 10);
+    options.set_log_level(LogLevel::Warn);
+    options.set_keep_log_file_num(2);
+    options.set_max_log_file_size(1 << 20);
+    options.set_max_open_files(256);
+    options
 }
 
 fn open_error(dir: &str, e: rocksdb::Error) -> StoreError {

@@ -1,0 +1,96 @@
+//! Area 21: the Debian package (packaging/build-deb) and its systemd unit.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use client_tests::*;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(out.status.success(), "{cmd:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn build_deb(out: &Path) -> PathBuf {
+    let printed = run(Command::new(repo().join("packaging/build-deb")).args([
+        "--binary",
+        tern_bin().to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]));
+    PathBuf::from(printed.trim())
+}
+
+// The package holds the binary, the documented default config as a conffile and the unit; its
+// control fields name it; what it installs starts and serves MQTT with the packaged config.
+#[tokio::test]
+async fn the_deb_installs_a_broker_that_runs_with_its_packaged_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let deb = build_deb(dir.path());
+    let fields = run(Command::new("dpkg-deb").arg("-f").arg(&deb).args(["Package", "Version", "Depends"]));
+    assert!(fields.contains("Package: tern"), "{fields}");
+    assert!(fields.contains("Version: 0.1.0"), "{fields}");
+    let contents = run(Command::new("dpkg-deb").arg("-c").arg(&deb));
+    for path in ["./usr/bin/tern", "./etc/tern/tern.toml", "./lib/systemd/system/tern.service"] {
+        assert!(contents.contains(path), "{path} missing from\n{contents}");
+    }
+    let root = dir.path().join("root");
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root));
+    let control = dir.path().join("control");
+    run(Command::new("dpkg-deb").arg("-e").arg(&deb).arg(&control));
+    assert_eq!(std::fs::read_to_string(control.join("conffiles")).unwrap().trim(), "/etc/tern/tern.toml");
+    // The packaged binary with the packaged config, as the unit starts it (in a scratch
+    // working directory, as StateDirectory gives it one).
+    let work = dir.path().join("var-lib-tern");
+    std::fs::create_dir(&work).unwrap();
+    let mut tern = Command::new(root.join("usr/bin/tern"))
+        .args(["-c", root.join("etc/tern/tern.toml").to_str().unwrap(), "--bind", "127.0.0.1", "-p", "0"])
+        .current_dir(&work)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Read its log to the end (a closed pipe would fail its writes), passing on the port.
+    let stderr = tern.stderr.take().unwrap();
+    let (port_tx, port_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let port = line.split("listening on ").nth(1).and_then(|rest| rest.split_whitespace().next());
+            if let Some(port) = port.and_then(|addr| addr.rsplit(':').next()?.parse::<u16>().ok()) {
+                let _ = port_tx.send(port);
+            }
+        }
+    });
+    let port = port_rx.recv_timeout(Duration::from_secs(20)).expect("no 'listening on' within 20 s");
+    let mut o = rumqttc::MqttOptions::new("packaged", "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(5));
+    let mut c = Mqtt::connect(o).await;
+    c.publish_wait("t", 1, false, "x").await;
+    tern.kill().unwrap();
+    tern.wait().unwrap();
+    assert!(work.join("tern-data").is_dir(), "data directory under the working directory");
+}
+
+// The unit is hardened: systemd's own assessment rates its exposure 2.0 or lower ("OK"; the
+// scale runs to 10 for an unconfined service).
+#[test]
+fn the_systemd_unit_is_rated_ok_by_systemd_analyze_security() {
+    let dir = tempfile::tempdir().unwrap();
+    let deb = build_deb(dir.path());
+    let root = dir.path().join("root");
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root));
+    let out = Command::new("systemd-analyze")
+        .args(["security", "--offline=yes", "--threshold=20"])
+        .arg(format!("--root={}", root.display()))
+        .arg("tern.service")
+        .output()
+        .expect("systemd-analyze (Debian package systemd; .ci/prepare installs it)");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "exposure above 2.0:\n{report}");
+    assert!(report.contains("Overall exposure level for tern.service"), "{report}");
+}
