@@ -25,7 +25,6 @@ impl Connection {
         packet: Packet,
     ) -> Result<Option<Ending>, ProtocolError> {
         let now = Instant::now();
-        METRICS.packet_received();
         match packet {
             Packet::Publish(publish) => self.handle_publish(session, *publish)?,
             ack @ (Packet::PubAck(_) | Packet::PubRec(_) | Packet::PubComp(_)) => {
@@ -53,7 +52,6 @@ impl Connection {
 
     fn handle_publish(&mut self, session: &mut Session, publish: Publish) -> Result<(), ProtocolError> {
         let config = &self.broker.config;
-        METRICS.publish_received(publish.qos, publish.payload.len());
         topic::validate_topic_name(&publish.topic)?;
         topic::check_limits(&publish.topic, config.limits.max_topic_length, config.limits.max_topic_levels)?;
         if publish.retain && !config.mqtt.retain_available {

@@ -38,7 +38,7 @@ use tracing::{debug, info, warn, Instrument};
 use crate::auth::AuthExchange;
 use crate::codec::{Codec, CodecError, Encoded};
 use crate::message::Message;
-use crate::metrics::{DropReason, METRICS};
+use crate::metrics::{DropReason, Tally, METRICS};
 use crate::packet::{Disconnect, Packet, ProtocolVersion, ReasonCode, Will};
 use crate::router::retain::RetainChange;
 use crate::router::topic::TopicError;
@@ -591,6 +591,13 @@ impl Connection {
     }
 
     fn handle_packets(&mut self, session: &mut Session) -> Option<Ending> {
+        let mut received = Tally::default();
+        let ending = self.handle_counted_packets(session, &mut received);
+        METRICS.received(&received);
+        ending
+    }
+
+    fn handle_counted_packets(&mut self, session: &mut Session, received: &mut Tally) -> Option<Ending> {
         loop {
             if !self.congested.is_empty()
                 || self.throttle.as_mut().is_some_and(|t| t.resume_at(Instant::now()).is_some())
@@ -602,6 +609,10 @@ impl Connection {
                 Ok(None) => break,
                 Err(e) => return Some(Ending::Protocol(e.into())),
             };
+            received.packet();
+            if let Packet::Publish(publish) = &packet {
+                received.publish(publish.qos, publish.payload.len());
+            }
             match self.handle_packet(session, packet) {
                 Ok(None) => {}
                 Ok(Some(ending)) => return Some(ending),
@@ -645,6 +656,13 @@ impl Connection {
     /// Encodes the packets the session produced. A PUBLISH larger than the client's Maximum
     /// Packet Size is not sent and counts as delivered [MQTT-3.1.2-25].
     fn encode_out(&mut self, session: &mut Session) -> Result<(), ProtocolError> {
+        let mut sent = Tally::default();
+        let encoded = self.encode_packets(session, &mut sent);
+        METRICS.sent(&sent);
+        encoded
+    }
+
+    fn encode_packets(&mut self, session: &mut Session, sent: &mut Tally) -> Result<(), ProtocolError> {
         for packet in self.out.drain(..) {
             let packet_id = match &packet {
                 Packet::Forward(p) => Some(p.packet_id),
@@ -662,9 +680,9 @@ impl Connection {
                 }
                 continue;
             }
-            METRICS.packet_sent();
+            sent.packet();
             if let Some((qos, len)) = publish {
-                METRICS.publish_sent(qos, len);
+                sent.publish(qos, len);
             }
         }
         Ok(())
