@@ -104,7 +104,24 @@ async fn serve(config: Config) -> tern::Result<()> {
     let server = Server::bind(config).await?;
     // Storage is open and every listener bound: ready for systemd (Type=notify).
     let addrs: Vec<String> = server.local_addrs().iter().map(ToString::to_string).collect();
-    notifier.send(&format!("READY=1\nSTATUS=accepting connections on {}", addrs.join(", ")));
+    let listening = format!("accepting connections on {}", addrs.join(", "));
+    notifier.send(&format!("READY=1\nSTATUS={listening}"));
+    if notifier.is_active() {
+        // `systemctl status tern` shows how many clients are connected, within STATUS_EVERY.
+        let notifier = notifier.clone();
+        tokio::spawn(async move {
+            let mut shown = 0;
+            let mut tick = tokio::time::interval(notify::STATUS_EVERY);
+            loop {
+                tick.tick().await;
+                let connected = tern::metrics::get(&tern::metrics::METRICS.clients_connected);
+                if connected != shown {
+                    shown = connected;
+                    notifier.send(&format!("STATUS={connected} client(s) connected; {listening}"));
+                }
+            }
+        });
+    }
     if let Some(every) = notifier.watchdog_interval() {
         let notifier = notifier.clone();
         tokio::spawn(async move {

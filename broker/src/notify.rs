@@ -8,6 +8,9 @@
 use std::os::unix::net::{SocketAddr, UnixDatagram};
 use std::time::Duration;
 
+/// How often the connection count in STATUS= is brought up to date (when it changed).
+pub const STATUS_EVERY: Duration = Duration::from_secs(2);
+
 /// Where notifications go; `None` when the service manager did not ask for them.
 #[derive(Debug)]
 pub struct Notifier(Option<(UnixDatagram, SocketAddr)>);
@@ -36,6 +39,11 @@ impl Notifier {
             None => SocketAddr::from_pathname(target)?,
         };
         Ok((UnixDatagram::unbound()?, addr))
+    }
+
+    /// The service manager asked for notifications.
+    pub fn is_active(&self) -> bool {
+        self.0.is_some()
     }
 
     /// Sends `state` (newline-separated `KEY=value` assignments). A failure is logged, never

@@ -211,7 +211,7 @@ async fn next_notification(socket: &tokio::net::UnixDatagram, watchdog_seen: &mu
 }
 
 // systemd Type=notify (sd_notify(3)) on a test-owned NOTIFY_SOCKET: READY=1 with a STATUS once
-// listening, RELOADING=1 (with MONOTONIC_USEC) then READY=1 around SIGHUP, STOPPING=1 on
+// listening, STATUS= with the connection count when it changes, RELOADING=1 (with MONOTONIC_USEC) then READY=1 around SIGHUP, STOPPING=1 on
 // SIGTERM, in that order; WATCHDOG=1 at half of WATCHDOG_USEC meanwhile.
 #[tokio::test]
 async fn systemd_notifications_arrive_in_order() {
@@ -227,7 +227,11 @@ async fn systemd_notifications_arrive_in_order() {
         ready.starts_with(&format!("READY=1\nSTATUS=accepting connections on {}", b.addr())),
         "{ready:?}"
     );
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // STATUS= follows the connection count.
+    let client = Mqtt::connect(opts(&b, "status-check")).await;
+    let status = next_notification(&socket, &mut watchdog).await;
+    assert!(status.starts_with("STATUS=1 client(s) connected; accepting connections on"), "{status:?}");
+    drop(client);
     b.sighup();
     let reloading = next_notification(&socket, &mut watchdog).await;
     assert!(reloading.starts_with("RELOADING=1\nMONOTONIC_USEC="), "{reloading:?}");
