@@ -168,7 +168,7 @@ impl Model {
             queue: QueueLimits {
                 max_messages: usize::from(input.max_messages),
                 max_bytes: usize::from(input.max_bytes),
-                stall_after: std::time::Duration::from_secs(2),
+                stall_after_ms: 2000,
             },
         };
         let expiry = if input.persistent { NEVER_EXPIRES } else { 0 };
