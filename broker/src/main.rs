@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use tern::auth::password;
+use tern::config::LogFormat;
 use tern::notify::{self, Notifier};
 use tern::{Config, Server};
 use tracing_subscriber::EnvFilter;
@@ -30,6 +31,9 @@ struct Cli {
     /// Verbose logging: -v for debug, -vv for trace.
     #[arg(short = 'v', long = "verbose", action = clap::ArgAction::Count)]
     verbose: u8,
+    /// Log line format (replaces `log.format`).
+    #[arg(long = "log-format", value_name = "FORMAT")]
+    log_format: Option<LogFormat>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -75,6 +79,9 @@ fn main() -> ExitCode {
         }
     };
     config.override_listener(cli.bind, cli.port);
+    if let Some(format) = cli.log_format {
+        config.log.format = format;
+    }
     if let Err(e) = init_logging(&config, cli.verbose) {
         eprintln!("tern: configuration error: invalid value for `log.level`: {e}");
         return ExitCode::from(2);
@@ -190,11 +197,11 @@ fn init_logging(config: &Config, verbose: u8) -> Result<(), String> {
         (_, 1) => EnvFilter::new("debug"),
         _ => EnvFilter::new("trace"),
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(|| LogOutput)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let lines = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| LogOutput);
+    match config.log.format {
+        LogFormat::Text => lines.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => lines.json().init(),
+    }
     Ok(())
 }
 

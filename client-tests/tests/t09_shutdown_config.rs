@@ -282,3 +282,43 @@ async fn a_closed_log_pipe_does_not_break_connections() {
     tern.kill().unwrap();
     tern.wait().unwrap();
 }
+
+// --log-format json (or log.format = "json"): every line on stderr is one JSON object with the
+// level and the message, for log shippers.
+#[tokio::test]
+async fn log_format_json_writes_one_object_per_line() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let mut tern = std::process::Command::new(tern_bin())
+        .args(["--bind", "127.0.0.1", "-p", "0", "--log-format", "json"])
+        .current_dir(dir.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(tern.stderr.take().unwrap()).lines().map_while(Result::ok);
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let object: serde_json::Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let message = object["fields"]["message"].as_str().unwrap_or_default().to_string();
+        assert!(object["level"].is_string() && object["timestamp"].is_string(), "{line}");
+        let done = message.starts_with("accepting connections");
+        seen.push(message);
+        if done {
+            break;
+        }
+    }
+    assert!(seen.iter().any(|m| m.starts_with("listening on 127.0.0.1:")), "{seen:?}");
+    tern.kill().unwrap();
+    tern.wait().unwrap();
+}
+
+// A log format that does not exist is refused at start, naming the key.
+#[tokio::test]
+async fn unknown_log_format_is_refused() {
+    let out = std::process::Command::new(tern_bin()).args(["--log-format", "xml"]).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--log-format"), "{out:?}");
+    let launch = Launch::config("[log]\nformat = \"xml\"");
+    assert_config_error(launch, "log.format");
+}
