@@ -16,6 +16,32 @@ fn run(cmd: &mut Command) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Starts a broker with its log piped and returns it with the port of its "listening on" line.
+/// The log is read to the end (a closed pipe would fail its writes).
+fn start_reading_port(cmd: &mut Command) -> (std::process::Child, u16) {
+    let mut tern = cmd.stderr(std::process::Stdio::piped()).spawn().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let stderr = tern.stderr.take().unwrap();
+    let (port_tx, port_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let port = line.split("listening on ").nth(1).and_then(|rest| rest.split_whitespace().next());
+            if let Some(port) = port.and_then(|addr| addr.rsplit(':').next()?.parse::<u16>().ok()) {
+                let _ = port_tx.send(port);
+            }
+        }
+    });
+    let port = port_rx.recv_timeout(Duration::from_secs(20)).expect("no 'listening on' within 20 s");
+    (tern, port)
+}
+
+async fn publish_one(port: u16, client_id: &str) {
+    let mut o = rumqttc::MqttOptions::new(client_id, "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(5));
+    let mut c = Mqtt::connect(o).await;
+    c.publish_wait("t", 1, false, "x").await;
+}
+
 fn build_deb(out: &Path) -> PathBuf {
     let printed = run(Command::new(repo().join("packaging/build-deb")).args([
         "--binary",
@@ -48,29 +74,12 @@ async fn the_deb_installs_a_broker_that_runs_with_its_packaged_config() {
     // working directory, as StateDirectory gives it one).
     let work = dir.path().join("var-lib-tern");
     std::fs::create_dir(&work).unwrap();
-    let mut tern = Command::new(root.join("usr/bin/tern"))
-        .args(["-c", root.join("etc/tern/tern.toml").to_str().unwrap(), "--bind", "127.0.0.1", "-p", "0"])
-        .current_dir(&work)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Read its log to the end (a closed pipe would fail its writes), passing on the port.
-    let stderr = tern.stderr.take().unwrap();
-    let (port_tx, port_rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            let port = line.split("listening on ").nth(1).and_then(|rest| rest.split_whitespace().next());
-            if let Some(port) = port.and_then(|addr| addr.rsplit(':').next()?.parse::<u16>().ok()) {
-                let _ = port_tx.send(port);
-            }
-        }
-    });
-    let port = port_rx.recv_timeout(Duration::from_secs(20)).expect("no 'listening on' within 20 s");
-    let mut o = rumqttc::MqttOptions::new("packaged", "127.0.0.1", port);
-    o.set_keep_alive(Duration::from_secs(5));
-    let mut c = Mqtt::connect(o).await;
-    c.publish_wait("t", 1, false, "x").await;
+    let (mut tern, port) = start_reading_port(
+        Command::new(root.join("usr/bin/tern"))
+            .args(["-c", root.join("etc/tern/tern.toml").to_str().unwrap(), "--bind", "127.0.0.1", "-p", "0"])
+            .current_dir(&work),
+    );
+    publish_one(port, "packaged").await;
     tern.kill().unwrap();
     tern.wait().unwrap();
     assert!(work.join("tern-data").is_dir(), "data directory under the working directory");
@@ -93,4 +102,61 @@ fn the_systemd_unit_is_rated_ok_by_systemd_analyze_security() {
     let report = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "exposure above 2.0:\n{report}");
     assert!(report.contains("Overall exposure level for tern.service"), "{report}");
+}
+
+// Debian's own package checker finds neither errors nor warnings (copyright, changelog, man
+// page, maintainer scripts through deb-systemd-helper).
+#[test]
+fn lintian_reports_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let deb = build_deb(dir.path());
+    let out = Command::new("lintian")
+        .args(["--fail-on", "error,warning", "--allow-root"])
+        .arg(&deb)
+        .output()
+        .expect("lintian (Debian package lintian; .ci/prepare installs it)");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && report.trim().is_empty(), "lintian:\n{report}{}", String::from_utf8_lossy(&out.stderr));
+}
+
+// A minimal root stands in for a container image: the binary and only the libraries `ldd`
+// lists. Tern starts in it with its embedded defaults, serves a client and keeps its data
+// inside that root.
+#[tokio::test]
+async fn the_binary_runs_in_a_root_holding_only_itself_and_its_libraries() {
+    assert!(
+        run(Command::new("id").arg("-u")).trim() == "0",
+        "chroot needs root (CI runs as root; run this test as root)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    std::fs::copy(tern_bin(), root.join("tern")).unwrap();
+    let libraries = run(Command::new("ldd").arg(tern_bin()));
+    // "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x…)" and "/lib64/ld-linux-x86-64.so.2 (0x…)";
+    // the vDSO has no file.
+    for path in libraries.split_whitespace().filter(|word| word.starts_with('/')) {
+        let inside = root.join(path.trim_start_matches('/'));
+        std::fs::create_dir_all(inside.parent().unwrap()).unwrap();
+        std::fs::copy(path, &inside).unwrap_or_else(|e| panic!("{path}: {e}"));
+    }
+    let files: Vec<_> = walk(&root);
+    assert!(files.len() <= 8, "more than the binary and its libraries: {files:?}");
+    let (mut tern, port) = start_reading_port(Command::new("chroot").arg(&root).args(["/tern", "--bind", "127.0.0.1", "-p", "0"]));
+    publish_one(port, "chrooted").await;
+    tern.kill().unwrap();
+    tern.wait().unwrap();
+    assert!(root.join("tern-data").is_dir(), "data directory inside the root");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().map(Result::unwrap) {
+        if entry.file_type().unwrap().is_dir() {
+            files.extend(walk(&entry.path()));
+        } else {
+            files.push(entry.path());
+        }
+    }
+    files
 }
