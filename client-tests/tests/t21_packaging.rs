@@ -19,7 +19,8 @@ fn run(cmd: &mut Command) -> String {
 /// Starts a broker with its log piped and returns it with the port of its "listening on" line.
 /// The log is read to the end (a closed pipe would fail its writes).
 fn start_reading_port(cmd: &mut Command) -> (std::process::Child, u16) {
-    let mut tern = cmd.stderr(std::process::Stdio::piped()).spawn().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let mut tern =
+        cmd.stderr(std::process::Stdio::piped()).spawn().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     let stderr = tern.stderr.take().unwrap();
     let (port_tx, port_rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -116,7 +117,11 @@ fn lintian_reports_nothing() {
         .output()
         .expect("lintian (Debian package lintian; .ci/prepare installs it)");
     let report = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && report.trim().is_empty(), "lintian:\n{report}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && report.trim().is_empty(),
+        "lintian:\n{report}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 // A minimal root stands in for a container image: the binary and only the libraries `ldd`
@@ -142,7 +147,13 @@ async fn the_binary_runs_in_a_root_holding_only_itself_and_its_libraries() {
     }
     let files: Vec<_> = walk(&root);
     assert!(files.len() <= 8, "more than the binary and its libraries: {files:?}");
-    let (mut tern, port) = start_reading_port(Command::new("chroot").arg(&root).args(["/tern", "--bind", "127.0.0.1", "-p", "0"]));
+    let (mut tern, port) = start_reading_port(Command::new("chroot").arg(&root).args([
+        "/tern",
+        "--bind",
+        "127.0.0.1",
+        "-p",
+        "0",
+    ]));
     publish_one(port, "chrooted").await;
     tern.kill().unwrap();
     tern.wait().unwrap();
