@@ -25,7 +25,6 @@ use crate::packet::QoS;
 use crate::router::topic;
 use crate::session::ClientId;
 use crate::storage::Op;
-use crate::sys;
 use crate::Broker;
 
 /// Page size of a listing when the request names none, and the largest allowed.
@@ -167,7 +166,7 @@ async fn delete_retained(broker: &Broker, query: &Query) -> Response {
     };
     let mut ops = Vec::new();
     for message in broker.router.retained.matching(filter) {
-        if sys::is_sys_topic(&message.topic) {
+        if topic::is_broker_topic(&message.topic) {
             continue;
         }
         let mut clear = Message::new(message.topic.clone(), bytes::Bytes::new(), QoS::AtMostOnce);

@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub mod bridge;
+pub mod dead_letter;
 
 use crate::packet::QoS;
 use crate::session::queue::QueueLimits;
@@ -48,6 +49,9 @@ pub struct Config {
     /// Absent from a file: off.
     #[serde(default)]
     pub http: HttpConfig,
+    /// Dead letters on `$DLQ/`; off by default.
+    #[serde(default)]
+    pub dead_letter: dead_letter::DeadLetterConfig,
 }
 
 /// The `$SYS` tree (`sys.rs`).
@@ -375,6 +379,7 @@ impl Config {
                 );
             }
         }
+        self.dead_letter.validate()?;
         bridge::validate(&self.bridge)
     }
 

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::config::HttpConfig;
+use crate::dead_letter::{Reason, Suppressed};
 use crate::metrics::{get, DropReason, Metrics, METRICS, PROTOCOLS};
 use crate::packet::ReasonCode;
 use crate::{admin, Broker, Error, Result};
@@ -393,6 +394,26 @@ pub fn render_metrics(m: &Metrics, broker: &Broker) -> String {
         "counter",
         "Messages not delivered or not routed, by reason.",
         &dropped,
+    );
+    let dead_letters: Vec<(String, u64)> = Reason::ALL
+        .iter()
+        .map(|&r| (format!("{{reason=\"{}\"}}", r.label()), get(&m.dead_letters[r as usize])))
+        .collect();
+    family(
+        "tern_dead_letters_total",
+        "counter",
+        "Dead letters published on $DLQ/, by reason.",
+        &dead_letters,
+    );
+    let suppressed: Vec<(String, u64)> = Suppressed::ALL
+        .iter()
+        .map(|&c| (format!("{{cause=\"{}\"}}", c.label()), get(&m.dead_letters_suppressed[c as usize])))
+        .collect();
+    family(
+        "tern_dead_letters_suppressed_total",
+        "counter",
+        "Lost messages that got no dead letter (loop, no reader, rate limit), by cause.",
+        &suppressed,
     );
     family(
         "tern_subscriptions",

@@ -25,6 +25,7 @@ pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod connection;
+pub mod dead_letter;
 pub mod error;
 pub mod http;
 pub mod message;
@@ -50,6 +51,7 @@ pub use server::Server;
 
 use auth::{EnhancedAuthenticator, Security};
 use connection::budget::PacketBudget;
+use dead_letter::DeadLetters;
 use router::Router;
 use storage::Store;
 
@@ -76,6 +78,8 @@ pub struct Broker {
     pub packet_budget: Arc<PacketBudget>,
     /// When the broker started (`$SYS/broker/uptime`).
     pub started: std::time::Instant,
+    /// Publishes what could not be delivered on `$DLQ/` (`[dead_letter]`, off by default).
+    pub dead_letters: DeadLetters,
     /// Storage is open and every listener bound, and shutdown has not begun (`/readyz`).
     pub ready: AtomicBool,
 }
@@ -87,8 +91,10 @@ impl Broker {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
+        let dead_letters = DeadLetters::new(config.dead_letter.settings());
         Broker {
-            router: Router::default(),
+            router: Router::new(dead_letters.policy().wants(dead_letter::Reason::QueueFull)),
+            dead_letters,
             store,
             security,
             enhanced_auth: Vec::new(),

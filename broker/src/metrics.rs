@@ -18,6 +18,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::dead_letter::{Reason, Suppressed};
 use crate::packet::{QoS, ReasonCode};
 
 /// The counters of this process.
@@ -133,6 +134,10 @@ pub struct Metrics {
     /// Retained messages, and their topic + payload bytes.
     pub retained_current: AtomicU64,
     pub retained_bytes_current: AtomicU64,
+    /// Dead letters published, by `dead_letter::Reason`.
+    pub dead_letters: [AtomicU64; Reason::ALL.len()],
+    /// Lost copies that got no dead letter, by `dead_letter::Suppressed`.
+    pub dead_letters_suppressed: [AtomicU64; Suppressed::ALL.len()],
 }
 
 impl Default for Metrics {
@@ -167,6 +172,8 @@ impl Metrics {
             subscriptions_current: ZERO,
             retained_current: ZERO,
             retained_bytes_current: ZERO,
+            dead_letters: [ZERO; Reason::ALL.len()],
+            dead_letters_suppressed: [ZERO; Suppressed::ALL.len()],
         }
     }
 
@@ -214,6 +221,16 @@ impl Metrics {
 
     pub fn dropped(&self, reason: DropReason, messages: usize) {
         self.dropped[reason as usize].fetch_add(messages as u64, Ordering::Relaxed);
+    }
+
+    pub fn dead_letter(&self, reason: Reason) {
+        self.dead_letters[reason as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn dead_letters_suppressed(&self, cause: Suppressed, copies: usize) {
+        if copies > 0 {
+            self.dead_letters_suppressed[cause as usize].fetch_add(copies as u64, Ordering::Relaxed);
+        }
     }
 
     /// A subscription was added (`true`) or removed (`false`).

@@ -8,7 +8,7 @@
 //! never sees them [MQTT-4.7.2-1], the router sees to that) and kept in the retained store,
 //! but not written to storage: after a restart they describe the new process, from its first
 //! round. Nothing per client is published. Clients may not publish under `$SYS/` (see
-//! `connection/inbound.rs`).
+//! `router::topic::is_broker_topic`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,11 +21,6 @@ use crate::message::Message;
 use crate::metrics::{get, Metrics, METRICS};
 use crate::packet::QoS;
 use crate::Broker;
-
-/// True for topics under `$SYS`, which only the broker publishes.
-pub fn is_sys_topic(topic: &str) -> bool {
-    topic == "$SYS" || topic.starts_with("$SYS/")
-}
 
 /// What `$SYS/broker/version` says.
 pub fn version() -> String {
@@ -213,14 +208,6 @@ mod tests {
 
     fn value<'a>(round: &'a [(String, String)], topic: &str) -> Option<&'a str> {
         round.iter().find(|(t, _)| t == topic).map(|(_, v)| v.as_str())
-    }
-
-    #[test]
-    fn sys_topics_are_the_broker_s() {
-        assert!(is_sys_topic("$SYS"));
-        assert!(is_sys_topic("$SYS/x"));
-        assert!(!is_sys_topic("$SYSTEM/x"));
-        assert!(!is_sys_topic("a/$SYS/x"));
     }
 
     #[test]

@@ -666,6 +666,15 @@ mod tests {
         assert!(can_read(&acl, Some("ops"), "$SYS/broker/uptime"));
     }
 
+    // Dead letters (issue 17) follow the same rule: only a grant naming `$DLQ` reads them.
+    #[test]
+    fn dead_letters_need_an_explicit_grant() {
+        let acl = acl("topic #\nuser ops\ntopic read $DLQ/#\n");
+        assert!(!can_read(&acl, None, "$DLQ/queue_full/a/b"));
+        assert!(can_read(&acl, Some("ops"), "$DLQ/queue_full/a/b"));
+        assert!(!acl.allows_topic(Some("ops"), "c", "$DLQ/x", Access::Write), "read only");
+    }
+
     // [MQTT-4.7.1-2]: '#' also matches the parent level, so `a/#` matches `a`; [MQTT-4.7.1-3]: '+'
     // matches exactly one level, which may be empty.
     #[test]

@@ -16,7 +16,6 @@ use crate::router::topic;
 use crate::session::registry::{control_slot, ControlReceiver, OwnerId};
 use crate::session::{ClientId, Session};
 use crate::storage::Op;
-use crate::sys;
 
 /// A connection that passed the handshake. Boxed: it holds the session for the connection's
 /// life, and the connection task should not carry it inline (see `serve`).
@@ -237,9 +236,12 @@ impl Connection {
         };
         // The will is published later on the client's behalf: it needs the right to publish.
         if let Some(will) = &connect.will {
-            // `$SYS/` is the broker's, for wills as for PUBLISH (`inbound.rs`).
-            if sys::is_sys_topic(&will.topic) {
-                return Err(Refusal::Code(ReasonCode::NOT_AUTHORIZED, "will topic under $SYS".into()));
+            // `$SYS/` and `$DLQ/` are the broker's, for wills as for PUBLISH (`inbound.rs`).
+            if topic::is_broker_topic(&will.topic) {
+                return Err(Refusal::Code(
+                    ReasonCode::NOT_AUTHORIZED,
+                    "will topic under $SYS or $DLQ".into(),
+                ));
             }
             if !self.broker.security.may_publish(username.as_deref(), &client_id, &will.topic) {
                 return Err(Refusal::Code(ReasonCode::NOT_AUTHORIZED, "will topic denied by the ACL".into()));
@@ -286,6 +288,7 @@ impl Connection {
         };
         session.version = connect.version;
         session.expiry = connect.session_expiry;
+        session.dead_letter = self.broker.dead_letters.policy();
         session.pending.mailbox().set_username(username.clone());
         self.username = username.map(Box::new);
         session.pending.mailbox().set_persistent(session.is_persistent());

@@ -16,7 +16,6 @@ use crate::packet::{
 use crate::router::{shared, topic, RouteOutcome, Subscriber, Subscription};
 use crate::session::Session;
 use crate::storage::Op;
-use crate::sys;
 
 impl Connection {
     pub(super) fn handle_packet(
@@ -63,9 +62,10 @@ impl Connection {
         if let Some(throttle) = &mut self.throttle {
             throttle.take(Instant::now());
         }
-        // `$SYS/` belongs to the broker (`sys.rs`): what clients read there must be the broker's.
-        if sys::is_sys_topic(&publish.topic) {
-            debug!(topic = %publish.topic, "publish under $SYS refused");
+        // `$SYS/` and `$DLQ/` belong to the broker (`sys.rs`, `dead_letter`): what clients read
+        // there must be the broker's.
+        if topic::is_broker_topic(&publish.topic) {
+            debug!(topic = %publish.topic, "publish under $SYS or $DLQ refused");
             self.deny_publish(session, &publish);
             return Ok(());
         }

@@ -37,6 +37,7 @@ use tracing::{debug, info, warn, Instrument};
 
 use crate::auth::AuthExchange;
 use crate::codec::{Codec, CodecError, Encoded};
+use crate::dead_letter::Reason;
 use crate::message::Message;
 use crate::metrics::{DropReason, Tally, METRICS};
 use crate::packet::{Disconnect, Packet, ProtocolVersion, ReasonCode, Will};
@@ -407,6 +408,9 @@ impl Connection {
             if let Err(e) = self.deliver_routed(&mut accepted.session) {
                 return Ending::Protocol(e);
             }
+            if !accepted.session.lost.is_empty() {
+                self.broker.dead_letters.publish_lost(&self.broker, &mut accepted.session.lost);
+            }
             if let Some(ending) = ending {
                 return ending;
             }
@@ -672,11 +676,23 @@ impl Connection {
                 Packet::Forward(p) => Some((p.qos, p.message.payload.len())),
                 _ => None,
             };
+            // A QoS 0 PUBLISH leaves no trace in the session: keep its message in case it is
+            // lost (only when that gets a dead letter).
+            let qos0_message = match &packet {
+                Packet::Forward(p)
+                    if p.packet_id.is_none() && session.dead_letter.wants(Reason::TooLarge) =>
+                {
+                    Some(p.message.clone())
+                }
+                _ => None,
+            };
             if self.codec.encode(packet, &mut self.wbuf)? == Encoded::TooLargeForClient {
                 debug!("message larger than the client's maximum packet size: not sent");
                 METRICS.dropped(DropReason::TooLarge, 1);
                 if let Some(Some(id)) = packet_id {
                     session.forget(id);
+                } else if let Some(message) = qos0_message {
+                    session.lose(&message, Reason::TooLarge, None);
                 }
                 continue;
             }
@@ -801,6 +817,7 @@ impl Connection {
     /// of the session.
     async fn finish(&mut self, accepted: Box<handshake::Accepted>, ending: Ending) {
         let handshake::Accepted { mut session, will, owner, control, .. } = *accepted;
+        self.broker.dead_letters.publish_lost(&self.broker, &mut session.lost);
         let will = will.map(|w| *w);
         match &ending {
             Ending::ClientDisconnect { .. } | Ending::Shutdown => debug!("{ending}"),
@@ -894,6 +911,8 @@ pub(crate) fn route(broker: &Broker, message: &Arc<Message>) -> Routed {
     }
     if routed.outcome.dropped > 0 {
         debug!(topic = %message.topic, dropped = routed.outcome.dropped, "message dropped for sessions with full queues");
+        let dropped_for = std::mem::take(&mut routed.dropped_for);
+        broker.dead_letters.queue_full(broker, message, &dropped_for);
     }
     routed
 }

@@ -161,9 +161,11 @@ async fn end_will(broker: &Broker, client_id: &ClientId, will: Will, publish: bo
 
 /// The Session Expiry Interval passed: a pending will goes now [MQTT-3.1.3-9], then the session
 /// ends with everything stored for it.
-async fn expire(broker: &Broker, session: Session, owner: OwnerId, will: Option<Will>) {
+async fn expire(broker: &Broker, mut session: Session, owner: OwnerId, will: Option<Will>) {
     info!(client_id = %session.client_id, "session expired");
     METRICS.sessions_expired.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    session.note_expired();
+    broker.dead_letters.publish_lost(broker, &mut session.lost);
     if let Some(will) = will {
         publish_will(broker, &will, &session.client_id).await;
     }
@@ -284,6 +286,10 @@ fn restore_session(
     let limits = crate::bridge::limits_of(&broker.config, &client_id)
         .unwrap_or_else(|| broker.config.session_limits());
     let mut session = Session::new(client_id.clone(), record.version, record.expiry, limits);
+    // A bridge's losses are its own overflow policy's business (its task drains no `lost`).
+    if !crate::bridge::is_bridge_session(&client_id) {
+        session.dead_letter = broker.dead_letters.policy();
+    }
     session.pending.mailbox().set_persistent(true);
     session.pending.mailbox().set_username(record.username);
     for (filter, subscription) in record.subscriptions {

@@ -18,7 +18,7 @@ pub mod topic;
 pub mod trie;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 use bytestring::ByteString;
@@ -73,6 +73,10 @@ pub struct Routed {
     pub ops: Vec<Op>,
     targets: Vec<(Arc<Mailbox>, Delivery)>,
     pub outcome: RouteOutcome,
+    /// Keep the sessions whose full queue refused the message in `dropped_for` (dead letters
+    /// for `queue_full` are on); otherwise nothing is collected.
+    keep_dropped: bool,
+    pub dropped_for: Vec<Arc<Mailbox>>,
 }
 
 impl Routed {
@@ -86,7 +90,12 @@ impl Routed {
                 }
                 self.targets.push((mailbox.clone(), delivery));
             }
-            Offer::DroppedFull => self.outcome.dropped += 1,
+            Offer::DroppedFull => {
+                self.outcome.dropped += 1;
+                if self.keep_dropped {
+                    self.dropped_for.push(mailbox.clone());
+                }
+            }
             Offer::SkippedOffline | Offer::Closed => {}
         }
     }
@@ -152,9 +161,36 @@ pub struct Router {
     shared: RwLock<TopicTree<GroupSet>>,
     pub retained: RetainedStore,
     pub registry: Registry,
+    /// Routes report the sessions whose full queue refused a message (`Routed::dropped_for`).
+    keep_dropped: bool,
+    /// Subscriptions (shared ones included) whose filter can match a dead letter: while there
+    /// are none, no dead letter is built.
+    dead_letter_readers: AtomicUsize,
 }
 
 impl Router {
+    /// A router whose routes report refused sessions in `Routed::dropped_for` when
+    /// `keep_dropped` (for `queue_full` dead letters).
+    pub fn new(keep_dropped: bool) -> Self {
+        Router { keep_dropped, ..Router::default() }
+    }
+
+    /// Some session subscribes to a filter that can match a dead letter (`$DLQ/...`).
+    pub fn has_dead_letter_readers(&self) -> bool {
+        self.dead_letter_readers.load(Ordering::Relaxed) > 0
+    }
+
+    /// Counts a subscription in or out of `dead_letter_readers` (`filter` without `$share/`).
+    fn count_reader(&self, filter: &str, added: bool) {
+        if crate::dead_letter::is_dead_letter_filter(filter) {
+            if added {
+                self.dead_letter_readers.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.dead_letter_readers.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
     /// Adds or replaces `client`'s subscription to `filter` (already validated). Returns true
     /// when it replaced an existing one.
     pub fn subscribe(&self, filter: &str, client: ClientId, subscriber: Subscriber) -> bool {
@@ -166,6 +202,7 @@ impl Router {
             group.insert(client, subscriber);
             if !existed {
                 METRICS.subscription(true);
+                self.count_reader(share.filter, true);
             }
             return existed;
         }
@@ -173,6 +210,7 @@ impl Router {
         let existed = tree.entry(filter).insert(client, subscriber).is_some();
         if !existed {
             METRICS.subscription(true);
+            self.count_reader(filter, true);
         }
         existed
     }
@@ -182,6 +220,11 @@ impl Router {
         let removed = self.remove_subscription(filter, client);
         if removed {
             METRICS.subscription(false);
+            let filter = match shared::parse(filter) {
+                Ok(Some(share)) => share.filter,
+                _ => filter,
+            };
+            self.count_reader(filter, false);
         }
         removed
     }
@@ -213,7 +256,7 @@ impl Router {
     /// Matches `message` against every subscription; sessions `gate` forbids to read it are
     /// left out (a shared group picks a member that may read it).
     pub fn route(&self, message: &Arc<Message>, ids: &AtomicU64, gate: &dyn ReadGate) -> Routed {
-        let mut routed = Routed::default();
+        let mut routed = Routed { keep_dropped: self.keep_dropped, ..Routed::default() };
         self.route_direct(message, &mut routed, gate);
         self.route_shared(message, &mut routed, gate);
         routed.record(message, ids);

@@ -76,6 +76,20 @@ pub fn validate_topic_filter(filter: &str) -> Result<(), TopicError> {
     Ok(())
 }
 
+/// The root level of the `$SYS` tree (`sys.rs`).
+pub const SYS_ROOT: &str = "$SYS";
+/// The root level of dead letters (`dead_letter`).
+pub const DLQ_ROOT: &str = "$DLQ";
+
+/// True for topics under a root only the broker publishes to (`$SYS`, `$DLQ`): clients'
+/// PUBLISH and wills there are refused, so what readers find there is the broker's; and a
+/// message there is never dead-lettered (no loops).
+pub fn is_broker_topic(topic: &str) -> bool {
+    [SYS_ROOT, DLQ_ROOT]
+        .iter()
+        .any(|root| topic.strip_prefix(root).is_some_and(|rest| rest.is_empty() || rest.starts_with('/')))
+}
+
 /// True when `filter` matches `topic`. Both must already be valid. Filters that start with a
 /// wildcard do not match topics beginning with `$` [MQTT-4.7.2-1].
 pub fn filter_matches(filter: &str, topic: &str) -> bool {
@@ -98,6 +112,16 @@ pub fn filter_matches(filter: &str, topic: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sys_and_dlq_topics_are_the_broker_s() {
+        for topic in ["$SYS", "$SYS/x", "$DLQ", "$DLQ/expired/a/b"] {
+            assert!(is_broker_topic(topic), "{topic}");
+        }
+        for topic in ["$SYSTEM/x", "a/$SYS/x", "$DLQX", "dlq/x", "$share/g/$DLQ/x"] {
+            assert!(!is_broker_topic(topic), "{topic}");
+        }
+    }
 
     #[test]
     fn limits_bound_length_and_levels() {

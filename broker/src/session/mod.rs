@@ -11,14 +11,16 @@ pub mod registry;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use bytestring::ByteString;
 
 use tokio::time::Instant;
 
-use crate::message::Delivery;
+use crate::dead_letter::{Lost, Policy, Reason};
+use crate::message::{Delivery, Message};
 use crate::metrics::{DropReason, METRICS};
-use crate::packet::{Packet, PacketId, ProtocolVersion, QoS};
+use crate::packet::{Packet, PacketId, ProtocolVersion, QoS, ReasonCode};
 use crate::router::Subscription;
 use crate::storage::{delivery_record, DeliveryState, Op, SessionRecord};
 use qos::{InboundQos2, Outbound, OutboundWindow, Settled, UnexpectedAck};
@@ -78,6 +80,11 @@ pub struct Session {
     /// Storage changes made by the methods above, for the owner to commit before it writes
     /// the packets they produced (nothing reaches the wire before it is stored).
     pub journal: Vec<Op>,
+    /// Which losses to report in `lost`, and the delivery limit (all off by default).
+    pub dead_letter: Policy,
+    /// Messages this session lost for a reason `dead_letter` wants, for the owner to hand to
+    /// `DeadLetters::publish_lost`.
+    pub lost: Vec<Lost>,
 }
 
 impl Session {
@@ -94,6 +101,8 @@ impl Session {
             max_inflight,
             qos_cap: QoS::ExactlyOnce,
             journal: Vec::new(),
+            dead_letter: Policy::default(),
+            lost: Vec::new(),
         }
     }
 
@@ -127,6 +136,7 @@ impl Session {
             tracing::debug!(topic = %delivery.message.topic, "message expired before delivery");
             METRICS.dropped(DropReason::Expired, 1);
             self.journal_done(Some(&delivery), delivery.seq);
+            self.lose(&delivery.message, Reason::Expired, None);
             return;
         }
         if delivery.qos == QoS::AtMostOnce {
@@ -167,11 +177,16 @@ impl Session {
     }
 
     /// On (re)connect: the window follows the client's Receive Maximum [MQTT-3.3.4-9]; the
-    /// unacknowledged window is re-sent first, in order, then the queue.
+    /// unacknowledged window is re-sent first, in order, then the queue. A message already sent
+    /// as often as the delivery limit allows (when enforced) is not sent again: it is lost.
     pub fn resume(&mut self, receive_maximum: u16, out: &mut Vec<Packet>, now: Instant) {
         self.outbound.set_capacity(usize::from(self.max_inflight.min(receive_maximum)));
+        for delivery in self.outbound.resend_all(out, now, self.dead_letter.delivery_limit()) {
+            tracing::debug!(topic = %delivery.message.topic, "delivery limit reached: not sent again");
+            self.journal_done(Some(&delivery), delivery.seq);
+            self.lose(&delivery.message, Reason::DeliveryLimit, None);
+        }
         self.publish_window();
-        self.outbound.resend_all(out, now);
         self.pump(out, now);
     }
 
@@ -182,14 +197,21 @@ impl Session {
         out: &mut Vec<Packet>,
         now: Instant,
     ) -> Result<(), UnexpectedAck> {
-        let settled = match *packet {
-            Packet::PubAck(ack) => self.outbound.handle_puback(ack.packet_id)?,
-            Packet::PubRec(ack) => self.outbound.handle_pubrec(ack)?,
-            Packet::PubComp(ack) => self.outbound.handle_pubcomp(ack.packet_id)?,
+        let (settled, reason) = match *packet {
+            Packet::PubAck(ack) => (self.outbound.handle_puback(ack.packet_id)?, ack.reason),
+            Packet::PubRec(ack) => (self.outbound.handle_pubrec(ack)?, ack.reason),
+            Packet::PubComp(ack) => (self.outbound.handle_pubcomp(ack.packet_id)?, ReasonCode::SUCCESS),
             _ => unreachable!("handle_ack takes PUBACK, PUBREC and PUBCOMP only"),
         };
         match settled {
-            Settled::Done { delivery, seq } => self.journal_done(delivery.as_ref(), seq),
+            Settled::Done { delivery, seq } => {
+                self.journal_done(delivery.as_ref(), seq);
+                // MQTT 5: the subscriber refused the message (0x80 and above); it is done with
+                // and not sent again [MQTT-4.3.2-4], [MQTT-4.3.3-4].
+                if let Some(delivery) = delivery.filter(|_| !reason.is_success()) {
+                    self.lose(&delivery.message, Reason::Rejected, Some(reason));
+                }
+            }
             Settled::Released { delivery, pubrel } => {
                 if let (Some(seq), Packet::PubRel(ack)) = (delivery.seq, &pubrel) {
                     // Only the packet id matters from now on: the message reference goes.
@@ -220,8 +242,38 @@ impl Session {
     pub fn forget(&mut self, packet_id: PacketId) {
         if let Some(delivery) = self.outbound.forget(packet_id) {
             self.journal_done(Some(&delivery), delivery.seq);
+            self.lose(&delivery.message, Reason::TooLarge, None);
         }
         self.publish_window();
+    }
+
+    /// The session expired: every message it still holds, queued or unacknowledged, is lost
+    /// (reported when `dead_letter` wants `session_expired`). Those from shared subscriptions
+    /// are left out: they go to another member of their group.
+    pub fn note_expired(&mut self) {
+        if !self.dead_letter.wants(Reason::SessionExpired) {
+            return;
+        }
+        let held: Vec<Delivery> = self
+            .outbound
+            .unacknowledged()
+            .chain(self.pending.held())
+            .filter(|d| d.shared.is_none())
+            .cloned()
+            .collect();
+        for delivery in held {
+            self.lose(&delivery.message, Reason::SessionExpired, None);
+        }
+    }
+
+    /// Reports a lost delivery in `lost` if the policy wants this reason; `code` is the
+    /// subscriber's reason code, if it gave one.
+    pub fn lose(&mut self, message: &Arc<Message>, reason: Reason, code: Option<ReasonCode>) {
+        if self.dead_letter.wants(reason) {
+            let mut lost = Lost::new(message.clone(), self.client_id.clone(), reason);
+            lost.code = code.unwrap_or(lost.code);
+            self.lost.push(lost);
+        }
     }
 
     /// Everything pending or unacknowledged that came through shared subscriptions, removed
@@ -306,8 +358,6 @@ impl Session {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
     use crate::message::Message;
     use crate::session::queue::Offer;

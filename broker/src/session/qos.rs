@@ -52,7 +52,9 @@ pub struct UnexpectedAck {
 /// The outbound in-flight window of one session.
 #[derive(Debug)]
 pub struct OutboundWindow {
-    entries: VecDeque<(PacketId, Outbound)>,
+    /// Each entry with the number of times its PUBLISH was sent (for the delivery limit; 1
+    /// after a restart, which does not remember it).
+    entries: VecDeque<(PacketId, Outbound, u16)>,
     capacity: usize,
     last_id: u16,
 }
@@ -95,7 +97,7 @@ impl OutboundWindow {
             QoS::ExactlyOnce => Outbound::AwaitingPubRec(delivery),
             QoS::AtMostOnce => unreachable!("QoS 0 never enters the window"),
         };
-        self.entries.push_back((packet_id, state));
+        self.entries.push_back((packet_id, state, 1));
         Packet::Forward(forward)
     }
 
@@ -112,12 +114,20 @@ impl OutboundWindow {
     /// Puts back an entry loaded from storage (recovery), in stored order.
     pub fn restore(&mut self, packet_id: PacketId, state: Outbound) {
         self.last_id = packet_id.get();
-        self.entries.push_back((packet_id, state));
+        self.entries.push_back((packet_id, state, 1));
     }
 
     /// Empties the window (the session ends); returns what it held for the journal.
     pub fn drain(&mut self) -> Vec<Outbound> {
-        self.entries.drain(..).map(|(_, state)| state).collect()
+        self.entries.drain(..).map(|(_, state, _)| state).collect()
+    }
+
+    /// The deliveries whose PUBLISH awaits its acknowledgement (PUBACK or PUBREC).
+    pub fn unacknowledged(&self) -> impl Iterator<Item = &Delivery> {
+        self.entries.iter().filter_map(|(_, state, _)| match state {
+            Outbound::AwaitingPubAck(d) | Outbound::AwaitingPubRec(d) => Some(d),
+            Outbound::AwaitingPubComp { .. } => None,
+        })
     }
 
     /// Removes the unacknowledged QoS 1 PUBLISHes that came through shared subscriptions, for
@@ -126,7 +136,7 @@ impl OutboundWindow {
     /// [MQTT-4.8.2-4], [MQTT-4.8.2-5].
     pub fn take_shared(&mut self) -> Vec<Delivery> {
         let mut taken = Vec::new();
-        self.entries.retain(|(_, state)| match state {
+        self.entries.retain(|(_, state, _)| match state {
             Outbound::AwaitingPubAck(d) if d.shared.is_some() => {
                 taken.push(d.clone());
                 false
@@ -143,7 +153,7 @@ impl OutboundWindow {
             self.last_id = self.last_id.wrapping_add(1);
             let Some(id) = NonZeroU16::new(self.last_id) else { continue };
             let id = PacketId(id);
-            if !self.entries.iter().any(|(used, _)| *used == id) {
+            if !self.entries.iter().any(|(used, _, _)| *used == id) {
                 return id;
             }
         }
@@ -168,14 +178,14 @@ impl OutboundWindow {
     }
 
     fn position(&self, packet_id: PacketId) -> Option<usize> {
-        self.entries.iter().position(|(id, _)| *id == packet_id)
+        self.entries.iter().position(|(id, _, _)| *id == packet_id)
     }
 
     /// PUBACK: completes a QoS 1 delivery.
     pub fn handle_puback(&mut self, packet_id: PacketId) -> Result<Settled, UnexpectedAck> {
         match self.position(packet_id) {
             Some(at) if matches!(self.entries[at].1, Outbound::AwaitingPubAck(_)) => {
-                let Some((_, Outbound::AwaitingPubAck(delivery))) = self.entries.remove(at) else {
+                let Some((_, Outbound::AwaitingPubAck(delivery), _)) = self.entries.remove(at) else {
                     unreachable!("matched above")
                 };
                 let seq = delivery.seq;
@@ -220,7 +230,7 @@ impl OutboundWindow {
     pub fn handle_pubcomp(&mut self, packet_id: PacketId) -> Result<Settled, UnexpectedAck> {
         match self.position(packet_id) {
             Some(at) if matches!(self.entries[at].1, Outbound::AwaitingPubComp { .. }) => {
-                let Some((_, Outbound::AwaitingPubComp { seq })) = self.entries.remove(at) else {
+                let Some((_, Outbound::AwaitingPubComp { seq }, _)) = self.entries.remove(at) else {
                     unreachable!("matched above")
                 };
                 Ok(Settled::Done { delivery: None, seq })
@@ -232,15 +242,32 @@ impl OutboundWindow {
     /// On resuming a session: everything unacknowledged, again, in the original order, PUBLISH
     /// with DUP set [MQTT-3.3.1-1] and PUBREL as it was [MQTT-4.4.0-1]. Delivery of these has
     /// started, so they are re-sent even if their Message Expiry has passed [MQTT-3.3.2-5].
-    pub fn resend_all(&self, out: &mut Vec<Packet>, now: Instant) {
-        for (packet_id, state) in &self.entries {
-            out.push(match state {
-                Outbound::AwaitingPubAck(d) | Outbound::AwaitingPubRec(d) => {
-                    Packet::Forward(d.clone().into_forward(Some(*packet_id), true, now))
-                }
-                Outbound::AwaitingPubComp { .. } => Packet::PubRel(Ack::success(*packet_id)),
-            });
-        }
+    /// A PUBLISH already sent `delivery_limit` times is not: it leaves the window and is
+    /// returned (a PUBREL is always re-sent: the client has the message).
+    pub fn resend_all(
+        &mut self,
+        out: &mut Vec<Packet>,
+        now: Instant,
+        delivery_limit: Option<u16>,
+    ) -> Vec<Delivery> {
+        let mut over_limit = Vec::new();
+        let limit = delivery_limit.unwrap_or(u16::MAX);
+        self.entries.retain_mut(|(packet_id, state, sends)| match state {
+            Outbound::AwaitingPubAck(d) | Outbound::AwaitingPubRec(d) if *sends >= limit => {
+                over_limit.push(d.clone());
+                false
+            }
+            Outbound::AwaitingPubAck(d) | Outbound::AwaitingPubRec(d) => {
+                *sends = sends.saturating_add(1);
+                out.push(Packet::Forward(d.clone().into_forward(Some(*packet_id), true, now)));
+                true
+            }
+            Outbound::AwaitingPubComp { .. } => {
+                out.push(Packet::PubRel(Ack::success(*packet_id)));
+                true
+            }
+        });
+        over_limit
     }
 }
 
@@ -354,13 +381,33 @@ mod tests {
         let c = publish_of(&w.send_now(delivery(QoS::ExactlyOnce, 3))).packet_id.unwrap();
         w.handle_pubrec(ok(b)).unwrap();
         let mut out = Vec::new();
-        w.resend_all(&mut out, Instant::now());
+        assert!(w.resend_all(&mut out, Instant::now(), None).is_empty());
         assert_eq!(out.len(), 3);
         let first = publish_of(&out[0]);
         assert!(first.dup && first.packet_id == Some(a) && first.message.payload[..] == [1]);
         assert_eq!(out[1], Packet::PubRel(ok(b)));
         let third = publish_of(&out[2]);
         assert!(third.dup && third.packet_id == Some(c) && third.qos == QoS::ExactlyOnce);
+    }
+
+    #[test]
+    fn a_publish_sent_delivery_limit_times_leaves_the_window_but_a_pubrel_stays() {
+        let mut w = OutboundWindow::new(8);
+        let a = publish_of(&w.send_now(delivery(QoS::AtLeastOnce, 1))).packet_id.unwrap();
+        let b = publish_of(&w.send_now(delivery(QoS::ExactlyOnce, 2))).packet_id.unwrap();
+        w.handle_pubrec(ok(b)).unwrap();
+        for resume in 1..=2 {
+            let mut out = Vec::new();
+            assert!(w.resend_all(&mut out, Instant::now(), Some(3)).is_empty(), "resume {resume}");
+            assert_eq!(publish_of(&out[0]).packet_id, Some(a));
+            assert_eq!(out[1], Packet::PubRel(ok(b)));
+        }
+        let mut out = Vec::new();
+        let over = w.resend_all(&mut out, Instant::now(), Some(3));
+        assert_eq!(over.len(), 1, "sent 3 times: not a 4th");
+        assert_eq!(over[0].message.payload[..], [1]);
+        assert_eq!(out, vec![Packet::PubRel(ok(b))]);
+        assert_eq!(w.len(), 1);
     }
 
     #[test]

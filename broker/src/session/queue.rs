@@ -565,6 +565,12 @@ impl PendingQueue {
         }
     }
 
+    /// Every pending delivery, oldest first (what a session still holds when it expires).
+    pub fn held(&mut self) -> impl Iterator<Item = &Delivery> {
+        self.collect();
+        self.local.iter()
+    }
+
     /// Removes and returns every pending delivery that came through a shared subscription
     /// (the session is leaving; another member of the group takes them).
     pub fn take_shared(&mut self) -> Vec<Delivery> {
