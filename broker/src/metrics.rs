@@ -18,6 +18,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::latency::Histogram;
 use crate::packet::{QoS, ReasonCode};
 
 /// The counters of this process.
@@ -133,6 +134,8 @@ pub struct Metrics {
     /// Retained messages, and their topic + payload bytes.
     pub retained_current: AtomicU64,
     pub retained_bytes_current: AtomicU64,
+    /// RocksDB write batches (group commits) and how long each took.
+    pub storage_commits: Histogram,
 }
 
 impl Default for Metrics {
@@ -167,6 +170,7 @@ impl Metrics {
             subscriptions_current: ZERO,
             retained_current: ZERO,
             retained_bytes_current: ZERO,
+            storage_commits: Histogram::new(),
         }
     }
 

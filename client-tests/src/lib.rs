@@ -16,6 +16,7 @@
 //! Mosquitto instead (only a sanity check of the tests themselves; Tern-specific
 //! config tests do not apply there).
 
+pub mod http;
 pub mod pki;
 
 use std::io::{BufRead, BufReader, Read};
