@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Upper bounds of the buckets, in microseconds (the last bucket, `+Inf`, is implicit).
-pub const BOUNDS_MICROS: [u64; 12] = [100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000];
+pub const BOUNDS_MICROS: [u64; 12] =
+    [100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 1_000_000];
 
 /// Observations counted per bucket (not cumulative: `render` adds them up).
 #[derive(Debug)]
@@ -56,7 +57,10 @@ impl Histogram {
         }
         cumulative += self.buckets[BOUNDS_MICROS.len()].load(Ordering::Relaxed);
         let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
-        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}\n{name}_sum {sum}\n{name}_count {cumulative}");
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{le=\"+Inf\"}} {cumulative}\n{name}_sum {sum}\n{name}_count {cumulative}"
+        );
     }
 }
 
@@ -78,7 +82,10 @@ mod tests {
         assert!(out.contains("t_seconds_bucket{le=\"0.0025\"} 2\n"), "{out}");
         assert!(out.contains("t_seconds_bucket{le=\"0.005\"} 3\n"), "{out}");
         assert!(out.contains("t_seconds_bucket{le=\"1\"} 3\n"), "{out}");
-        assert!(out.contains("t_seconds_bucket{le=\"+Inf\"} 4\nt_seconds_sum 2.00318\nt_seconds_count 4\n"), "{out}");
+        assert!(
+            out.contains("t_seconds_bucket{le=\"+Inf\"} 4\nt_seconds_sum 2.00318\nt_seconds_count 4\n"),
+            "{out}"
+        );
         assert_eq!(h.count(), 4);
     }
 }

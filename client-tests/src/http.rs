@@ -22,7 +22,12 @@ pub async fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16
 }
 
 /// One HTTP/1.1 request without a body; returns (status, headers, body).
-pub async fn http_request(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> (u16, String, String) {
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+) -> (u16, String, String) {
     http_send(addr, method, path, token, None).await
 }
 

@@ -60,9 +60,11 @@ async fn client_detail_shows_connection_queue_and_subscriptions() {
     let b = Broker::start_with(API);
     let http = http_addr(&b).await;
     let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
-    let (mut c, connack) =
-        Raw::connect5(b.addr(), &v5::Connect::new("detail/1 x").clean(false).session_expiry(600).keepalive(42))
-            .await;
+    let (mut c, connack) = Raw::connect5(
+        b.addr(),
+        &v5::Connect::new("detail/1 x").clean(false).session_expiry(600).keepalive(42),
+    )
+    .await;
     assert_eq!(connack.reason, 0);
     c.sub5("d/+/t", 1).await;
     c.sub5("d/x", 0).await;
@@ -251,4 +253,39 @@ async fn errors_are_json_with_400_401_404_and_405() {
     assert_json_error(&http_get(http, "/api/v1/retained?limit=lots", t).await, 400);
     assert_json_error(&http_request(http, "PUT", "/api/v1/summary", t).await, 405);
     assert_eq!(http_get(http, "/api/v1/summary", t).await.0, 200);
+}
+
+/// The value of the sample line `series` (name and labels exactly) in a /metrics body.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no sample {series} in:\n{metrics}"))
+        .parse()
+        .expect("numeric sample")
+}
+
+// The series added for operations dashboards: clients by listener and protocol, RocksDB commits
+// as a histogram (its `+Inf` bucket equal to its count, rising with a stored message), and the
+// process start time.
+#[tokio::test]
+async fn metrics_count_connections_by_listener_and_storage_commits() {
+    let b = Broker::start_with(API);
+    let http = http_addr(&b).await;
+    let mut v3 = Mqtt::connect(opts(&b, "m-v3")).await;
+    let (_v5, _) = Raw::connect5(b.addr(), &v5::Connect::new("m-v5")).await;
+    let (_, _, before) = http_get(http, "/metrics", None).await;
+    assert_eq!(sample(&before, "tern_connections{listener=\"127.0.0.1:0\",protocol=\"3.1.1\"}"), 1.0);
+    assert_eq!(sample(&before, "tern_connections{listener=\"127.0.0.1:0\",protocol=\"5.0\"}"), 1.0);
+    assert_eq!(sample(&before, "tern_connections{listener=\"127.0.0.1:0\",protocol=\"3.1\"}"), 0.0);
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
+    let started = sample(&before, "process_start_time_seconds");
+    assert!(started <= now && started > now - 60.0, "{started} vs {now}");
+
+    v3.publish_wait("m/retained", 1, true, "stored").await;
+    let (_, _, after) = http_get(http, "/metrics", None).await;
+    let commits = |m: &str| sample(m, "tern_storage_commit_duration_seconds_count");
+    assert!(commits(&after) > commits(&before), "a retained message is a RocksDB write");
+    assert_eq!(sample(&after, "tern_storage_commit_duration_seconds_bucket{le=\"+Inf\"}"), commits(&after));
+    assert!(after.contains("# TYPE tern_storage_commit_duration_seconds histogram\n"));
 }

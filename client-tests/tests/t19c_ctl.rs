@@ -27,7 +27,8 @@ fn start() -> Setup {
     let token = dir.path().join("token");
     std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
     let config = dir.path().join("tern.toml");
-    let toml = format!("[sys]\ninterval = 0\n[http]\nbind = \"{http}\"\ntoken_file = \"{}\"\n", token.display());
+    let toml =
+        format!("[sys]\ninterval = 0\n[http]\nbind = \"{http}\"\ntoken_file = \"{}\"\n", token.display());
     std::fs::write(&config, toml).unwrap();
     let path = config.to_str().unwrap();
     let broker = Broker::launch(Launch::default().args(&["-c", path, "--bind", "127.0.0.1", "-p", "0"]));
@@ -156,7 +157,8 @@ fn failures_say_what_to_check() {
     let s = start();
     std::fs::write(dir.path().join("token"), "wrong").unwrap();
     let wrong = dir.path().join("wrong.toml");
-    let toml = format!("[http]\nbind = \"{}\"\ntoken_file = \"{}\"\n", s.http, dir.path().join("token").display());
+    let toml =
+        format!("[http]\nbind = \"{}\"\ntoken_file = \"{}\"\n", s.http, dir.path().join("token").display());
     std::fs::write(&wrong, toml).unwrap();
     let (ok, _, err) = ctl(&wrong, &["stats"]);
     assert!(!ok && err.contains("401") && err.contains("token_file"), "{err}");

@@ -107,7 +107,9 @@ enum Ending {
     Shutdown,
     /// An operator disconnected the client (admin API): DISCONNECT 0x98; with `discard`
     /// the session ends as well, persistent or not.
-    Kicked { discard: bool },
+    Kicked {
+        discard: bool,
+    },
 }
 
 impl std::fmt::Display for Ending {

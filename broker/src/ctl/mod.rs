@@ -27,12 +27,16 @@ pub enum CtlError {
     #[error("the admin API is off: set [http] bind in {0} (and restart tern)")]
     ApiOff(String),
     /// `[http] bind` has port 0: the port the broker got is not in the file.
-    #[error("[http] bind in {0} has port 0, so the API's port is not known: give it a fixed port, or pass --addr")]
+    #[error(
+        "[http] bind in {0} has port 0, so the API's port is not known: give it a fixed port, or pass --addr"
+    )]
     EphemeralPort(String),
     #[error("cannot read the token file {path}: {reason}")]
     Token { path: PathBuf, reason: String },
     /// Nothing answered at the address.
-    #[error("cannot reach http://{addr} ({source}): is tern running, and is [http] bind set to this address?")]
+    #[error(
+        "cannot reach http://{addr} ({source}): is tern running, and is [http] bind set to this address?"
+    )]
     Unreachable { addr: SocketAddr, source: std::io::Error },
     #[error("unexpected answer from the admin API: {0}")]
     BadAnswer(String),
@@ -239,7 +243,8 @@ fn request_of(command: &CtlCommand) -> (&'static str, String, Option<String>) {
             ("DELETE", format!("/api/v1/retained?filter={}", percent_encode(filter)), None)
         }
         CtlCommand::Publish { topic, payload, qos, retain } => {
-            let body = serde_json::json!({ "topic": topic, "payload": payload, "qos": qos, "retain": retain });
+            let body =
+                serde_json::json!({ "topic": topic, "payload": payload, "qos": qos, "retain": retain });
             ("POST", "/api/v1/publish".into(), Some(body.to_string()))
         }
         CtlCommand::Reload => ("POST", "/api/v1/reload".into(), None),
@@ -309,17 +314,28 @@ fn render(command: &CtlCommand, value: &Value) -> String {
         CtlCommand::Clients(ClientsCommand::Show { .. }) => {
             let mut out = pairs(
                 value,
-                &["client_id", "connected", "user", "persistent", "inflight", "queued", "queued_bytes", "dropped"],
+                &[
+                    "client_id",
+                    "connected",
+                    "user",
+                    "persistent",
+                    "inflight",
+                    "queued",
+                    "queued_bytes",
+                    "dropped",
+                ],
             );
             match value.get("connection").filter(|c| !c.is_null()) {
                 Some(connection) => {
                     out.push_str("connection:\n");
-                    let lines = pairs(connection, &["protocol", "peer", "listener", "keep_alive", "connected_since"]);
+                    let lines =
+                        pairs(connection, &["protocol", "peer", "listener", "keep_alive", "connected_since"]);
                     out.extend(lines.lines().map(|line| format!("  {line}\n")));
                 }
                 None => out.push_str("connection: none since the broker started\n"),
             }
-            out + "\n" + &table::render(&SUBSCRIPTION_HEAD[..3], &rows(value, "subscriptions", &SUBSCRIPTION[..3]))
+            out + "\n"
+                + &table::render(&SUBSCRIPTION_HEAD[..3], &rows(value, "subscriptions", &SUBSCRIPTION[..3]))
         }
         CtlCommand::Clients(ClientsCommand::Kick { client_id, discard }) => {
             let discarded = if *discard { " and discarded its session" } else { "" };
@@ -359,7 +375,8 @@ mod tests {
 
     #[test]
     fn requests_encode_filters_and_ids() {
-        let (method, path, _) = request_of(&CtlCommand::Retained(RetainedCommand::Rm { filter: "a/+/#".into() }));
+        let (method, path, _) =
+            request_of(&CtlCommand::Retained(RetainedCommand::Rm { filter: "a/+/#".into() }));
         assert_eq!((method, path.as_str()), ("DELETE", "/api/v1/retained?filter=a%2F%2B%2F%23"));
         let kick = CtlCommand::Clients(ClientsCommand::Kick { client_id: "a/b c".into(), discard: true });
         assert_eq!(request_of(&kick).1, "/api/v1/clients/a%2Fb%20c?discard=true");
@@ -387,7 +404,12 @@ mod tests {
             limit: 1,
         };
         let out = render(&CtlCommand::Clients(ls), &value);
-        assert!(out.starts_with("CLIENT ID  CONNECTED  USER  PERSISTENT  QUEUED  DROPPED\nc1         yes        -     no"), "{out}");
+        assert!(
+            out.starts_with(
+                "CLIENT ID  CONNECTED  USER  PERSISTENT  QUEUED  DROPPED\nc1         yes        -     no"
+            ),
+            "{out}"
+        );
         assert!(out.contains("1 shown of 2"), "{out}");
     }
 }

@@ -3,7 +3,8 @@
 /// Renders `rows` under `headers`. Control characters in cells (client ids and payloads are
 /// anyone's bytes) are shown as '?', so a cell cannot move the cursor or break a line.
 pub fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
-    let clean = |cell: &str| -> String { cell.chars().map(|c| if c.is_control() { '?' } else { c }).collect() };
+    let clean =
+        |cell: &str| -> String { cell.chars().map(|c| if c.is_control() { '?' } else { c }).collect() };
     let rows: Vec<Vec<String>> = rows.iter().map(|row| row.iter().map(|c| clean(c)).collect()).collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in &rows {
@@ -34,7 +35,11 @@ mod tests {
 
     #[test]
     fn columns_align_to_the_widest_cell() {
-        let rows = vec![vec!["a-long-id".to_owned(), "yes".to_owned()], vec!["b\n".to_owned(), "no".to_owned()]];
-        assert_eq!(render(&["CLIENT ID", "CONNECTED"], &rows), "CLIENT ID  CONNECTED\na-long-id  yes\nb?         no\n");
+        let rows =
+            vec![vec!["a-long-id".to_owned(), "yes".to_owned()], vec!["b\n".to_owned(), "no".to_owned()]];
+        assert_eq!(
+            render(&["CLIENT ID", "CONNECTED"], &rows),
+            "CLIENT ID  CONNECTED\na-long-id  yes\nb?         no\n"
+        );
     }
 }

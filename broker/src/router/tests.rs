@@ -210,7 +210,10 @@ fn subscriptions_are_listed_with_their_filters_shared_ones_in_full() {
     found.sort_by(|x, y| x.0.cmp(&y.0));
     assert_eq!(
         found,
-        [("$share/g/s/x/t".into(), "b".into(), QoS::ExactlyOnce), ("s/+/t".into(), "a".into(), QoS::AtLeastOnce)]
+        [
+            ("$share/g/s/x/t".into(), "b".into(), QoS::ExactlyOnce),
+            ("s/+/t".into(), "a".into(), QoS::AtLeastOnce)
+        ]
     );
     assert_eq!(router.subscriptions(|_| true).len(), 3);
 }
