@@ -4,7 +4,8 @@
 //! connection, answered and closed.
 //!
 //! Bounds: at most `MAX_CONNECTIONS` requests at once (more wait in the listen backlog), a
-//! request head of at most `MAX_HEAD` bytes, read within `READ_TIMEOUT`; a body is never read.
+//! request head of at most `MAX_HEAD` bytes and a body (`Content-Length` only, no chunked
+//! encoding) of at most `MAX_BODY`, both read within `READ_TIMEOUT`.
 //! The bearer token, when configured, is compared in constant time. `/healthz` and `/readyz`
 //! need no token: probes rarely carry one, and they tell nothing but up or down. `/metrics`
 //! and `/api/` do.
@@ -33,7 +34,9 @@ use crate::{admin, Broker, Error, Result};
 const MAX_CONNECTIONS: usize = 32;
 /// Largest request head (request line and headers) read.
 const MAX_HEAD: usize = 8 * 1024;
-/// Time a client has to send its request head, and then to take the response.
+/// Largest request body read (`POST /api/v1/publish` carries a message in it).
+const MAX_BODY: usize = 1024 * 1024;
+/// Time a client has to send its request, and then to take the response.
 const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The bound HTTP listener, not yet serving.
@@ -97,28 +100,12 @@ fn read_token(path: &Path) -> Result<Arc<[u8]>> {
 
 /// Reads one request head, answers it, closes.
 async fn handle(mut stream: TcpStream, broker: &Broker, token: Option<&[u8]>) -> std::io::Result<()> {
-    let mut head = Vec::with_capacity(1024);
-    let read = async {
-        let mut chunk = [0u8; 1024];
-        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-            if head.len() >= MAX_HEAD {
-                return Ok(false);
-            }
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                return Ok(false);
-            }
-            head.extend_from_slice(&chunk[..n]);
-        }
-        Ok::<_, std::io::Error>(true)
-    };
-    let complete = match tokio::time::timeout(READ_TIMEOUT, read).await {
-        Ok(complete) => complete?,
+    let response = match tokio::time::timeout(READ_TIMEOUT, read_request(&mut stream)).await {
+        Ok(Ok(Some(request))) => respond(&request, broker, token).await,
+        Ok(Ok(None)) => Response::text(400, "bad request\n"),
+        Ok(Err(RequestError::BodyTooLarge)) => Response::text(413, "request body too large\n"),
+        Ok(Err(RequestError::Io(e))) => return Err(e),
         Err(_) => return Ok(()),
-    };
-    let response = match complete.then(|| Request::parse(&head)).flatten() {
-        Some(request) => respond(&request, broker, token).await,
-        None => Response::text(400, "bad request\n"),
     };
     let bytes = response.to_bytes();
     tokio::time::timeout(READ_TIMEOUT, async {
@@ -129,6 +116,46 @@ async fn handle(mut stream: TcpStream, broker: &Broker, token: Option<&[u8]>) ->
     .unwrap_or(Ok(()))
 }
 
+#[derive(Debug)]
+enum RequestError {
+    BodyTooLarge,
+    Io(std::io::Error),
+}
+
+/// Reads a request head and its body; `None` when the request is not well-formed HTTP/1.x.
+async fn read_request(stream: &mut TcpStream) -> Result<Option<Request>, RequestError> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(at) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        if buf.len() >= MAX_HEAD {
+            return Ok(None);
+        }
+        let n = stream.read(&mut chunk).await.map_err(RequestError::Io)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let Some(mut request) = Request::parse(&buf[..head_end]) else { return Ok(None) };
+    if request.content_length > MAX_BODY {
+        return Err(RequestError::BodyTooLarge);
+    }
+    let mut body = buf.split_off(head_end);
+    while body.len() < request.content_length {
+        let n = stream.read(&mut chunk).await.map_err(RequestError::Io)?;
+        if n == 0 {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
+    body.truncate(request.content_length);
+    request.body = body;
+    Ok(Some(request))
+}
+
 /// What a request asks: method, path (without query) and the credentials it carries.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Request {
@@ -137,6 +164,9 @@ pub struct Request {
     /// What follows '?', undecoded.
     pub query: String,
     pub authorization: Option<String>,
+    /// `Content-Length`, 0 when absent.
+    pub content_length: usize,
+    pub body: Vec<u8>,
 }
 
 impl Request {
@@ -150,16 +180,27 @@ impl Request {
             return None;
         }
         let (path, query) = target.split_once('?').unwrap_or((target, ""));
-        let authorization = lines
+        let headers: Vec<(&str, &str)> = lines
             .take_while(|line| !line.is_empty())
             .filter_map(|line| line.split_once(':'))
-            .find(|(name, _)| name.trim().eq_ignore_ascii_case("authorization"))
-            .map(|(_, value)| value.trim().to_owned());
+            .map(|(name, value)| (name.trim(), value.trim()))
+            .collect();
+        let header = |wanted: &str| headers.iter().find(|(name, _)| name.eq_ignore_ascii_case(wanted));
+        let content_length = match header("content-length") {
+            Some((_, value)) => value.parse().ok()?,
+            None => 0,
+        };
+        if header("transfer-encoding").is_some() {
+            // Chunked bodies are not read; refusing them beats misreading the next bytes.
+            return None;
+        }
         Some(Request {
             method: method.to_owned(),
             path: path.to_owned(),
             query: query.to_owned(),
-            authorization,
+            authorization: header("authorization").map(|(_, value)| (*value).to_owned()),
+            content_length,
+            body: Vec::new(),
         })
     }
 }
@@ -186,7 +227,9 @@ impl Response {
             401 => "Unauthorized",
             404 => "Not Found",
             405 => "Method Not Allowed",
+            403 => "Forbidden",
             409 => "Conflict",
+            413 => "Content Too Large",
             500 => "Internal Server Error",
             503 => "Service Unavailable",
             _ => "",
@@ -454,6 +497,37 @@ pub fn render_metrics(m: &Metrics, broker: &Broker) -> String {
         "PUBLISH packets and SUBSCRIBE filters the ACL denied.",
         &denied,
     );
+    let by_listener: Vec<(String, u64)> = broker
+        .listeners
+        .get()
+        .into_iter()
+        .flatten()
+        .flat_map(|listener| {
+            PROTOCOLS.iter().zip(&listener.clients).map(move |(protocol, c)| {
+                (format!("{{listener=\"{}\",protocol=\"{protocol}\"}}", listener.config.bind), get(c))
+            })
+        })
+        .collect();
+    family(
+        "tern_connections",
+        "gauge",
+        "MQTT clients connected now, by listener (its configured address) and protocol version.",
+        &by_listener,
+    );
+    m.storage_commits.render(
+        &mut out,
+        "tern_storage_commit_duration_seconds",
+        "RocksDB write batches (group commits) by how long the write took, in seconds.",
+    );
+    let started = std::time::SystemTime::now() - broker.started.elapsed();
+    if let Ok(since_epoch) = started.duration_since(std::time::UNIX_EPOCH) {
+        let _ = writeln!(
+            out,
+            "# HELP process_start_time_seconds Start time of the process since the Unix epoch, in seconds.\n\
+             # TYPE process_start_time_seconds gauge\nprocess_start_time_seconds {:.3}",
+            since_epoch.as_secs_f64()
+        );
+    }
     let process = ProcessStats::read();
     if let Some(cpu) = process.cpu_seconds {
         // A float: the one sample not counted in whole units.
@@ -533,6 +607,11 @@ mod tests {
         assert_eq!(request.path, "/metrics");
         assert_eq!(request.query, "x=1");
         assert_eq!(request.authorization.as_deref(), Some("Bearer s3cret"));
+        assert_eq!(request.content_length, 0);
+        let post = Request::parse(b"POST /api/v1/publish HTTP/1.1\r\nContent-Length: 12\r\n\r\n").unwrap();
+        assert_eq!(post.content_length, 12);
+        assert!(Request::parse(b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n").is_none());
+        assert!(Request::parse(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").is_none());
         assert!(Request::parse(b"GET / SPDY/3\r\n\r\n").is_none());
         assert!(Request::parse(b"GET\r\n\r\n").is_none());
     }
@@ -544,6 +623,8 @@ mod tests {
             path: "/metrics".into(),
             query: String::new(),
             authorization: auth.map(str::to_owned),
+            content_length: 0,
+            body: Vec::new(),
         };
         assert!(authorized(&request(None), None));
         assert!(!authorized(&request(None), Some(b"t0k")));

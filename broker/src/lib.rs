@@ -25,9 +25,11 @@ pub mod clock;
 pub mod codec;
 pub mod config;
 pub mod connection;
+pub mod ctl;
 pub mod dead_letter;
 pub mod error;
 pub mod http;
+pub mod latency;
 pub mod message;
 pub mod metrics;
 pub mod notify;
@@ -40,7 +42,7 @@ pub mod sys;
 pub mod transport;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -52,8 +54,10 @@ pub use server::Server;
 use auth::{EnhancedAuthenticator, Security};
 use connection::budget::PacketBudget;
 use dead_letter::DeadLetters;
+use notify::Notifier;
 use router::Router;
 use storage::Store;
+use transport::Listener;
 
 /// Everything the connection tasks share.
 #[derive(Debug)]
@@ -82,6 +86,11 @@ pub struct Broker {
     pub dead_letters: DeadLetters,
     /// Storage is open and every listener bound, and shutdown has not begun (`/readyz`).
     pub ready: AtomicBool,
+    /// The client listeners, once bound: reloads re-read their certificates, `/metrics`
+    /// counts their connections.
+    pub listeners: OnceLock<Vec<Arc<Listener>>>,
+    /// systemd's notification socket (does nothing when systemd did not ask).
+    pub notifier: Arc<Notifier>,
 }
 
 impl Broker {
@@ -106,6 +115,8 @@ impl Broker {
             packet_budget: PacketBudget::new(config.limits.max_incomplete_packet_bytes),
             started: std::time::Instant::now(),
             ready: AtomicBool::new(false),
+            listeners: OnceLock::new(),
+            notifier: Arc::new(Notifier::from_env()),
             config,
         }
     }

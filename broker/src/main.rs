@@ -4,12 +4,11 @@ use std::io::IsTerminal;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
 use tern::auth::password;
 use tern::config::LogFormat;
-use tern::notify::{self, Notifier};
+use tern::notify;
 use tern::{Config, Server};
 use tracing_subscriber::EnvFilter;
 
@@ -41,6 +40,8 @@ enum Command {
     /// Add or change a user (or delete one with -D) in a password file, in Mosquitto's format.
     /// Send the broker SIGHUP afterwards to apply the change.
     Passwd(PasswdArgs),
+    /// Query and operate a running broker through its admin API (`[http] bind`).
+    Ctl(tern::ctl::CtlArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -62,14 +63,29 @@ struct PasswdArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Passwd(args)) = cli.command {
-        return match passwd(args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("tern passwd: {e}");
-                ExitCode::FAILURE
-            }
-        };
+    match cli.command {
+        Some(Command::Passwd(args)) => {
+            return match passwd(args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("tern passwd: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(Command::Ctl(args)) => {
+            return match tern::ctl::run(args) {
+                Ok(out) => {
+                    print!("{out}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("tern ctl: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        None => {}
     }
     let mut config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
@@ -107,8 +123,8 @@ async fn serve(config: Config) -> tern::Result<()> {
     // signal sent as soon as the broker is reachable already means a graceful shutdown.
     let signals = Signals::install();
     let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
-    let notifier = Arc::new(Notifier::from_env());
     let server = Server::bind(config).await?;
+    let notifier = server.broker().notifier.clone();
     // Storage is open and every listener bound: ready for systemd (Type=notify).
     let addrs: Vec<String> = server.local_addrs().iter().map(ToString::to_string).collect();
     let listening = format!("accepting connections on {}", addrs.join(", "));
@@ -141,14 +157,11 @@ async fn serve(config: Config) -> tern::Result<()> {
     }
     match hangup {
         Ok(mut hangup) => {
-            let reloader = server.reloader();
-            let notifier = notifier.clone();
+            let broker = server.broker();
             tokio::spawn(async move {
                 while hangup.recv().await.is_some() {
                     tracing::info!("SIGHUP received: reloading the password file, ACL and certificates");
-                    notifier.send(&notify::reloading());
-                    reloader.reload();
-                    notifier.send("READY=1");
+                    tern::server::reload(&broker);
                 }
             });
         }

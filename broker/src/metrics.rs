@@ -19,6 +19,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::dead_letter::{Reason, Suppressed};
+use crate::latency::Histogram;
 use crate::packet::{QoS, ReasonCode};
 
 /// The counters of this process.
@@ -138,6 +139,8 @@ pub struct Metrics {
     pub dead_letters: [AtomicU64; Reason::ALL.len()],
     /// Lost copies that got no dead letter, by `dead_letter::Suppressed`.
     pub dead_letters_suppressed: [AtomicU64; Suppressed::ALL.len()],
+    /// RocksDB write batches (group commits) and how long each took.
+    pub storage_commits: Histogram,
 }
 
 impl Default for Metrics {
@@ -174,6 +177,7 @@ impl Metrics {
             retained_bytes_current: ZERO,
             dead_letters: [ZERO; Reason::ALL.len()],
             dead_letters_suppressed: [ZERO; Suppressed::ALL.len()],
+            storage_commits: Histogram::new(),
         }
     }
 

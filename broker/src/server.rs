@@ -16,7 +16,7 @@ use crate::http::HttpServer;
 use crate::metrics::METRICS;
 use crate::storage::{MemoryStore, RocksStore, Store};
 use crate::transport::{try_increment, Listener};
-use crate::{connection, sys, Broker, Config, Error, Result};
+use crate::{connection, notify, sys, Broker, Config, Error, Result};
 
 /// Back-off after a failed `accept` (e.g. out of file descriptors), so the loop does not spin.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
@@ -37,31 +37,32 @@ pub struct Server {
     http_stop: CancellationToken,
 }
 
-/// Re-reads the password file, the ACL and every listener's certificates (SIGHUP).
-#[derive(Clone)]
-pub struct Reloader {
-    security: Arc<Security>,
-    listeners: Vec<Arc<Listener>>,
-}
-
-impl Reloader {
-    /// Reloads everything it can; a file that fails keeps its previous version in use.
-    pub fn reload(&self) {
-        match self.security.reload() {
-            Ok(()) => info!("reloaded the password file and ACL"),
-            Err(e) => error!("reload failed, keeping the previous files: {e}"),
+/// Re-reads the password file, the ACL and every listener's certificates: what SIGHUP and
+/// `POST /api/v1/reload` both do. A file that fails keeps its previous version in use; each
+/// failure is logged and returned. systemd hears RELOADING=1 before and READY=1 after.
+pub fn reload(broker: &Broker) -> Vec<String> {
+    broker.notifier.send(&notify::reloading());
+    let mut failures = Vec::new();
+    match broker.security.reload() {
+        Ok(()) => info!("reloaded the password file and ACL"),
+        Err(e) => {
+            error!("reload failed, keeping the previous files: {e}");
+            failures.push(format!("password file or ACL: {e}"));
         }
-        for listener in &self.listeners {
-            if listener.config.tls.is_some() {
-                match listener.reload() {
-                    Ok(()) => info!(listener = %listener.config.bind, "reloaded TLS certificates"),
-                    Err(e) => {
-                        error!(listener = %listener.config.bind, "TLS reload failed, keeping the previous certificates: {e}")
-                    }
+    }
+    for listener in broker.listeners.get().into_iter().flatten() {
+        if listener.config.tls.is_some() {
+            match listener.reload() {
+                Ok(()) => info!(listener = %listener.config.bind, "reloaded TLS certificates"),
+                Err(e) => {
+                    error!(listener = %listener.config.bind, "TLS reload failed, keeping the previous certificates: {e}");
+                    failures.push(format!("certificates of listener {}: {e}", listener.config.bind));
                 }
             }
         }
     }
+    broker.notifier.send("READY=1");
+    failures
 }
 
 impl Server {
@@ -113,6 +114,8 @@ impl Server {
             listeners.push((bound, Arc::new(settings)));
         }
         _stop_http_on_error.disarm();
+        // Set once, here: nothing else binds listeners.
+        let _ = broker.listeners.set(listeners.iter().map(|(_, l)| l.clone()).collect());
         // Ready before saying so: whoever waits for the line below finds /readyz 200. (Bound
         // listeners already queue connections; `run` accepts them.)
         broker.ready.store(true, Ordering::Release);
@@ -135,12 +138,9 @@ impl Server {
         self.broker.shutdown.clone()
     }
 
-    /// What SIGHUP calls.
-    pub fn reloader(&self) -> Reloader {
-        Reloader {
-            security: self.broker.security.clone(),
-            listeners: self.listeners.iter().map(|(_, l)| l.clone()).collect(),
-        }
+    /// The broker, for what runs beside the server (signal handlers, systemd notifications).
+    pub fn broker(&self) -> Arc<Broker> {
+        self.broker.clone()
     }
 
     /// Serves until the shutdown token is cancelled, then closes every connection and waits

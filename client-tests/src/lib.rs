@@ -17,6 +17,7 @@
 //! config tests do not apply there).
 
 pub mod bridge;
+pub mod http;
 pub mod pki;
 
 use std::io::{BufRead, BufReader, Read};
@@ -925,65 +926,6 @@ impl Raw {
         // Wait for the broker to close its side so the DISCONNECT is processed.
         let _ = self.read(WAIT).await;
     }
-}
-
-// ---------------------------------------------------------------------------------------
-// HTTP endpoint (`[http]`): raw HTTP/1.1 over TCP, so status lines and headers are checked
-// on the wire
-// ---------------------------------------------------------------------------------------
-
-/// The HTTP endpoint's address, from the "http endpoint on http://ADDR" log line.
-pub async fn http_addr(b: &Broker) -> SocketAddr {
-    assert!(b.wait_log("http endpoint on http://", WAIT).await, "no http endpoint: {}", b.logs());
-    let logs = b.logs();
-    let i = logs.find("http endpoint on http://").unwrap() + "http endpoint on http://".len();
-    let addr: String = logs[i..].chars().take_while(|c| !c.is_whitespace()).collect();
-    addr.parse().expect("http address")
-}
-
-/// One HTTP/1.1 GET; returns (status, headers, body).
-pub async fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String, String) {
-    http_request(addr, "GET", path, token).await
-}
-
-/// One HTTP/1.1 request, as curl sends it; returns (status, headers, body).
-pub async fn http_request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-) -> (u16, String, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect to http endpoint");
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: client-tests\r\n{auth}Accept: */*\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
-        .await
-        .expect("http response within 5 s")
-        .expect("read http response");
-    let text = String::from_utf8(response).expect("UTF-8 response");
-    let (head, body) = text.split_once("\r\n\r\n").expect("header/body separator");
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status code");
-    let length: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("Content-Length: "))
-        .and_then(|n| n.parse().ok())
-        .expect("Content-Length");
-    assert_eq!(body.len(), length, "body length matches Content-Length");
-    (status, head.to_owned(), body.to_owned())
-}
-
-/// The value of one sample line (`name{labels} value`) of a /metrics body.
-pub fn sample(metrics: &str, series: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("no sample {series} in:\n{metrics}"))
-        .parse()
-        .expect("integer sample")
 }
 
 /// Check the broker still serves a fresh client: subscribe, publish QoS 1 to itself, receive.

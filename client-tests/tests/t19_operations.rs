@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use client_tests::http::{http_addr, http_get, http_request, sample};
 use client_tests::v5::{self, Props};
 use client_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -211,11 +212,11 @@ async fn hundred_qos1_publishes_raise_the_counters_by_exactly_100() {
     }
     let (_, _, after) = http_get(http, "/metrics", None).await;
     for series in ["tern_publish_received_total{qos=\"1\"}", "tern_publish_sent_total{qos=\"1\"}"] {
-        assert_eq!(sample(&after, series) - sample(&before, series), N, "{series}");
+        assert_eq!(sample::<u64>(&after, series) - sample::<u64>(&before, series), N, "{series}");
     }
     assert_eq!(
-        sample(&after, "tern_publish_received_total{qos=\"0\"}"),
-        sample(&before, "tern_publish_received_total{qos=\"0\"}")
+        sample::<u64>(&after, "tern_publish_received_total{qos=\"0\"}"),
+        sample::<u64>(&before, "tern_publish_received_total{qos=\"0\"}")
     );
 
     // The next rounds publish the new count (once it changed; never a value past it).
@@ -245,7 +246,7 @@ async fn metrics_pass_promtool_check() {
     assert_eq!(status, 200);
     assert!(head.contains("Content-Type: text/plain; version=0.0.4"), "{head}");
     assert!(body.contains("# TYPE tern_publish_received_total counter"), "{body}");
-    assert!(sample(&body, "tern_retained_messages") >= 1);
+    assert!(sample::<u64>(&body, "tern_retained_messages") >= 1);
     let mut promtool = Command::new("promtool")
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -374,14 +375,14 @@ async fn gauges_follow_clients_subscriptions_and_retained() {
     a.subscribe("g/2", 1).await;
     a.publish_wait("g/r", 1, true, "kept").await;
     let (_, _, body) = http_get(http, "/metrics", None).await;
-    assert_eq!(sample(&body, "tern_clients_connected"), 2);
-    assert_eq!(sample(&body, "tern_subscriptions"), 3);
-    assert!(sample(&body, "tern_retained_messages") >= 1);
+    assert_eq!(sample::<u64>(&body, "tern_clients_connected"), 2);
+    assert_eq!(sample::<u64>(&body, "tern_subscriptions"), 3);
+    assert!(sample::<u64>(&body, "tern_retained_messages") >= 1);
     a.unsubscribe("g/1").await;
     a.publish_wait("g/r", 1, true, "").await;
     let (_, _, after) = http_get(http, "/metrics", None).await;
-    assert_eq!(sample(&after, "tern_subscriptions"), 2);
-    assert_eq!(sample(&after, "tern_retained_messages"), sample(&body, "tern_retained_messages") - 1);
+    assert_eq!(sample::<u64>(&after, "tern_subscriptions"), 2);
+    assert_eq!(sample::<u64>(&after, "tern_retained_messages"), sample::<u64>(&body, "tern_retained_messages") - 1);
 
     sys.subscribe("$SYS/broker/clients/connected", 0).await;
     sys.subscribe("$SYS/broker/subscriptions/count", 0).await;
@@ -605,7 +606,7 @@ async fn queued_messages_of_offline_sessions_are_counted() {
     m.disconnect().await;
     // The session goes offline as its connection closes.
     let deadline = Instant::now() + WAIT;
-    while sample(&http_get(http, "/metrics", None).await.2, "tern_sessions_disconnected") != 1 {
+    while sample::<u64>(&http_get(http, "/metrics", None).await.2, "tern_sessions_disconnected") != 1 {
         assert!(Instant::now() < deadline, "the session never went offline");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -614,8 +615,8 @@ async fn queued_messages_of_offline_sessions_are_counted() {
         p.publish_wait("q/t", 1, false, "abc").await;
     }
     let (_, _, body) = http_get(http, "/metrics", None).await;
-    assert_eq!(sample(&body, "tern_queued_messages"), 3);
-    assert_eq!(sample(&body, "tern_queued_bytes"), 18);
+    assert_eq!(sample::<u64>(&body, "tern_queued_messages"), 3);
+    assert_eq!(sample::<u64>(&body, "tern_queued_bytes"), 18);
 
     let mut back = Mqtt::connect(away).await;
     for _ in 0..3 {
@@ -624,8 +625,8 @@ async fn queued_messages_of_offline_sessions_are_counted() {
     let deadline = Instant::now() + WAIT;
     loop {
         let (_, _, body) = http_get(http, "/metrics", None).await;
-        if sample(&body, "tern_queued_messages") == 0 {
-            assert_eq!(sample(&body, "tern_queued_bytes"), 0);
+        if sample::<u64>(&body, "tern_queued_messages") == 0 {
+            assert_eq!(sample::<u64>(&body, "tern_queued_bytes"), 0);
             break;
         }
         assert!(Instant::now() < deadline, "queued count never went back to 0:\n{body}");
@@ -650,9 +651,9 @@ async fn acl_denials_and_inflight_messages_are_counted() {
     assert_eq!(c.subscribe(1, &[("no/#", 1), ("ok/#", 1)]).await, vec![0x80, 1]);
     c.publish_flow("no/x", 1, false, 2, b"denied").await;
     let (_, _, body) = http_get(http, "/metrics", None).await;
-    assert_eq!(sample(&body, "tern_acl_denied_total{action=\"publish\"}"), 1);
-    assert_eq!(sample(&body, "tern_acl_denied_total{action=\"subscribe\"}"), 1);
-    assert_eq!(sample(&body, "tern_inflight_messages"), 0);
+    assert_eq!(sample::<u64>(&body, "tern_acl_denied_total{action=\"publish\"}"), 1);
+    assert_eq!(sample::<u64>(&body, "tern_acl_denied_total{action=\"subscribe\"}"), 1);
+    assert_eq!(sample::<u64>(&body, "tern_inflight_messages"), 0);
 
     let mut p = Raw::connected(b.addr(), "acl-p", true).await;
     p.publish_flow("ok/1", 1, false, 1, b"a").await;
@@ -660,7 +661,7 @@ async fn acl_denials_and_inflight_messages_are_counted() {
     c.recv_publish().await;
     c.recv_publish().await;
     let (_, _, body) = http_get(http, "/metrics", None).await;
-    assert_eq!(sample(&body, "tern_inflight_messages"), 2, "sent, never acknowledged");
-    assert!(sample(&body, "process_resident_memory_bytes") > 0);
-    assert!(sample(&body, "process_open_fds") > 0);
+    assert_eq!(sample::<u64>(&body, "tern_inflight_messages"), 2, "sent, never acknowledged");
+    assert!(sample::<u64>(&body, "process_resident_memory_bytes") > 0);
+    assert!(sample::<u64>(&body, "process_open_fds") > 0);
 }

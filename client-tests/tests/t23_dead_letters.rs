@@ -10,6 +10,7 @@
 
 use std::time::{Duration, Instant};
 
+use client_tests::http::{http_addr, http_get, sample};
 use client_tests::v5::{self, Props};
 use client_tests::*;
 

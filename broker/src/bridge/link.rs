@@ -343,7 +343,7 @@ impl Link {
                 request = bridge.control.recv() => match request {
                     Control::Shutdown => return Ending::Shutdown,
                     // The admin API's kick: the link goes, the bridge reconnects.
-                    Control::Kick => return Ending::Lost("disconnected by an operator".into()),
+                    Control::Kick { .. } => return Ending::Lost("disconnected by an operator".into()),
                     other => Bridge::refuse(other),
                 },
                 () = std::future::poll_fn(|cx| session.pending.poll_pending(cx)), if can_deliver => {

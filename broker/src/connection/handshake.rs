@@ -13,6 +13,7 @@ use crate::codec::CodecError;
 use crate::metrics::METRICS;
 use crate::packet::{Auth, ConnAck, Connect, Packet, ProtocolVersion, QoS, ReasonCode, Will};
 use crate::router::topic;
+use crate::session::queue::{ConnectionInfo, Identity};
 use crate::session::registry::{control_slot, ControlReceiver, OwnerId};
 use crate::session::{ClientId, Session};
 use crate::storage::Op;
@@ -289,7 +290,16 @@ impl Connection {
         session.version = connect.version;
         session.expiry = connect.session_expiry;
         session.dead_letter = self.broker.dead_letters.policy();
-        session.pending.mailbox().set_username(username.clone());
+        session.pending.mailbox().set_identity(Identity {
+            username: username.clone(),
+            connection: Some(ConnectionInfo {
+                protocol: connect.version,
+                peer: self.peer,
+                listener: self.listener.config.bind,
+                keep_alive: keep_alive.seconds,
+                connected_at: std::time::SystemTime::now(),
+            }),
+        });
         self.username = username.map(Box::new);
         session.pending.mailbox().set_persistent(session.is_persistent());
         self.broker.router.registry.set_mailbox(&client_id, owner, session.pending.mailbox());

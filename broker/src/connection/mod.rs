@@ -23,6 +23,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::num::NonZeroU16;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -105,8 +106,11 @@ enum Ending {
     TakenOver(Takeover),
     /// Broker shutdown: DISCONNECT 0x8B.
     Shutdown,
-    /// An operator disconnected the client (admin API): DISCONNECT 0x98.
-    Kicked,
+    /// An operator disconnected the client (admin API): DISCONNECT 0x98; with `discard`
+    /// the session ends as well, persistent or not.
+    Kicked {
+        discard: bool,
+    },
 }
 
 impl std::fmt::Display for Ending {
@@ -122,7 +126,7 @@ impl std::fmt::Display for Ending {
             Ending::Protocol(e) => write!(f, "{e}"),
             Ending::TakenOver(_) => f.write_str("session taken over by a new connection with this client id"),
             Ending::Shutdown => f.write_str("server shutting down"),
-            Ending::Kicked => f.write_str("disconnected by an administrator"),
+            Ending::Kicked { .. } => f.write_str("disconnected by an administrator"),
         }
     }
 }
@@ -148,7 +152,7 @@ impl Ending {
             Ending::Protocol(e) => Some(e.reason_code()),
             Ending::TakenOver(_) => Some(ReasonCode::SESSION_TAKEN_OVER),
             Ending::Shutdown => Some(ReasonCode::SERVER_SHUTTING_DOWN),
-            Ending::Kicked => Some(ReasonCode::ADMINISTRATIVE_ACTION),
+            Ending::Kicked { .. } => Some(ReasonCode::ADMINISTRATIVE_ACTION),
             Ending::ClientDisconnect { .. } | Ending::PeerClosed | Ending::Io(_) => None,
         }
     }
@@ -375,8 +379,10 @@ impl Connection {
         accepted.session.pending.mailbox().set_online(true);
         accepted.session.resume(accepted.receive_maximum, &mut self.out, Instant::now());
         METRICS.client_connected(self.version as usize);
+        self.listener.clients[(self.version as usize).min(2)].fetch_add(1, Ordering::Relaxed);
         let ending = self.serve_session(&mut accepted).await;
         METRICS.client_disconnected();
+        self.listener.clients[(self.version as usize).min(2)].fetch_sub(1, Ordering::Relaxed);
         self.arrival.close();
         // The control slot goes on with the session (offline, or handed over): no deadline.
         accepted.control.set_deadline(None);
@@ -452,7 +458,7 @@ impl Connection {
                 Control::Shutdown => Ending::Shutdown,
                 Control::Takeover(takeover) => Ending::TakenOver(takeover),
                 Control::KeepAliveTimeout => Ending::KeepAliveTimeout,
-                Control::Kick => Ending::Kicked,
+                Control::Kick { discard } => Ending::Kicked { discard },
             }));
         }
         if let Some(pause) = &mut self.pause {
@@ -825,7 +831,8 @@ impl Connection {
             _ => info!("{ending}"),
         }
         let will = will.filter(|_| ending.publishes_will(session.is_persistent()));
-        let goes_offline = session.is_persistent() && !matches!(ending, Ending::TakenOver(_));
+        let goes_offline = session.is_persistent()
+            && !matches!(ending, Ending::TakenOver(_) | Ending::Kicked { discard: true });
         // A delayed will waits in the offline session, and a reconnect within the delay
         // cancels it [MQTT-3.1.3-9]; otherwise (no delay, or the session ends) it goes now.
         let (delayed_will, will) = match will {

@@ -15,6 +15,7 @@ use crate::metrics::METRICS;
 use crate::packet::Will;
 use crate::router::Subscriber;
 use crate::session::qos::Outbound;
+use crate::session::queue::Identity;
 use crate::session::registry::{control_slot, Control, ControlReceiver, OwnerId};
 use crate::session::{ClientId, Session, NEVER_EXPIRES};
 use crate::storage::{unix_ms, DeliveryState, Op, StoreError, StoredSession, WillRecord};
@@ -110,7 +111,12 @@ async fn run(task: Box<OfflineTask>) {
                     Control::Takeover(takeover) => takeover,
                     Control::Shutdown => return,
                     // No deadline is set while offline; no client to disconnect.
-                    Control::KeepAliveTimeout | Control::Kick => continue,
+                    Control::KeepAliveTimeout | Control::Kick { discard: false } => continue,
+                    Control::Kick { discard: true } => {
+                        info!(client_id = %session.client_id, "session discarded by an administrator");
+                        Box::pin(end_offline(&broker, session, owner, will.take().map(|(w, _)| *w))).await;
+                        return;
+                    }
                 };
                 if Instant::now() >= expires_at {
                     // The expiry passed at the same moment: the session is over, not resumed.
@@ -159,13 +165,19 @@ async fn end_will(broker: &Broker, client_id: &ClientId, will: Will, publish: bo
     }
 }
 
-/// The Session Expiry Interval passed: a pending will goes now [MQTT-3.1.3-9], then the session
-/// ends with everything stored for it.
+/// The Session Expiry Interval passed: what it still held goes to the dead letters (when
+/// configured), then it ends like a discarded one.
 async fn expire(broker: &Broker, mut session: Session, owner: OwnerId, will: Option<Will>) {
     info!(client_id = %session.client_id, "session expired");
     METRICS.sessions_expired.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     session.note_expired();
     broker.dead_letters.publish_lost(broker, &mut session.lost);
+    end_offline(broker, session, owner, will).await;
+}
+
+/// Ends an offline session (expired or discarded): a pending will goes now [MQTT-3.1.3-9],
+/// then the session ends with everything stored for it.
+async fn end_offline(broker: &Broker, session: Session, owner: OwnerId, will: Option<Will>) {
     if let Some(will) = will {
         publish_will(broker, &will, &session.client_id).await;
     }
@@ -291,7 +303,7 @@ fn restore_session(
         session.dead_letter = broker.dead_letters.policy();
     }
     session.pending.mailbox().set_persistent(true);
-    session.pending.mailbox().set_username(record.username);
+    session.pending.mailbox().set_identity(Identity { username: record.username, connection: None });
     for (filter, subscription) in record.subscriptions {
         let subscriber = Subscriber { mailbox: session.pending.mailbox().clone(), subscription };
         broker.router.subscribe(&filter, client_id.clone(), subscriber);

@@ -155,6 +155,15 @@ impl Routed {
     }
 }
 
+/// One session's subscription, as the admin API lists it.
+#[derive(Debug, Clone)]
+pub struct SubscriptionEntry {
+    /// As subscribed: `$share/{group}/{filter}` for a shared subscription.
+    pub filter: String,
+    pub client_id: ClientId,
+    pub subscription: Subscription,
+}
+
 #[derive(Debug, Default)]
 pub struct Router {
     subscriptions: RwLock<TopicTree<SubscriberSet>>,
@@ -251,8 +260,37 @@ impl Router {
         }
     }
 
-    /// Matches `message` against every subscription: once per session, and one member of every
-    /// matching share group. `ids` allocates storage ids for messages.
+    /// Every subscription whose filter (for a shared one, the part after `$share/{group}/`)
+    /// `selected` accepts. Walks the whole index under its read locks: for the admin API,
+    /// never for routing.
+    pub fn subscriptions(&self, selected: impl Fn(&str) -> bool) -> Vec<SubscriptionEntry> {
+        let mut found = Vec::new();
+        let tree = self.subscriptions.read().unwrap_or_else(|e| e.into_inner());
+        trie::for_each_entry(&tree, &mut |filter, set: &SubscriberSet| {
+            if !set.is_empty() && selected(filter) {
+                found.extend(set.iter().map(|(client_id, s)| SubscriptionEntry {
+                    filter: filter.to_owned(),
+                    client_id: client_id.clone(),
+                    subscription: s.subscription,
+                }));
+            }
+        });
+        drop(tree);
+        let tree = self.shared.read().unwrap_or_else(|e| e.into_inner());
+        trie::for_each_entry(&tree, &mut |filter, groups: &GroupSet| {
+            if !groups.is_empty() && selected(filter) {
+                for group in groups.values() {
+                    found.extend(group.members().map(|(client_id, s)| SubscriptionEntry {
+                        filter: group.share.to_string(),
+                        client_id: client_id.clone(),
+                        subscription: s.subscription,
+                    }));
+                }
+            }
+        });
+        found
+    }
+
     /// Matches `message` against every subscription; sessions `gate` forbids to read it are
     /// left out (a shared group picks a member that may read it).
     pub fn route(&self, message: &Arc<Message>, ids: &AtomicU64, gate: &dyn ReadGate) -> Routed {

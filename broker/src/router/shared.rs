@@ -81,6 +81,10 @@ impl Group {
         self.members.is_empty()
     }
 
+    pub fn members(&self) -> impl Iterator<Item = &(ClientId, Subscriber)> + '_ {
+        self.members.iter()
+    }
+
     /// The member to receive the next message: `eligible` (e.g. allowed to read it), never
     /// `exclude`; round-robin, preferring members with room in their in-flight window.
     pub fn pick(

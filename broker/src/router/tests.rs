@@ -193,3 +193,27 @@ fn persistent_sessions_get_one_stored_message_and_a_delivery_each() {
     let routed = router.route(&message("t", QoS::AtMostOnce), &AtomicU64::new(50), &open());
     assert!(routed.ops.is_empty());
 }
+
+#[test]
+fn subscriptions_are_listed_with_their_filters_shared_ones_in_full() {
+    let router = Router::default();
+    let (a, b) = (queue("a"), queue("b"));
+    router.subscribe("s/+/t", ClientId::from("a"), sub(&a, QoS::AtLeastOnce));
+    router.subscribe("other", ClientId::from("a"), sub(&a, QoS::AtMostOnce));
+    router.subscribe("$share/g/s/x/t", ClientId::from("b"), sub(&b, QoS::ExactlyOnce));
+    let selected = |filter: &str| crate::router::topic::filter_matches("s/#", filter);
+    let mut found: Vec<(String, String, QoS)> = router
+        .subscriptions(selected)
+        .into_iter()
+        .map(|e| (e.filter, e.client_id.0.to_string(), e.subscription.options.qos))
+        .collect();
+    found.sort_by(|x, y| x.0.cmp(&y.0));
+    assert_eq!(
+        found,
+        [
+            ("$share/g/s/x/t".into(), "b".into(), QoS::ExactlyOnce),
+            ("s/+/t".into(), "a".into(), QoS::AtLeastOnce)
+        ]
+    );
+    assert_eq!(router.subscriptions(|_| true).len(), 3);
+}

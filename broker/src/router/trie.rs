@@ -170,6 +170,35 @@ fn walk_topics<'a, T>(node: &'a Node<T>, filter: &[&str], at_root: bool, emit: &
     }
 }
 
+/// Calls `emit` with the path and value of every node (the admin API's listings; it visits the
+/// whole tree).
+pub fn for_each_entry<'a, T>(tree: &'a TopicTree<T>, emit: &mut impl FnMut(&str, &'a T)) {
+    let mut path = String::new();
+    for (level, child) in tree.root.children() {
+        walk_paths(child, level, true, &mut path, emit);
+    }
+}
+
+fn walk_paths<'a, T>(
+    node: &'a Node<T>,
+    level: &str,
+    first: bool,
+    path: &mut String,
+    emit: &mut impl FnMut(&str, &'a T),
+) {
+    let parent_len = path.len();
+    // Levels may be empty ("/a" is "" then "a"): the separator depends on depth, not length.
+    if !first {
+        path.push('/');
+    }
+    path.push_str(level);
+    emit(path, &node.value);
+    for (level, child) in node.children() {
+        walk_paths(child, level, false, path, emit);
+    }
+    path.truncate(parent_len);
+}
+
 fn walk_all<'a, T>(node: &'a Node<T>, emit: &mut impl FnMut(&'a T)) {
     emit(&node.value);
     for (_, child) in node.children() {
@@ -230,6 +259,23 @@ mod tests {
             expected.sort();
             assert_eq!(topics_matching(&topics, filter), expected, "filter {filter:?}");
         }
+    }
+
+    #[test]
+    fn every_entry_is_visited_with_its_path() {
+        let mut tree: TopicTree<Option<u8>> = TopicTree::default();
+        for (i, path) in ["a/b", "/x", "a/+/#", "a"].iter().enumerate() {
+            *tree.entry(path) = Some(i as u8);
+        }
+        let mut found = Vec::new();
+        for_each_entry(&tree, &mut |path, value| {
+            if let Some(v) = value {
+                found.push((path.to_owned(), *v));
+            }
+        });
+        found.sort();
+        let expected = [("/x", 1), ("a", 3), ("a/+/#", 2), ("a/b", 0)].map(|(p, v)| (p.to_owned(), v));
+        assert_eq!(found, expected);
     }
 
     #[test]

@@ -20,11 +20,12 @@
 //! Every drop is counted and logged once per overflow episode.
 
 use std::collections::VecDeque;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytestring::ByteString;
 use futures_util::task::AtomicWaker;
@@ -32,16 +33,16 @@ use tokio::sync::Notify;
 
 use crate::message::Delivery;
 use crate::metrics::{DropReason, METRICS};
-use crate::packet::QoS;
+use crate::packet::{ProtocolVersion, QoS};
 use crate::session::ClientId;
 
 /// The publishers' side of a session's pending queue.
 #[derive(Debug)]
 pub struct Mailbox {
     client_id: ClientId,
-    /// The user the session's client authenticated as (for read ACLs while routing). Boxed:
-    /// written once per connection, and most sessions have none.
-    username: Mutex<Option<Box<ByteString>>>,
+    /// Who the session's client is: its user (for read ACLs while routing) and its latest
+    /// connection (for the admin API). Boxed: written once per connection, read rarely.
+    identity: Mutex<Option<Box<Identity>>>,
     /// Deliveries handed over, taken by the session in batches. A plain deque: it allocates
     /// nothing until used, where a channel would hold a block per idle session.
     inbox: Mutex<VecDeque<Delivery>>,
@@ -74,6 +75,26 @@ pub struct Mailbox {
     taken: AtomicU64,
     /// Congested and taking nothing for the stall interval: not worth pausing publishers for.
     stalled: AtomicBool,
+}
+
+/// The user and the latest connection of a session's client.
+#[derive(Debug, Clone, Default)]
+pub struct Identity {
+    pub username: Option<ByteString>,
+    /// `None` for a session restored at start whose client has not come back since.
+    pub connection: Option<ConnectionInfo>,
+}
+
+/// What the admin API tells about a client's connection (`GET /api/v1/clients/{id}`).
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectionInfo {
+    pub protocol: ProtocolVersion,
+    pub peer: SocketAddr,
+    /// The listener's configured address.
+    pub listener: SocketAddr,
+    /// Negotiated keep-alive, seconds (0: none).
+    pub keep_alive: u16,
+    pub connected_at: SystemTime,
 }
 
 /// Per-session queue policy.
@@ -168,11 +189,21 @@ impl Mailbox {
     }
 
     pub fn username(&self) -> Option<ByteString> {
-        self.username.lock().unwrap_or_else(|e| e.into_inner()).as_deref().cloned()
+        self.identity_slot().as_ref().and_then(|identity| identity.username.clone())
     }
 
-    pub fn set_username(&self, username: Option<ByteString>) {
-        *self.username.lock().unwrap_or_else(|e| e.into_inner()) = username.map(Box::new);
+    pub fn identity(&self) -> Identity {
+        self.identity_slot().as_deref().cloned().unwrap_or_default()
+    }
+
+    pub fn set_identity(&self, identity: Identity) {
+        let empty = identity.username.is_none() && identity.connection.is_none();
+        *self.identity_slot() = (!empty).then(|| Box::new(identity));
+    }
+
+    fn identity_slot(&self) -> std::sync::MutexGuard<'_, Option<Box<Identity>>> {
+        // Only assignments happen under the lock; a poisoned slot is still whole.
+        self.identity.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Queues `delivery` if the limits allow.
@@ -435,7 +466,7 @@ impl PendingQueue {
     pub fn new(client_id: ClientId, limits: QueueLimits) -> Self {
         let mailbox = Arc::new(Mailbox {
             client_id,
-            username: Mutex::default(),
+            identity: Mutex::default(),
             inbox: Mutex::default(),
             arrived: AtomicWaker::new(),
             closed: AtomicBool::new(false),

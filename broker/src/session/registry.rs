@@ -38,8 +38,9 @@ pub enum Control {
     /// Give the session up to a new connection with the same client id.
     Takeover(Takeover),
     /// An operator asked to disconnect the client (admin API): DISCONNECT 0x98. An offline
-    /// session has nothing to disconnect and ignores it.
-    Kick,
+    /// session has nothing to disconnect and ignores it, unless `discard`: then the session
+    /// ends, online or offline, with everything stored for it.
+    Kick { discard: bool },
 }
 
 /// A new connection's claim on the session another task holds.
@@ -81,7 +82,8 @@ struct SlotState {
     shutdown: bool,
     /// The deadline was seen passed; the owner checks it again (it may have moved since).
     overdue: bool,
-    kick: bool,
+    /// A kick was asked for; `Some(true)` when the session is to be discarded as well.
+    kick: Option<bool>,
     takeover: Option<Takeover>,
 }
 
@@ -116,8 +118,11 @@ impl ControlSender {
         self.0.wake.wake();
     }
 
-    fn kick(&self) {
-        self.0.state().kick = true;
+    fn kick(&self, discard: bool) {
+        let mut state = self.0.state();
+        // Two kicks before the owner looks: discarding wins.
+        state.kick = Some(discard || state.kick == Some(true));
+        drop(state);
         self.0.wake.wake();
     }
 
@@ -157,8 +162,8 @@ impl ControlReceiver {
             if let Some(takeover) = state.takeover.take() {
                 return Some(Control::Takeover(takeover));
             }
-            if std::mem::take(&mut state.kick) {
-                return Some(Control::Kick);
+            if let Some(discard) = state.kick.take() {
+                return Some(Control::Kick { discard });
             }
             let overdue = std::mem::take(&mut state.overdue);
             (overdue && passed(deadline_ms.load(Ordering::Relaxed), clock_ms(Instant::now())))
@@ -291,6 +296,11 @@ impl Registry {
         self.lock().values().filter_map(|o| o.mailbox.clone()).collect()
     }
 
+    /// The mailbox of `client_id`'s session, if it has one.
+    pub fn session(&self, client_id: &ClientId) -> Option<Arc<Mailbox>> {
+        self.lock().get(client_id).and_then(|o| o.mailbox.clone())
+    }
+
     /// Messages pending in every session's queue and in flight, summed now (for `$SYS` and
     /// `/metrics`: summing when asked keeps a shared counter off the delivery path).
     pub fn queue_totals(&self) -> QueueTotals {
@@ -303,12 +313,12 @@ impl Registry {
         totals
     }
 
-    /// Asks the owner of `client_id` to disconnect its client (DISCONNECT 0x98). False when
-    /// no session has that id.
-    pub fn kick(&self, client_id: &ClientId) -> bool {
+    /// Asks the owner of `client_id` to disconnect its client (DISCONNECT 0x98), and with
+    /// `discard` to end the session too. False when no session has that id.
+    pub fn kick(&self, client_id: &ClientId, discard: bool) -> bool {
         match self.lock().get(client_id) {
             Some(owner) => {
-                owner.control.kick();
+                owner.control.kick(discard);
                 true
             }
             None => false,

@@ -22,6 +22,7 @@ use tracing::{error, info};
 
 use super::records::{self, client_key, client_range, corrupt, split_client_key};
 use super::{Commit, Op, Snapshot, Store, StoreError, StoredMessage, StoredSession};
+use crate::metrics::METRICS;
 use crate::packet::PacketId;
 use crate::session::ClientId;
 
@@ -189,8 +190,14 @@ fn write_loop(db: &DB, queue: &mpsc::Receiver<Request>, sync: bool) {
                 next = queue.try_recv().ok();
             }
         }
-        let written =
-            if batch.is_empty() { Ok(()) } else { db.write_opt(batch, &write_options).map_err(backend) };
+        let written = if batch.is_empty() {
+            Ok(())
+        } else {
+            let started = std::time::Instant::now();
+            let written = db.write_opt(batch, &write_options).map_err(backend);
+            METRICS.storage_commits.observe(started.elapsed());
+            written
+        };
         if let Err(e) = &written {
             error!("storage write failed: {e}");
         }

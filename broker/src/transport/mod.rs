@@ -10,7 +10,7 @@ pub mod ws;
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use bytestring::ByteString;
@@ -93,13 +93,15 @@ pub struct Listener {
     pub config: ListenerConfig,
     tls: Option<TlsContext>,
     open: AtomicUsize,
+    /// MQTT clients connected through it now, by protocol (indexes `metrics::PROTOCOLS`).
+    pub clients: [AtomicU64; 3],
 }
 
 impl Listener {
     /// Loads the listener's certificates, if it uses TLS.
     pub fn new(config: ListenerConfig) -> Result<Listener, TlsError> {
         let tls = config.tls.as_ref().map(TlsContext::load).transpose()?;
-        Ok(Listener { config, tls, open: AtomicUsize::new(0) })
+        Ok(Listener { config, tls, open: AtomicUsize::new(0), clients: Default::default() })
     }
 
     /// Re-reads the certificate files (SIGHUP); open connections are not affected.
