@@ -330,3 +330,42 @@ async fn clients_cannot_publish_to_dlq() {
     assert_eq!(connack.reason, 0x87, "will topic under $DLQ");
     assert!(reader.drain().await.is_empty());
 }
+
+/// Runs `mosquitto_sub` against `b` until it exits (bounded); returns its stdout.
+async fn mosquitto_sub(b: &Broker, args: &[&str]) -> String {
+    let run = tokio::process::Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &b.port().to_string()])
+        .args(args)
+        .kill_on_drop(true)
+        .output();
+    let out =
+        tokio::time::timeout(Duration::from_secs(20), run).await.expect("mosquitto_sub exits").expect("run");
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
+/// `format = "json"` read by an outside MQTT 3.1.1 client (mosquitto_sub, persistent session):
+/// the facts as JSON fields and the payload in base64.
+#[tokio::test]
+async fn json_dead_letters_reach_a_3_1_1_mosquitto_sub() {
+    let b = Broker::start_with(&format!("[mqtt]\nmax_queued_messages = 1\n{ON}format = \"json\"\n"));
+    let reader = ["-c", "-i", "dlq-json", "-q", "1", "-t", "$DLQ/#"];
+    mosquitto_sub(&b, &[&reader[..], &["-E"]].concat()).await;
+    let mut victim = Raw::connected(b.addr(), "victim", false).await;
+    assert_eq!(victim.subscribe(1, &[("j/#", 1)]).await, [1]);
+    victim.disconnect().await;
+    let mut publisher = Mqtt::connect(opts(&b, "producer")).await;
+    publisher.publish_wait("j/1", 1, false, "kept").await;
+    publisher.publish_wait("j/2", 1, false, "lost in the queue").await;
+    let out = mosquitto_sub(&b, &[&reader[..], &["-v", "-C", "1", "-W", "5"]].concat()).await;
+    let (topic, json) = out.trim_end().split_once(' ').unwrap_or_else(|| panic!("no dead letter: {out:?}"));
+    assert_eq!(topic, "$DLQ/queue_full/j/2");
+    let doc: serde_json::Value = serde_json::from_str(json).expect("a JSON document");
+    assert_eq!(doc["reason"], "queue_full");
+    assert_eq!(doc["reason_code"], "0x97");
+    assert_eq!(doc["original_topic"], "j/2");
+    assert_eq!(doc["client_id"], "victim");
+    assert_eq!(doc["publisher"], "producer");
+    assert_eq!(doc["original_qos"], "1");
+    assert_eq!(doc["payload"], "bG9zdCBpbiB0aGUgcXVldWU=", "base64 of the original payload");
+    assert_eq!(doc["payload_size"], 17);
+}
