@@ -4,7 +4,8 @@
 //! 0x87, a packet over the subscriber's Maximum Packet Size, a poison message re-sent up to the
 //! delivery limit. And the bounds: a dead letter's own loss is not dead-lettered, `max_rate`
 //! caps a mass loss (the rest counted in /metrics), `#` never sees `$DLQ` [MQTT-4.7.2-1], and
-//! no client may publish there.
+//! no client may publish there. Also the opt-in `session_expired`, and the JSON format read by
+//! an outside 3.1.1 client (mosquitto_sub).
 //!
 //! Dead letters are read by a raw MQTT 5 client, so properties are checked on the wire.
 
@@ -368,4 +369,23 @@ async fn json_dead_letters_reach_a_3_1_1_mosquitto_sub() {
     assert_eq!(doc["original_qos"], "1");
     assert_eq!(doc["payload"], "bG9zdCBpbiB0aGUgcXVldWU=", "base64 of the original payload");
     assert_eq!(doc["payload_size"], 17);
+}
+
+/// Opt-in `session_expired`: an MQTT 5 session with Session Expiry 1 s leaves with a message
+/// queued; when it expires [MQTT-3.1.2-23] the message becomes a dead letter.
+#[tokio::test]
+async fn an_expired_session_leaves_its_queued_messages_as_dead_letters() {
+    let b = Broker::start_with(&format!("{ON}reasons = [\"session_expired\"]\n"));
+    let mut reader = DlqReader::connect(&b, "dlq-reader").await;
+    let connect = v5::Connect::new("brief").clean(false).session_expiry(1);
+    let mut brief = Raw::handshake5(b.addr(), &connect).await.0;
+    assert_eq!(brief.subscribe5(1, &Props::new(), &[("s/#", 1)]).await, [1]);
+    brief.disconnect5().await;
+    let mut publisher = Mqtt::connect(opts(&b, "producer")).await;
+    publisher.publish_wait("s/1", 1, false, "never fetched").await;
+    let letter = reader.next().await;
+    assert_eq!(letter.topic, "$DLQ/session_expired/s/1");
+    assert_eq!(letter.payload, b"never fetched");
+    assert_eq!(user(&letter, "dlq-client-id"), "brief");
+    assert!(reader.drain().await.is_empty());
 }
