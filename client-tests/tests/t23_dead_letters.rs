@@ -4,7 +4,8 @@
 //! 0x87, a packet over the subscriber's Maximum Packet Size, a poison message re-sent up to the
 //! delivery limit. And the bounds: a dead letter's own loss is not dead-lettered, `max_rate`
 //! caps a mass loss (the rest counted in /metrics), `#` never sees `$DLQ` [MQTT-4.7.2-1], and
-//! no client may publish there.
+//! no client may publish there. Also the opt-in `session_expired`, and the JSON format read by
+//! an outside 3.1.1 client (mosquitto_sub).
 //!
 //! Dead letters are read by a raw MQTT 5 client, so properties are checked on the wire.
 
@@ -329,5 +330,63 @@ async fn clients_cannot_publish_to_dlq() {
     let will = v5::Connect::new("forger-will").will("$DLQ/x", b"fake", 0, false, Props::new());
     let (_, connack) = Raw::connect5(b.addr(), &will).await;
     assert_eq!(connack.reason, 0x87, "will topic under $DLQ");
+    assert!(reader.drain().await.is_empty());
+}
+
+/// Runs `mosquitto_sub` against `b` until it exits (bounded); returns its stdout.
+async fn mosquitto_sub(b: &Broker, args: &[&str]) -> String {
+    let run = tokio::process::Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &b.port().to_string()])
+        .args(args)
+        .kill_on_drop(true)
+        .output();
+    let out =
+        tokio::time::timeout(Duration::from_secs(20), run).await.expect("mosquitto_sub exits").expect("run");
+    String::from_utf8(out.stdout).expect("UTF-8 output")
+}
+
+/// `format = "json"` read by an outside MQTT 3.1.1 client (mosquitto_sub, persistent session):
+/// the facts as JSON fields and the payload in base64.
+#[tokio::test]
+async fn json_dead_letters_reach_a_3_1_1_mosquitto_sub() {
+    let b = Broker::start_with(&format!("[mqtt]\nmax_queued_messages = 1\n{ON}format = \"json\"\n"));
+    let reader = ["-c", "-i", "dlq-json", "-q", "1", "-t", "$DLQ/#"];
+    mosquitto_sub(&b, &[&reader[..], &["-E"]].concat()).await;
+    let mut victim = Raw::connected(b.addr(), "victim", false).await;
+    assert_eq!(victim.subscribe(1, &[("j/#", 1)]).await, [1]);
+    victim.disconnect().await;
+    let mut publisher = Mqtt::connect(opts(&b, "producer")).await;
+    publisher.publish_wait("j/1", 1, false, "kept").await;
+    publisher.publish_wait("j/2", 1, false, "lost in the queue").await;
+    let out = mosquitto_sub(&b, &[&reader[..], &["-v", "-C", "1", "-W", "5"]].concat()).await;
+    let (topic, json) = out.trim_end().split_once(' ').unwrap_or_else(|| panic!("no dead letter: {out:?}"));
+    assert_eq!(topic, "$DLQ/queue_full/j/2");
+    let doc: serde_json::Value = serde_json::from_str(json).expect("a JSON document");
+    assert_eq!(doc["reason"], "queue_full");
+    assert_eq!(doc["reason_code"], "0x97");
+    assert_eq!(doc["original_topic"], "j/2");
+    assert_eq!(doc["client_id"], "victim");
+    assert_eq!(doc["publisher"], "producer");
+    assert_eq!(doc["original_qos"], "1");
+    assert_eq!(doc["payload"], "bG9zdCBpbiB0aGUgcXVldWU=", "base64 of the original payload");
+    assert_eq!(doc["payload_size"], 17);
+}
+
+/// Opt-in `session_expired`: an MQTT 5 session with Session Expiry 1 s leaves with a message
+/// queued; when it expires [MQTT-3.1.2-23] the message becomes a dead letter.
+#[tokio::test]
+async fn an_expired_session_leaves_its_queued_messages_as_dead_letters() {
+    let b = Broker::start_with(&format!("{ON}reasons = [\"session_expired\"]\n"));
+    let mut reader = DlqReader::connect(&b, "dlq-reader").await;
+    let connect = v5::Connect::new("brief").clean(false).session_expiry(1);
+    let mut brief = Raw::handshake5(b.addr(), &connect).await.0;
+    assert_eq!(brief.subscribe5(1, &Props::new(), &[("s/#", 1)]).await, [1]);
+    brief.disconnect5().await;
+    let mut publisher = Mqtt::connect(opts(&b, "producer")).await;
+    publisher.publish_wait("s/1", 1, false, "never fetched").await;
+    let letter = reader.next().await;
+    assert_eq!(letter.topic, "$DLQ/session_expired/s/1");
+    assert_eq!(letter.payload, b"never fetched");
+    assert_eq!(user(&letter, "dlq-client-id"), "brief");
     assert!(reader.drain().await.is_empty());
 }
