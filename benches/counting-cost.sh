@@ -26,12 +26,14 @@ seq "$messages" | timeout 600 mosquitto_pub -p "$port" -t bench/x -q 1 -l
 wait "$sub"
 kill -TERM "$broker"
 wait "$broker" || true
-callgrind_annotate --inclusive=yes "$work/callgrind.out" > "$work/annotated.txt"
+callgrind_annotate --inclusive=yes --auto=no --threshold=100 "$work/callgrind.out" > "$work/annotated.txt"
 total=$(grep -m1 'PROGRAM TOTALS' "$work/annotated.txt" | awk '{gsub(",","",$1); print $1}')
 echo "messages: $messages"
 echo "broker instructions: $total ($((total / messages)) per message, start and stop included)"
 echo "tern::metrics functions (inclusive instructions, per message):"
-grep 'tern::metrics::' "$work/annotated.txt" | while read -r ir rest; do
+# Function entries (they carry the object in brackets; inlined copies are listed without it).
+grep -E '[0-9] .*tern::metrics::.* \[' "$work/annotated.txt" | while read -r ir rest; do
   ir="${ir//,/}"
-  printf '  %12s  %8.2f  %s\n' "$ir" "$(echo "$ir / $messages" | bc -l)" "$(echo "$rest" | cut -c1-110)"
+  name="$(echo "$rest" | grep -oE 'tern::metrics::[A-Za-z_:]+')"
+  printf '  %12s  %8.2f  %s\n' "$ir" "$(echo "$ir / $messages" | bc -l)" "$name"
 done

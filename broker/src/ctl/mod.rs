@@ -334,8 +334,10 @@ fn render(command: &CtlCommand, value: &Value) -> String {
                 }
                 None => out.push_str("connection: none since the broker started\n"),
             }
-            out + "\n"
-                + &table::render(&SUBSCRIPTION_HEAD[..3], &rows(value, "subscriptions", &SUBSCRIPTION[..3]))
+            // The client is named above: its subscriptions with their options.
+            let own = ["filter", "qos", "no_local", "retain_as_published"];
+            let head = ["FILTER", "QOS", "NO LOCAL", "RETAIN AS PUBLISHED"];
+            out + "\n" + &table::render(&head, &rows(value, "subscriptions", &own))
         }
         CtlCommand::Clients(ClientsCommand::Kick { client_id, discard }) => {
             let discarded = if *discard { " and discarded its session" } else { "" };
