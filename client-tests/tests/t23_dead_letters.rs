@@ -242,8 +242,8 @@ async fn a_dead_letter_readers_own_overflow_makes_no_dead_letter() {
     }
     assert!(reader.drain().await.is_empty(), "no dead letter of a dead letter");
     let m = metrics(&b).await;
-    assert_eq!(sample(&m, "tern_dead_letters_total{reason=\"queue_full\"}"), 15);
-    assert_eq!(sample(&m, "tern_dead_letters_suppressed_total{cause=\"loop\"}"), 10, "{m}");
+    assert_eq!(sample::<u64>(&m, "tern_dead_letters_total{reason=\"queue_full\"}"), 15);
+    assert_eq!(sample::<u64>(&m, "tern_dead_letters_suppressed_total{cause=\"loop\"}"), 10, "{m}");
 }
 
 /// 6b. 10,000 losses at once (QoS 0 messages over a subscriber's Maximum Packet Size) with
@@ -263,8 +263,8 @@ async fn max_rate_bounds_a_mass_loss_and_counts_the_rest() {
     let started = Instant::now();
     publisher.send(&flood).await;
     let counted = |m: &str| {
-        sample(m, "tern_dead_letters_total{reason=\"too_large\"}")
-            + sample(m, "tern_dead_letters_suppressed_total{cause=\"rate_limited\"}")
+        sample::<u64>(m, "tern_dead_letters_total{reason=\"too_large\"}")
+            + sample::<u64>(m, "tern_dead_letters_suppressed_total{cause=\"rate_limited\"}")
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut m = http_get(http, "/metrics", None).await.2;
@@ -274,9 +274,9 @@ async fn max_rate_bounds_a_mass_loss_and_counts_the_rest() {
     }
     let elapsed = started.elapsed();
     assert_eq!(counted(&m), 10_000, "every loss is a dead letter or counted: {m}");
-    assert_eq!(sample(&m, "tern_messages_dropped_total{reason=\"too_large\"}"), 10_000);
+    assert_eq!(sample::<u64>(&m, "tern_messages_dropped_total{reason=\"too_large\"}"), 10_000);
     let letters = reader.drain().await;
-    let published = sample(&m, "tern_dead_letters_total{reason=\"too_large\"}");
+    let published = sample::<u64>(&m, "tern_dead_letters_total{reason=\"too_large\"}");
     assert_eq!(letters.len() as u64, published, "the reader got each one published");
     let bound = 100 + (100.0 * elapsed.as_secs_f64()).ceil() as usize;
     assert!(letters.len() <= bound, "{} dead letters in {elapsed:?} (bound {bound})", letters.len());
@@ -304,7 +304,7 @@ async fn hash_subscribers_never_see_dead_letters() {
     publisher.publish_wait("h/1", 1, false, "kept").await;
     publisher.publish_wait("h/2", 1, false, "nobody reads $DLQ").await;
     let m = metrics(&b).await;
-    assert_eq!(sample(&m, "tern_dead_letters_suppressed_total{cause=\"no_reader\"}"), 1);
+    assert_eq!(sample::<u64>(&m, "tern_dead_letters_suppressed_total{cause=\"no_reader\"}"), 1);
     let mut reader = DlqReader::connect(&b, "dlq-reader").await;
     publisher.publish_wait("h/3", 1, false, "lost").await;
     assert_eq!(reader.next().await.topic, "$DLQ/queue_full/h/3");
