@@ -433,6 +433,7 @@ pub fn render_metrics(m: &Metrics, broker: &Broker) -> String {
         "PUBLISH packets and SUBSCRIBE filters the ACL denied.",
         &denied,
     );
+    crate::bridge::stats::render_metrics(&mut out, tokio::time::Instant::now());
     let process = ProcessStats::read();
     if let Some(cpu) = process.cpu_seconds {
         // A float: the one sample not counted in whole units.

@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use client_tests::http::*;
 use client_tests::v5::{self, Props};
 use client_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -80,59 +81,6 @@ fn documented_topics() -> Vec<(String, Format)> {
         }
     }
     topics.into_iter().map(|(t, f)| (format!("$SYS/broker/{t}"), f)).collect()
-}
-
-/// The HTTP endpoint's address, from the "http endpoint on http://ADDR" log line.
-async fn http_addr(b: &Broker) -> SocketAddr {
-    assert!(b.wait_log("http endpoint on http://", WAIT).await, "no http endpoint: {}", b.logs());
-    let logs = b.logs();
-    let i = logs.find("http endpoint on http://").unwrap() + "http endpoint on http://".len();
-    let addr: String = logs[i..].chars().take_while(|c| !c.is_whitespace()).collect();
-    addr.parse().expect("http address")
-}
-
-/// One HTTP/1.1 GET; returns (status, headers, body).
-async fn http_get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String, String) {
-    http_request(addr, "GET", path, token).await
-}
-
-/// One HTTP/1.1 request, as curl sends it; returns (status, headers, body).
-async fn http_request(
-    addr: SocketAddr,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-) -> (u16, String, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect to http endpoint");
-    let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-    let request =
-        format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: t19\r\n{auth}Accept: */*\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    tokio::time::timeout(WAIT, stream.read_to_end(&mut response))
-        .await
-        .expect("http response within 5 s")
-        .expect("read http response");
-    let text = String::from_utf8(response).expect("UTF-8 response");
-    let (head, body) = text.split_once("\r\n\r\n").expect("header/body separator");
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status code");
-    let length: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("Content-Length: "))
-        .and_then(|n| n.parse().ok())
-        .expect("Content-Length");
-    assert_eq!(body.len(), length, "body length matches Content-Length");
-    (status, head.to_owned(), body.to_owned())
-}
-
-/// The value of one sample line (`name{labels} value`) of a /metrics body.
-fn sample(metrics: &str, series: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("no sample {series} in:\n{metrics}"))
-        .parse()
-        .expect("integer sample")
 }
 
 /// Collects `$SYS` messages (topic -> last payload) until every topic in `wanted` was seen.
@@ -299,21 +247,7 @@ async fn metrics_pass_promtool_check() {
     assert!(head.contains("Content-Type: text/plain; version=0.0.4"), "{head}");
     assert!(body.contains("# TYPE tern_publish_received_total counter"), "{body}");
     assert!(sample(&body, "tern_retained_messages") >= 1);
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("promtool (Debian package prometheus; .ci/prepare installs it)");
-    promtool.stdin.take().unwrap().write_all(body.as_bytes()).await.unwrap();
-    let out = tokio::time::timeout(Duration::from_secs(20), promtool.wait_with_output())
-        .await
-        .expect("promtool within 20 s")
-        .unwrap();
-    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && report.trim().is_empty(), "promtool check metrics:\n{report}\n{body}");
+    promtool_check(&body).await;
 }
 
 // /healthz says the process is up, /readyz that it serves (storage open, listeners bound);

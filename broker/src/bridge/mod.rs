@@ -37,6 +37,8 @@
 //! otherwise (as Mosquitto publishes it), and one log line per change with the counters.
 
 mod link;
+mod rate;
+pub mod stats;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,6 +59,7 @@ use crate::session::registry::{control_slot, Control, ControlReceiver, OwnerId};
 use crate::session::{ClientId, Session, SessionLimits, NEVER_EXPIRES};
 use crate::storage::Op;
 use crate::Broker;
+use stats::{BridgeDrop, BridgeStats};
 
 /// Client ids of bridge sessions start with this; clients may not use it.
 pub const SESSION_PREFIX: &str = "$bridge/";
@@ -141,26 +144,10 @@ struct Bridge {
     linked: Option<bool>,
     /// `drop_oldest` is dropping (logged once per episode).
     trimming: bool,
-    /// Since start, logged with every state change (Tern has no metrics endpoint yet).
-    counters: Counters,
-}
-
-/// What a bridge did since it started.
-#[derive(Debug, Default)]
-struct Counters {
-    /// Links established.
-    links: u64,
-    /// PUBLISH packets sent upstream for the first time, and again with DUP=1.
-    forwarded: u64,
-    resent: u64,
-    /// Deliveries the upstream completed (PUBACK, PUBCOMP, or an error reason).
-    acknowledged: u64,
-    /// Of those, refused by the upstream (reason code 0x80 or above): not retried.
-    refused: u64,
-    /// Messages received from the upstream.
-    received: u64,
-    /// Queued messages dropped to make room (`overflow = "drop_oldest"`).
-    dropped_oldest: u64,
+    /// Since start: read by `/metrics` and `$SYS`, logged with every state change.
+    stats: Arc<BridgeStats>,
+    /// The upstream refused the bridge bit of `try_private`: connect without it.
+    private_refused: bool,
 }
 
 /// How a bridge task's wait ended.
@@ -187,6 +174,7 @@ async fn run(broker: Arc<Broker>, config: BridgeConfig, tls: Option<Arc<rustls::
         let mut stop = None;
         let mut stable = false;
         let mut back = false;
+        let mut retry_plain = false;
         let addresses = bridge.config.addresses.clone();
         for (index, address) in addresses.iter().enumerate() {
             match link::Link::connect(&mut bridge, address).await {
@@ -215,13 +203,21 @@ async fn run(broker: Arc<Broker>, config: BridgeConfig, tls: Option<Arc<rustls::
                     stop = Some(Stop::Shutdown);
                     break;
                 }
+                Err(e) if bridge.tries_private() && e.may_be_the_bridge_bit() => {
+                    // As Mosquitto's bridge does: the upstream does not know protocol level
+                    // 0x84; the next round (at once) goes without it.
+                    warn!(%address, "upstream refused the bridge protocol level (try_private): connecting without it: {e}");
+                    bridge.private_refused = true;
+                    retry_plain = true;
+                    break;
+                }
                 Err(e) => warn!(%address, "cannot connect: {e}"),
             }
         }
         if let Some(Stop::Shutdown) = stop {
             break;
         }
-        if back {
+        if back || retry_plain {
             failures = 0;
             continue;
         }
@@ -269,6 +265,8 @@ impl Bridge {
         session.expiry = NEVER_EXPIRES;
         session.pending.mailbox().set_persistent(true);
         session.pending.mailbox().set_online(false);
+        session.pending.mailbox().set_rejects_when_full(config.overflow == Overflow::Reject);
+        let stats = BridgeStats::register(&config.name, session.pending.mailbox().clone(), config.overflow);
         let mut bridge = Bridge {
             broker,
             config,
@@ -278,7 +276,8 @@ impl Bridge {
             control,
             linked: None,
             trimming: false,
-            counters: Counters::default(),
+            stats,
+            private_refused: false,
         };
         bridge.sync_subscriptions();
         let mut ops = std::mem::take(&mut bridge.session.journal);
@@ -348,28 +347,42 @@ impl Bridge {
         })
     }
 
+    /// `try_private` applies to this link attempt: a 3.1.1 upstream that has not refused it.
+    fn tries_private(&self) -> bool {
+        self.config.try_private
+            && self.config.protocol == crate::config::bridge::BridgeProtocol::V311
+            && !self.private_refused
+    }
+
+    /// Updates the counters read from the session: the oldest message held, and the expired.
+    fn note_held(&self) {
+        self.stats.set_oldest(self.session.oldest_held());
+        self.stats.set_dropped(BridgeDrop::Expired, self.session.expired);
+    }
+
     /// Publishes the retained status "1"/"0" on a change, and logs it.
     async fn set_linked(&mut self, linked: bool) {
         if self.linked == Some(linked) {
             return;
         }
         self.linked = Some(linked);
+        let c = &self.stats;
+        c.linked.store(linked, std::sync::atomic::Ordering::Relaxed);
         if linked {
-            self.counters.links += 1;
+            BridgeStats::add(&c.links, 1);
         }
-        let c = &self.counters;
-        let mailbox = self.session.pending.mailbox();
+        let load =
+            |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
         info!(
             state = u8::from(linked),
-            links = c.links,
-            forwarded = c.forwarded,
-            resent = c.resent,
-            acknowledged = c.acknowledged,
-            refused = c.refused,
-            received = c.received,
-            queued = mailbox.pending(),
+            links = load(&c.links),
+            forwarded = load(&c.forwarded),
+            resent = load(&c.resent),
+            acknowledged = load(&c.acknowledged),
+            received = load(&c.received),
+            queued = c.queued().0,
             in_flight = self.session.outbound.len(),
-            dropped = mailbox.dropped() + c.dropped_oldest,
+            dropped = BridgeDrop::ALL.iter().map(|&r| c.dropped(r)).sum::<u64>(),
             "bridge {}",
             if linked { "connected" } else { "disconnected" }
         );
@@ -400,7 +413,7 @@ impl Bridge {
             mailbox.pending() > max_messages || mailbox.pending_bytes() > max_bytes
         };
         while over(&self.session) && self.session.drop_oldest_pending() {
-            self.counters.dropped_oldest += 1;
+            self.stats.dropped_for(BridgeDrop::Oldest, 1);
             if !self.trimming {
                 self.trimming = true;
                 warn!(max_messages, max_bytes, "bridge queue over its budget: dropping the oldest messages");
@@ -408,7 +421,7 @@ impl Bridge {
         }
         if self.trimming && self.session.pending.mailbox().pending() <= max_messages / 2 {
             self.trimming = false;
-            info!(dropped_total = self.counters.dropped_oldest, "bridge queue has room again");
+            info!(dropped_total = self.stats.dropped(BridgeDrop::Oldest), "bridge queue has room again");
         }
     }
 
@@ -425,6 +438,7 @@ impl Bridge {
                 },
                 () = self.session.pending.absorb() => {
                     self.trim();
+                    self.note_held();
                     let ops = std::mem::take(&mut self.session.journal);
                     if !ops.is_empty() {
                         if let Err(e) = self.broker.store.commit(ops).await {
@@ -455,6 +469,7 @@ impl Bridge {
             warn!("bridge session not stored at shutdown: {e}");
         }
         self.broker.router.registry.release(&self.session.client_id, self.owner);
+        self.stats.unregister();
         info!("bridge stopped");
     }
 }

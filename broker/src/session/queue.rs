@@ -74,6 +74,9 @@ pub struct Mailbox {
     taken: AtomicU64,
     /// Congested and taking nothing for the stall interval: not worth pausing publishers for.
     stalled: AtomicBool,
+    /// A message this full queue cannot take is refused to its publisher, not just dropped
+    /// for this session (a bridge with `overflow = "reject"`).
+    rejects_when_full: AtomicBool,
 }
 
 /// Per-session queue policy.
@@ -201,6 +204,15 @@ impl Mailbox {
         let narrow = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         self.inflight.store(narrow(inflight), Ordering::Relaxed);
         self.window.store(narrow(window), Ordering::Relaxed);
+    }
+
+    pub fn set_rejects_when_full(&self, rejects: bool) {
+        self.rejects_when_full.store(rejects, Ordering::Relaxed);
+    }
+
+    /// See `rejects_when_full`: routing refuses the whole message when this queue is full.
+    pub fn rejects_when_full(&self) -> bool {
+        self.rejects_when_full.load(Ordering::Relaxed)
     }
 
     pub fn set_persistent(&self, persistent: bool) {
@@ -354,11 +366,12 @@ impl Mailbox {
         self.dropped.fetch_add(1, Ordering::Relaxed);
         METRICS.dropped(DropReason::QueueFull, 1);
         if !self.overflowing.swap(true, Ordering::Relaxed) {
+            let policy = if self.rejects_when_full() { "refusing" } else { "dropping" };
             tracing::warn!(
                 client_id = %self.client_id,
                 max_queued_messages = self.limits.max_messages,
                 max_queued_bytes = self.limits.max_bytes,
-                "pending queue full: dropping new messages for this session"
+                "pending queue full: {policy} new messages for this session"
             );
         }
         false
@@ -454,6 +467,7 @@ impl PendingQueue {
             waited_on: AtomicBool::new(false),
             taken: AtomicU64::new(0),
             stalled: AtomicBool::new(false),
+            rejects_when_full: AtomicBool::new(false),
         });
         PendingQueue { mailbox, local: VecDeque::new(), taken: (0, 0) }
     }
@@ -514,6 +528,11 @@ impl PendingQueue {
         } else {
             Poll::Pending
         }
+    }
+
+    /// The oldest delivery taken in and not yet sent.
+    pub fn front(&self) -> Option<&Delivery> {
+        self.local.front()
     }
 
     /// The next pending delivery without waiting.
