@@ -93,7 +93,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config)) {
+    match runtime.block_on(serve(config, cli.config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tern: {e}");
@@ -102,7 +102,8 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(config: Config) -> tern::Result<()> {
+/// `config_file` is read again on SIGHUP for the bridges' settings.
+async fn serve(config: Config, config_file: Option<PathBuf>) -> tern::Result<()> {
     // Handlers go in before the listeners are bound (and "listening on" is logged), so a
     // signal sent as soon as the broker is reachable already means a graceful shutdown.
     let signals = Signals::install();
@@ -145,9 +146,15 @@ async fn serve(config: Config) -> tern::Result<()> {
             let notifier = notifier.clone();
             tokio::spawn(async move {
                 while hangup.recv().await.is_some() {
-                    tracing::info!("SIGHUP received: reloading the password file, ACL and certificates");
+                    tracing::info!(
+                        "SIGHUP received: reloading the password file, ACL, certificates and bridge settings"
+                    );
                     notifier.send(&notify::reloading());
                     reloader.reload();
+                    match Config::load(config_file.as_deref()) {
+                        Ok(config) => reloader.reload_bridges(&config.bridge).await,
+                        Err(e) => tracing::error!("bridge settings not reloaded: configuration error: {e}"),
+                    }
                     notifier.send("READY=1");
                 }
             });

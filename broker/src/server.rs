@@ -30,6 +30,8 @@ pub struct Server {
     broker: Arc<Broker>,
     listeners: Vec<(TcpListener, Arc<Listener>)>,
     bridges: Vec<crate::bridge::Prepared>,
+    /// The bridges' tasks once `run` started them; SIGHUP reloads their settings.
+    running_bridges: Arc<crate::bridge::Bridges>,
     /// The HTTP endpoint's address, if one is configured; it serves from `bind` on.
     http_addr: Option<SocketAddr>,
     /// Stops the HTTP endpoint: after everything else, so `/readyz` says 503 throughout
@@ -42,6 +44,7 @@ pub struct Server {
 pub struct Reloader {
     security: Arc<Security>,
     listeners: Vec<Arc<Listener>>,
+    bridges: Arc<crate::bridge::Bridges>,
 }
 
 impl Reloader {
@@ -61,6 +64,12 @@ impl Reloader {
                 }
             }
         }
+    }
+
+    /// Applies the bridges of a newly read configuration (SIGHUP): changed ones restart with
+    /// their queue, removed ones stop, added ones start (`crate::bridge::Bridges::reload`).
+    pub async fn reload_bridges(&self, bridges: &[crate::config::bridge::BridgeConfig]) {
+        self.bridges.reload(bridges).await;
     }
 }
 
@@ -117,7 +126,8 @@ impl Server {
         // listeners already queue connections; `run` accepts them.)
         broker.ready.store(true, Ordering::Release);
         info!("accepting connections on {} listener(s)", listeners.len());
-        Ok(Server { broker, listeners, bridges, http_addr, http_stop })
+        let running_bridges = crate::bridge::Bridges::new(broker.clone());
+        Ok(Server { broker, listeners, bridges, running_bridges, http_addr, http_stop })
     }
 
     /// The HTTP endpoint's bound address (port 0 resolved), if one is configured.
@@ -140,6 +150,7 @@ impl Server {
         Reloader {
             security: self.broker.security.clone(),
             listeners: self.listeners.iter().map(|(_, l)| l.clone()).collect(),
+            bridges: self.running_bridges.clone(),
         }
     }
 
@@ -149,7 +160,7 @@ impl Server {
         let broker = self.broker;
         let refusing = Arc::new(AtomicUsize::new(0));
         broker.tasks.spawn(connection::watch_keep_alives(broker.clone()));
-        crate::bridge::spawn_all(&broker, self.bridges);
+        self.running_bridges.start_all(self.bridges);
         if let Some(interval) = broker.config.sys_interval() {
             broker.tasks.spawn(sys::run(broker.clone(), interval));
         }

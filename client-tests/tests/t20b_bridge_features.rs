@@ -253,3 +253,54 @@ async fn bridge_counters_in_metrics_and_sys_agree() {
     assert_eq!(sample(&body, "tern_bridge_dropped_total{bridge=\"cloud\",reason=\"drop_newest\"}"), 0);
     promtool_check(&body).await;
 }
+
+// SIGHUP reloads bridge settings without losing the queue. The bridge "cloud" points at an
+// unreachable upstream and queues 10 messages; the configuration file is rewritten to point it
+// at a reachable upstream and to add a bridge "extra"; after SIGHUP "cloud" restarts with its
+// queue (the 10 arrive, in order) and "extra" starts. A second SIGHUP with "cloud" removed stops
+// it: what is published on its topics afterwards goes nowhere.
+#[tokio::test]
+async fn sighup_restarts_a_changed_bridge_with_its_queue() {
+    let unreachable = Broker::start();
+    let proxy = Proxy::start(unreachable.addr()).await;
+    proxy.set(Mode::Reset);
+    let upstream = Broker::start();
+    let mut up_sub = Mqtt::connect(opts(&upstream, "up-sub")).await;
+    up_sub.subscribe("q/#", 1).await;
+    up_sub.subscribe("x/#", 1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tern.toml");
+    let cloud = |to| edge_config(to, "topics = [{ pattern = \"q/#\", direction = \"out\", qos = 1 }]");
+    let extra =
+        edge_config(upstream.addr(), "topics = [{ pattern = \"x/#\", direction = \"out\", qos = 1 }]")
+            .replace("name = \"cloud\"", "name = \"extra\"");
+    std::fs::write(&file, cloud(proxy.addr)).unwrap();
+    let path = file.to_str().unwrap();
+    let edge = Broker::launch(Launch::default().args(&["-c", path, "--bind", "127.0.0.1", "-p", "0"]));
+    let mut state = state_watcher(&edge).await;
+    wait_state(&mut state, "0", WAIT).await;
+    let mut publisher = Mqtt::connect(opts(&edge, "edge-pub")).await;
+    for seq in 0..10 {
+        publisher.publish_wait("q/t", 1, false, payload("edge-pub", seq)).await;
+    }
+
+    std::fs::write(&file, format!("{}{extra}", cloud(upstream.addr()))).unwrap();
+    edge.sighup();
+    assert!(
+        edge.wait_log("bridge settings changed: restarting it with its queue", WAIT).await,
+        "{}",
+        edge.logs()
+    );
+    let expected: BTreeSet<usize> = (0..10).collect();
+    let got = collect(&mut up_sub, "edge-pub", &expected).await;
+    assert_eq!(got, (0..10).collect::<Vec<_>>(), "the queue kept across the restart, in order");
+    assert!(edge.wait_log("bridge added: starting it", WAIT).await);
+    publisher.publish_wait("x/t", 1, false, payload("edge-pub", 100)).await;
+    assert_eq!(parse(&up_sub.recv().await.payload).1, 100, "the added bridge forwards");
+
+    std::fs::write(&file, &extra).unwrap();
+    edge.sighup();
+    assert!(edge.wait_log("bridge removed from the configuration", WAIT).await);
+    publisher.publish_wait("q/t", 1, false, payload("edge-pub", 10)).await;
+    up_sub.expect_silence().await;
+}

@@ -166,7 +166,7 @@ impl Link {
     /// `connect_timeout_secs`), then subscribes upstream and re-sends the unacknowledged window.
     pub(super) async fn connect(bridge: &mut Bridge, address: &str) -> Result<Link, ConnectError> {
         let timeout = bridge.config.connect_timeout();
-        let shutdown = bridge.broker.shutdown.clone();
+        let shutdown = bridge.stop.clone();
         let (mut link, connack) = tokio::select! {
             () = shutdown.cancelled() => return Err(ConnectError::Shutdown),
             attempt = tokio::time::timeout(timeout, Link::handshake(bridge, address)) => {
@@ -396,6 +396,7 @@ impl Link {
             // gets its turn, while an upstream that floods us cannot starve the queue.
             tokio::select! {
                 biased;
+                () = bridge.stop.cancelled() => return Ending::Shutdown,
                 request = bridge.control.recv() => match request {
                     Control::Shutdown => return Ending::Shutdown,
                     // The admin API's kick: the link goes, the bridge reconnects.

@@ -38,7 +38,10 @@
 
 mod link;
 mod rate;
+mod reload;
 pub mod stats;
+
+pub use reload::Bridges;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,7 +49,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use bytestring::ByteString;
 use tokio::time::Instant;
-use tracing::{error, info, warn, Instrument};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
 
 use crate::config::bridge::{BridgeConfig, Overflow};
 use crate::connection::route_now;
@@ -106,29 +110,19 @@ pub struct Prepared {
 /// Loads every bridge's TLS files (before the broker starts: a bad file stops it, naming the
 /// bridge and the file).
 pub fn prepare(config: &crate::Config) -> crate::Result<Vec<Prepared>> {
-    config
-        .bridge
-        .iter()
-        .map(|bridge| {
-            let tls = match &bridge.tls {
-                Some(settings) => Some(Arc::new(
-                    crate::transport::tls::client_config(settings)
-                        .map_err(|source| crate::Error::BridgeTls { name: bridge.name.clone(), source })?,
-                )),
-                None => None,
-            };
-            Ok(Prepared { config: bridge.clone(), tls })
-        })
-        .collect()
+    config.bridge.iter().map(prepare_one).collect()
 }
 
-/// Starts one task per bridge. Call after stored sessions were restored: each bridge takes its
-/// session over from the offline task `restore` started for it.
-pub fn spawn_all(broker: &Arc<Broker>, bridges: Vec<Prepared>) {
-    for Prepared { config, tls } in bridges {
-        let span = tracing::info_span!(parent: None, "bridge", name = %config.name);
-        broker.tasks.spawn(run(broker.clone(), config, tls).instrument(span));
-    }
+/// One bridge's TLS files loaded (at start, and again at a reload that changed its settings).
+fn prepare_one(bridge: &BridgeConfig) -> crate::Result<Prepared> {
+    let tls = match &bridge.tls {
+        Some(settings) => Some(Arc::new(
+            crate::transport::tls::client_config(settings)
+                .map_err(|source| crate::Error::BridgeTls { name: bridge.name.clone(), source })?,
+        )),
+        None => None,
+    };
+    Ok(Prepared { config: bridge.clone(), tls })
 }
 
 /// The bridge's local side: its session and the topic mapping.
@@ -148,6 +142,8 @@ struct Bridge {
     stats: Arc<BridgeStats>,
     /// The upstream refused the bridge bit of `try_private`: connect without it.
     private_refused: bool,
+    /// Ends this bridge's task: the broker's shutdown, or a reload that stops or restarts it.
+    stop: CancellationToken,
 }
 
 /// How a bridge task's wait ended.
@@ -156,18 +152,26 @@ enum Stop {
     Shutdown,
 }
 
-async fn run(broker: Arc<Broker>, config: BridgeConfig, tls: Option<Arc<rustls::ClientConfig>>) {
-    let mut bridge = match Bridge::open(broker, config, tls).await {
+/// One bridge's task, until `stop` (a child of the broker's shutdown token). Starts with the
+/// session `handed` over by the task it replaces (a reload), if any; returns its session when
+/// stopped by a reload, so the next task (or the removal) gets it with its queue.
+async fn run(
+    broker: Arc<Broker>,
+    Prepared { config, tls }: Prepared,
+    stop: CancellationToken,
+    handed: Option<Session>,
+) -> Option<Session> {
+    let mut bridge = match Bridge::open(broker, config, tls, stop, handed).await {
         Ok(bridge) => bridge,
         Err(e) => {
             error!("bridge not started: {e}");
-            return;
+            return None;
         }
     };
     bridge.set_linked(false).await;
     let mut failures: u32 = 0;
     loop {
-        if bridge.broker.shutdown.is_cancelled() {
+        if bridge.stop.is_cancelled() {
             break;
         }
         // Failover: the addresses in order, the first (primary) again at every round.
@@ -227,7 +231,9 @@ async fn run(broker: Arc<Broker>, config: BridgeConfig, tls: Option<Arc<rustls::
             break;
         }
     }
-    bridge.close().await;
+    let reloading = !bridge.broker.shutdown.is_cancelled();
+    let session = bridge.close().await;
+    reloading.then_some(session)
 }
 
 /// Exponential backoff with jitter: the n-th delay (n ≥ 1) is drawn between half and all of
@@ -248,11 +254,13 @@ impl Bridge {
         broker: Arc<Broker>,
         config: BridgeConfig,
         tls: Option<Arc<rustls::ClientConfig>>,
+        stop: CancellationToken,
+        handed: Option<Session>,
     ) -> Result<Bridge, crate::storage::StoreError> {
         let client_id = ClientId(ByteString::from(format!("{SESSION_PREFIX}{}", config.name)));
         let owner = broker.router.registry.new_owner_id();
         let (control_tx, control) = control_slot();
-        let previous = broker.router.registry.claim(&client_id, owner, control_tx, true).await;
+        let previous = broker.router.registry.claim(&client_id, owner, control_tx, true).await.or(handed);
         let limits = session_limits(&broker.config, &config);
         let resumed = previous.is_some();
         let mut session = match previous {
@@ -278,6 +286,7 @@ impl Bridge {
             trimming: false,
             stats,
             private_refused: false,
+            stop,
         };
         bridge.sync_subscriptions();
         let mut ops = std::mem::take(&mut bridge.session.journal);
@@ -432,6 +441,7 @@ impl Bridge {
         loop {
             tokio::select! {
                 () = &mut sleep => return None,
+                () = self.stop.cancelled() => return Some(Stop::Shutdown),
                 request = self.control.recv() => match request {
                     Control::Shutdown => return Some(Stop::Shutdown),
                     other => Bridge::refuse(other),
@@ -460,8 +470,9 @@ impl Bridge {
         }
     }
 
-    /// Shutdown: the session record is stored (its deliveries already are) for the next start.
-    async fn close(mut self) {
+    /// Shutdown or reload: the session record is stored (its deliveries already are) for the
+    /// next start, and the session returned for the next task.
+    async fn close(mut self) -> Session {
         self.session.pending.mailbox().set_online(false);
         let mut ops = std::mem::take(&mut self.session.journal);
         ops.push(Op::PutSession(self.session.record(None)));
@@ -471,6 +482,7 @@ impl Bridge {
         self.broker.router.registry.release(&self.session.client_id, self.owner);
         self.stats.unregister();
         info!("bridge stopped");
+        self.session
     }
 }
 
@@ -509,7 +521,7 @@ mod tests {
              { pattern = \"cmd/+\", direction = \"in\", remote_prefix = \"site1/\" }, \
              { pattern = \"x\", direction = \"both\" }",
         );
-        let bridge = Bridge::open(broker, c, None).await.unwrap();
+        let bridge = Bridge::open(broker, c, None, CancellationToken::new(), None).await.unwrap();
         assert_eq!(bridge.remote_topic("edge/s/t").as_deref(), Some("site1/s/t"));
         assert_eq!(bridge.remote_topic("s/t"), None);
         assert_eq!(bridge.remote_topic("x").as_deref(), Some("x"));

@@ -15,7 +15,7 @@ use crate::packet::{ProtocolVersion, QoS};
 use crate::router::topic;
 
 /// One upstream connection.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BridgeConfig {
     /// Names the bridge in logs, in its local session (`$bridge/<name>`) and in the status
@@ -95,7 +95,7 @@ pub struct BridgeConfig {
 }
 
 /// TLS settings of a bridge. The upstream's certificate is always verified.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BridgeTls {
     /// PEM CA certificates the upstream's certificate must chain to.
@@ -177,7 +177,7 @@ pub enum Overflow {
 }
 
 /// One `topics` entry, Mosquitto's `topic PATTERN DIRECTION QOS LOCAL_PREFIX REMOTE_PREFIX`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BridgeTopic {
     pub pattern: String,
