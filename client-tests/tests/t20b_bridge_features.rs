@@ -304,3 +304,67 @@ async fn sighup_restarts_a_changed_bridge_with_its_queue() {
     publisher.publish_wait("q/t", 1, false, payload("edge-pub", 10)).await;
     up_sub.expect_silence().await;
 }
+
+// Queued messages keep their MQTT 5 Message Expiry [MQTT-3.3.2-5] [MQTT-3.3.2-6]: with the link
+// down, a message with a 1 s expiry and one with 60 s are queued; 2 s later the link comes up:
+// the first was dropped (counted as `expired`), the second goes upstream with the interval that
+// remains.
+#[tokio::test]
+async fn queued_messages_keep_their_message_expiry() {
+    let upstream = Broker::start();
+    let proxy = Proxy::start(upstream.addr()).await;
+    proxy.set(Mode::Reset);
+    let mut up_sub = Raw::connected5(upstream.addr(), "up-sub").await;
+    up_sub.sub5("e/#", 1).await;
+    let edge = Broker::start_with(&format!(
+        "{OPS}{}",
+        edge_config(
+            proxy.addr,
+            "protocol = \"5.0\"\ntopics = [{ pattern = \"e/#\", direction = \"out\", qos = 1 }]"
+        )
+    ));
+    let mut state = state_watcher(&edge).await;
+    wait_state(&mut state, "0", WAIT).await;
+    let mut publisher = Raw::connected5(edge.addr(), "pub").await;
+    for (pid, expiry) in [(1u16, 1u32), (2, 60)] {
+        let props = Props::new().with(v5::MESSAGE_EXPIRY, expiry);
+        let reason = publisher.publish5_flow("e/t", 1, false, pid, &props, &payload("pub", pid.into())).await;
+        assert_eq!(reason, 0, "queued");
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.set(Mode::Pass);
+    let p = up_sub.recv_publish5().await;
+    up_sub.send(&v5::puback(p.pid.unwrap())).await;
+    assert_eq!(parse(&p.payload).1, 2, "the expired one was dropped");
+    let left = p.props.num(v5::MESSAGE_EXPIRY).expect("expiry forwarded");
+    assert!((55..60).contains(&left), "remaining interval forwarded: {left}");
+    up_sub.expect_nothing(Duration::from_secs(1)).await;
+    wait_sys(&edge, "dropped/expired", "1").await;
+}
+
+// `try_private` with an upstream that does not know the bridge bit: the first CONNECT carries
+// protocol level 0x84, the upstream answers CONNACK return code 1 (unacceptable protocol
+// version) [MQTT-3.2.2-4]; the bridge connects again at once with level 4, and links.
+#[tokio::test]
+async fn try_private_falls_back_when_the_upstream_refuses_the_bridge_bit() {
+    let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let edge = Broker::start_with(&scripted_config(
+        upstream.local_addr().unwrap(),
+        "{ pattern = \"p/#\", direction = \"out\", qos = 1 }",
+    ));
+    let mut levels = Vec::new();
+    for return_code in [0x01, 0x00] {
+        let (stream, peer) =
+            tokio::time::timeout(WAIT, upstream.accept()).await.expect("bridge connects").unwrap();
+        let mut raw = Raw::over(stream, peer);
+        let connect = raw.recv().await;
+        assert_eq!(connect.header, 0x10, "CONNECT first: {connect:?}");
+        levels.push(connect.body[6]);
+        raw.send(&[0x20, 0x02, 0x00, return_code]).await;
+        if return_code == 0 {
+            assert!(edge.wait_log("bridge connected", WAIT).await, "{}", edge.logs());
+        }
+    }
+    assert_eq!(levels, [0x84, 0x04], "bridge bit first, then plain 3.1.1");
+    assert!(edge.logs().contains("upstream refused the bridge protocol level"), "logged");
+}

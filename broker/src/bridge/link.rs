@@ -136,12 +136,14 @@ pub(super) struct Link {
     primary_back: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
     /// `max_rate`: PUBLISH packets leave the queue only with a token.
     rate: Option<TokenBucket>,
-    /// A too-large message was logged on this link (later ones are only counted).
+    /// A too-large message, and one over the hop limit, was logged on this link (later ones
+    /// are only counted).
     too_large_logged: bool,
+    hops_logged: bool,
 }
 
 /// The user property carrying how many bridges a message passed (MQTT 5 upstreams).
-pub(super) const HOPS_PROPERTY: &str = "tern-hops";
+const HOPS_PROPERTY: &str = "tern-hops";
 
 /// The hop count a message arrived with (0 without the property, or with one not a number).
 fn hops(properties: &crate::packet::PublishProperties) -> u32 {
@@ -214,6 +216,7 @@ impl Link {
             primary_back: None,
             rate: config.max_rate.map(|r| TokenBucket::new(r, now)),
             too_large_logged: false,
+            hops_logged: false,
         };
         let connect = Connect {
             version,
@@ -588,7 +591,10 @@ impl Link {
                     if hops > u32::from(bridge.config.max_hops) {
                         // A loop of bridges: this message went round `max_hops` times already.
                         bridge.stats.dropped_for(BridgeDrop::MaxHops, 1);
-                        debug!(topic = %publish.topic, hops, "hop limit reached: not forwarded");
+                        if !self.hops_logged {
+                            self.hops_logged = true;
+                            warn!(topic = %publish.topic, hops, "hop limit reached (a loop of bridges?): not forwarded (logged once per link, counted)");
+                        }
                         if let Some(id) = publish.packet_id {
                             bridge.session.forget(id);
                         }

@@ -23,8 +23,13 @@
 //! While the link is down the session stays with the bridge task (never in the offline roster,
 //! so `limits.max_offline_sessions` cannot end it); it queues QoS 1/2 within the bridge's queue
 //! budget and drops QoS 0, as an offline session does. Beyond the budget the newest are dropped
-//! by the queue, or with `overflow = "drop_oldest"` the oldest by `Bridge::trim`; counted and
-//! logged either way. The session's client id is refused to clients (CONNACK 0x85 / 0x02).
+//! by the queue, or with `overflow = "drop_oldest"` the oldest by `Bridge::trim`, or with
+//! `overflow = "reject"` the publisher is refused (its connection abandons the message:
+//! `RouteOutcome::rejected`); counted and logged every way. The session's client id is refused
+//! to clients (CONNACK 0x85 / 0x02).
+//!
+//! Loops: No Local both sides (MQTT 5), Mosquitto's `try_private` bridge bit (3.1.1), and the
+//! `tern-hops` user property against `max_hops` (`link.rs`).
 //!
 //! Upstream capabilities from CONNACK: Maximum QoS caps what enters the window
 //! (`Session::qos_cap`), Retain Available 0 clears RETAIN, Maximum Packet Size drops what is
@@ -34,7 +39,8 @@
 //! is probed and the link moves back once it answers.
 //!
 //! Status: a retained `$SYS/broker/connection/<name>/state`, "1" while linked and "0"
-//! otherwise (as Mosquitto publishes it), and one log line per change with the counters.
+//! otherwise (as Mosquitto publishes it), and one log line per change with the counters, which
+//! `/metrics` and `$SYS` read too (`stats.rs`). SIGHUP: `reload.rs`.
 
 mod link;
 mod rate;
