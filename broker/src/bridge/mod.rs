@@ -280,6 +280,8 @@ impl Bridge {
         session.pending.mailbox().set_persistent(true);
         session.pending.mailbox().set_online(false);
         session.pending.mailbox().set_rejects_when_full(config.overflow == Overflow::Reject);
+        // Publishers meet the budget and its policy, never a pause while a backlog drains.
+        session.pending.mailbox().set_paces_publishers(false);
         let stats = BridgeStats::register(&config.name, session.pending.mailbox().clone(), config.overflow);
         let mut bridge = Bridge {
             broker,

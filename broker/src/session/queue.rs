@@ -77,6 +77,10 @@ pub struct Mailbox {
     /// A message this full queue cannot take is refused to its publisher, not just dropped
     /// for this session (a bridge with `overflow = "reject"`).
     rejects_when_full: AtomicBool,
+    /// Publishers pause while this queue is congested (flow control). Off for a bridge: its
+    /// queue is a buffer with its own budget and overflow policy, and pausing the publishers
+    /// while a backlog drains would hold up every one of their publishes for the whole drain.
+    paces_publishers: AtomicBool,
 }
 
 /// Per-session queue policy.
@@ -215,6 +219,10 @@ impl Mailbox {
         self.rejects_when_full.load(Ordering::Relaxed)
     }
 
+    pub fn set_paces_publishers(&self, paces: bool) {
+        self.paces_publishers.store(paces, Ordering::Relaxed);
+    }
+
     pub fn set_persistent(&self, persistent: bool) {
         self.persistent.store(persistent, Ordering::Relaxed);
     }
@@ -236,7 +244,9 @@ impl Mailbox {
         if delivery.qos == QoS::AtMostOnce && !online {
             return Offer::SkippedOffline;
         }
-        let headroom = if online { FLOW_CONTROL_HEADROOM } else { 1 };
+        // The headroom absorbs what publishers route while they are being paused.
+        let paces = self.paces_publishers.load(Ordering::Relaxed);
+        let headroom = if online && paces { FLOW_CONTROL_HEADROOM } else { 1 };
         if !self.reserve(delivery.message.weight(), headroom) {
             return Offer::DroppedFull;
         }
@@ -286,7 +296,10 @@ impl Mailbox {
     /// The queue of this connected, progressing session is congested: publishers to it should
     /// pause (`wait_for_room`). `clock` is read only when the queue holds a backlog.
     pub fn needs_flow_control(&self, clock: &mut Clock) -> bool {
-        self.is_online() && !self.stalled.load(Ordering::SeqCst) && self.is_congested(clock)
+        self.is_online()
+            && self.paces_publishers.load(Ordering::Relaxed)
+            && !self.stalled.load(Ordering::SeqCst)
+            && self.is_congested(clock)
     }
 
     /// Returns once the queue is down to half the backlog mark, the session went
@@ -468,6 +481,7 @@ impl PendingQueue {
             taken: AtomicU64::new(0),
             stalled: AtomicBool::new(false),
             rejects_when_full: AtomicBool::new(false),
+            paces_publishers: AtomicBool::new(true),
         });
         PendingQueue { mailbox, local: VecDeque::new(), taken: (0, 0) }
     }
