@@ -528,6 +528,7 @@ pub fn render_metrics(m: &Metrics, broker: &Broker) -> String {
             since_epoch.as_secs_f64()
         );
     }
+    crate::bridge::stats::render_metrics(&mut out, tokio::time::Instant::now());
     let process = ProcessStats::read();
     if let Some(cpu) = process.cpu_seconds {
         // A float: the one sample not counted in whole units.

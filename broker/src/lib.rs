@@ -91,6 +91,11 @@ pub struct Broker {
     pub listeners: OnceLock<Vec<Arc<Listener>>>,
     /// systemd's notification socket (does nothing when systemd did not ask).
     pub notifier: Arc<Notifier>,
+    /// The running bridges, once the server made them: reloads apply new bridge settings.
+    pub bridges: OnceLock<Arc<bridge::Bridges>>,
+    /// The configuration file given at start (none: the embedded defaults), read again by
+    /// reloads for the bridges' settings.
+    pub config_file: OnceLock<std::path::PathBuf>,
 }
 
 impl Broker {
@@ -117,6 +122,8 @@ impl Broker {
             ready: AtomicBool::new(false),
             listeners: OnceLock::new(),
             notifier: Arc::new(Notifier::from_env()),
+            bridges: OnceLock::new(),
+            config_file: OnceLock::new(),
             config,
         }
     }

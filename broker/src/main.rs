@@ -109,7 +109,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(config)) {
+    match runtime.block_on(serve(config, cli.config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tern: {e}");
@@ -118,12 +118,16 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(config: Config) -> tern::Result<()> {
+/// `config_file` is read again on SIGHUP for the bridges' settings.
+async fn serve(config: Config, config_file: Option<PathBuf>) -> tern::Result<()> {
     // Handlers go in before the listeners are bound (and "listening on" is logged), so a
     // signal sent as soon as the broker is reachable already means a graceful shutdown.
     let signals = Signals::install();
     let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
     let server = Server::bind(config).await?;
+    if let Some(file) = config_file {
+        let _ = server.broker().config_file.set(file);
+    }
     let notifier = server.broker().notifier.clone();
     // Storage is open and every listener bound: ready for systemd (Type=notify).
     let addrs: Vec<String> = server.local_addrs().iter().map(ToString::to_string).collect();
@@ -160,8 +164,10 @@ async fn serve(config: Config) -> tern::Result<()> {
             let broker = server.broker();
             tokio::spawn(async move {
                 while hangup.recv().await.is_some() {
-                    tracing::info!("SIGHUP received: reloading the password file, ACL and certificates");
-                    tern::server::reload(&broker);
+                    tracing::info!(
+                        "SIGHUP received: reloading the password file, ACL, certificates and bridge settings"
+                    );
+                    tern::server::reload(&broker).await;
                 }
             });
         }

@@ -37,10 +37,11 @@ pub struct Server {
     http_stop: CancellationToken,
 }
 
-/// Re-reads the password file, the ACL and every listener's certificates: what SIGHUP and
-/// `POST /api/v1/reload` both do. A file that fails keeps its previous version in use; each
-/// failure is logged and returned. systemd hears RELOADING=1 before and READY=1 after.
-pub fn reload(broker: &Broker) -> Vec<String> {
+/// What SIGHUP and `POST /api/v1/reload` both do: re-reads the password file, the ACL, every
+/// listener's certificates and the configuration file's bridges. A file that fails keeps its
+/// previous version in use; each failure is logged and returned. systemd hears RELOADING=1
+/// before and READY=1 after.
+pub async fn reload(broker: &Broker) -> Vec<String> {
     broker.notifier.send(&notify::reloading());
     let mut failures = Vec::new();
     match broker.security.reload() {
@@ -58,6 +59,15 @@ pub fn reload(broker: &Broker) -> Vec<String> {
                     error!(listener = %listener.config.bind, "TLS reload failed, keeping the previous certificates: {e}");
                     failures.push(format!("certificates of listener {}: {e}", listener.config.bind));
                 }
+            }
+        }
+    }
+    if let Some(bridges) = broker.bridges.get() {
+        match Config::load(broker.config_file.get().map(std::path::PathBuf::as_path)) {
+            Ok(config) => bridges.reload(&config.bridge).await,
+            Err(e) => {
+                error!("bridge settings not reloaded: configuration error: {e}");
+                failures.push(format!("bridge settings: {e}"));
             }
         }
     }
@@ -120,6 +130,7 @@ impl Server {
         // listeners already queue connections; `run` accepts them.)
         broker.ready.store(true, Ordering::Release);
         info!("accepting connections on {} listener(s)", listeners.len());
+        let _ = broker.bridges.set(crate::bridge::Bridges::new(&broker));
         Ok(Server { broker, listeners, bridges, http_addr, http_stop })
     }
 
@@ -149,7 +160,9 @@ impl Server {
         let broker = self.broker;
         let refusing = Arc::new(AtomicUsize::new(0));
         broker.tasks.spawn(connection::watch_keep_alives(broker.clone()));
-        crate::bridge::spawn_all(&broker, self.bridges);
+        if let Some(bridges) = broker.bridges.get() {
+            bridges.start_all(self.bridges);
+        }
         if let Some(interval) = broker.config.sys_interval() {
             broker.tasks.spawn(sys::run(broker.clone(), interval));
         }

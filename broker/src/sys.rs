@@ -7,8 +7,9 @@
 //! (the first round publishes all). The messages are routed like any other (a `#` subscriber
 //! never sees them [MQTT-4.7.2-1], the router sees to that) and kept in the retained store,
 //! but not written to storage: after a restart they describe the new process, from its first
-//! round. Nothing per client is published. Clients may not publish under `$SYS/` (see
-//! `router::topic::is_broker_topic`).
+//! round. Nothing per client is published; per bridge, its counters go under
+//! `$SYS/broker/connection/<name>/` (`bridge/stats.rs`). Clients may not publish under `$SYS/`
+//! (see `router::topic::is_broker_topic`).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -109,6 +110,8 @@ impl SysTree {
         .map(|(topic, value)| (format!("$SYS/broker/{topic}"), value))
         .collect();
         self.update_loads(m, now, &mut values);
+        // Per bridge, beside the `state` topic each bridge publishes itself.
+        values.extend(crate::bridge::stats::BridgeStats::all().iter().flat_map(|b| b.sys_values(now)));
         values.retain(|(topic, value)| self.published.get(topic) != Some(value));
         for (topic, value) in &values {
             self.published.insert(topic.clone(), value.clone());

@@ -233,8 +233,13 @@ pub async fn accept_bridge(listener: &TcpListener, session_present: bool) -> Raw
     let mut raw = Raw::over(stream, peer);
     let connect = raw.recv().await;
     assert_eq!(connect.header, 0x10, "CONNECT first [MQTT-3.1.0-1]: {connect:?}");
-    // Protocol name (6 bytes), level 4, flags: clean session 0 keeps the upstream session.
-    assert_eq!((connect.body[6], connect.body[7] & 0x02), (4, 0), "3.1.1, clean session 0: {connect:?}");
+    // Protocol name (6 bytes), level 4 (with Mosquitto's bridge bit 0x80: `try_private`, on by
+    // default), flags: clean session 0 keeps the upstream session.
+    assert_eq!(
+        (connect.body[6], connect.body[7] & 0x02),
+        (0x84, 0),
+        "3.1.1 bridge, clean session 0: {connect:?}"
+    );
     raw.send(&[0x20, 0x02, u8::from(session_present), 0x00]).await;
     raw
 }

@@ -1,9 +1,13 @@
 //! HTTP/1.1 as curl speaks it, over a raw TCP stream (one request per connection), for the
-//! broker's `[http]` endpoint: status lines, headers and bodies are checked on the wire.
+//! broker's `[http]` endpoint (`/metrics`, `/readyz`, the admin API): status lines, headers and
+//! bodies are checked on the wire; `promtool_check` lints a /metrics body.
 
 use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
 
 use crate::{Broker, WAIT};
 
@@ -79,4 +83,23 @@ where
         .unwrap_or_else(|| panic!("no sample {series} in:\n{metrics}"))
         .parse()
         .expect("numeric sample")
+}
+
+/// Asserts that `promtool check metrics` accepts a /metrics body without a remark.
+pub async fn promtool_check(body: &str) {
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("promtool (Debian package prometheus; .ci/prepare installs it)");
+    promtool.stdin.take().unwrap().write_all(body.as_bytes()).await.unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(20), promtool.wait_with_output())
+        .await
+        .expect("promtool within 20 s")
+        .unwrap();
+    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && report.trim().is_empty(), "promtool check metrics:\n{report}\n{body}");
 }

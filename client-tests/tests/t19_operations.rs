@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use client_tests::http::{http_addr, http_get, http_request, sample};
+use client_tests::http::*;
 use client_tests::v5::{self, Props};
 use client_tests::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -247,21 +247,7 @@ async fn metrics_pass_promtool_check() {
     assert!(head.contains("Content-Type: text/plain; version=0.0.4"), "{head}");
     assert!(body.contains("# TYPE tern_publish_received_total counter"), "{body}");
     assert!(sample::<u64>(&body, "tern_retained_messages") >= 1);
-    let mut promtool = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("promtool (Debian package prometheus; .ci/prepare installs it)");
-    promtool.stdin.take().unwrap().write_all(body.as_bytes()).await.unwrap();
-    let out = tokio::time::timeout(Duration::from_secs(20), promtool.wait_with_output())
-        .await
-        .expect("promtool within 20 s")
-        .unwrap();
-    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success() && report.trim().is_empty(), "promtool check metrics:\n{report}\n{body}");
+    promtool_check(&body).await;
 }
 
 // /healthz says the process is up, /readyz that it serves (storage open, listeners bound);
@@ -382,7 +368,10 @@ async fn gauges_follow_clients_subscriptions_and_retained() {
     a.publish_wait("g/r", 1, true, "").await;
     let (_, _, after) = http_get(http, "/metrics", None).await;
     assert_eq!(sample::<u64>(&after, "tern_subscriptions"), 2);
-    assert_eq!(sample::<u64>(&after, "tern_retained_messages"), sample::<u64>(&body, "tern_retained_messages") - 1);
+    assert_eq!(
+        sample::<u64>(&after, "tern_retained_messages"),
+        sample::<u64>(&body, "tern_retained_messages") - 1
+    );
 
     sys.subscribe("$SYS/broker/clients/connected", 0).await;
     sys.subscribe("$SYS/broker/subscriptions/count", 0).await;

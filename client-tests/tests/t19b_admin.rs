@@ -265,17 +265,20 @@ async fn metrics_count_connections_by_listener_and_storage_commits() {
     let mut v3 = Mqtt::connect(opts(&b, "m-v3")).await;
     let (_v5, _) = Raw::connect5(b.addr(), &v5::Connect::new("m-v5")).await;
     let (_, _, before) = http_get(http, "/metrics", None).await;
-    assert_eq!(sample(&before, "tern_connections{listener=\"127.0.0.1:0\",protocol=\"3.1.1\"}"), 1.0);
-    assert_eq!(sample(&before, "tern_connections{listener=\"127.0.0.1:0\",protocol=\"5.0\"}"), 1.0);
-    assert_eq!(sample(&before, "tern_connections{listener=\"127.0.0.1:0\",protocol=\"3.1\"}"), 0.0);
+    assert_eq!(sample::<f64>(&before, "tern_connections{listener=\"127.0.0.1:0\",protocol=\"3.1.1\"}"), 1.0);
+    assert_eq!(sample::<f64>(&before, "tern_connections{listener=\"127.0.0.1:0\",protocol=\"5.0\"}"), 1.0);
+    assert_eq!(sample::<f64>(&before, "tern_connections{listener=\"127.0.0.1:0\",protocol=\"3.1\"}"), 0.0);
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
-    let started = sample(&before, "process_start_time_seconds");
+    let started = sample::<f64>(&before, "process_start_time_seconds");
     assert!(started <= now && started > now - 60.0, "{started} vs {now}");
 
     v3.publish_wait("m/retained", 1, true, "stored").await;
     let (_, _, after) = http_get(http, "/metrics", None).await;
-    let commits = |m: &str| sample(m, "tern_storage_commit_duration_seconds_count");
+    let commits = |m: &str| sample::<f64>(m, "tern_storage_commit_duration_seconds_count");
     assert!(commits(&after) > commits(&before), "a retained message is a RocksDB write");
-    assert_eq!(sample(&after, "tern_storage_commit_duration_seconds_bucket{le=\"+Inf\"}"), commits(&after));
+    assert_eq!(
+        sample::<f64>(&after, "tern_storage_commit_duration_seconds_bucket{le=\"+Inf\"}"),
+        commits(&after)
+    );
     assert!(after.contains("# TYPE tern_storage_commit_duration_seconds histogram\n"));
 }

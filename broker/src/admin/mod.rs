@@ -11,7 +11,7 @@
 //! | `GET /api/v1/retained?filter=&limit=` | retained messages matching a filter (default `#`) |
 //! | `DELETE /api/v1/retained?filter=` | deletes the retained messages matching the filter |
 //! | `POST /api/v1/publish` | publishes `{"topic", "payload", "qos", "retain"}` as the broker |
-//! | `POST /api/v1/reload` | what SIGHUP does: password file, ACL, certificates |
+//! | `POST /api/v1/reload` | what SIGHUP does: password file, ACL, certificates, bridges |
 //!
 //! Errors are `{"error": "..."}` with 400, 403, 404, 405, 409 or 500 (401 comes from
 //! `http.rs`). Path segments and query values are percent-decoded ('#' must be sent as `%23`,
@@ -55,7 +55,7 @@ pub async fn respond(request: &Request, broker: &Broker) -> Response {
         ("GET", "/retained") => topics::retained(broker, &query),
         ("DELETE", "/retained") => topics::delete_retained(broker, &query).await,
         ("POST", "/publish") => topics::publish(broker, &request.body).await,
-        ("POST", "/reload") => reload(broker),
+        ("POST", "/reload") => reload(broker).await,
         (_, "/summary" | "/clients" | "/subscriptions" | "/retained" | "/publish" | "/reload") => {
             error(405, "method not allowed")
         }
@@ -65,9 +65,9 @@ pub async fn respond(request: &Request, broker: &Broker) -> Response {
 
 /// What SIGHUP does (`server::reload`); 500 naming each file that failed, whose previous
 /// version stays in use.
-fn reload(broker: &Broker) -> Response {
+async fn reload(broker: &Broker) -> Response {
     tracing::info!("reload requested through the admin API");
-    let failures = crate::server::reload(broker);
+    let failures = crate::server::reload(broker).await;
     if failures.is_empty() {
         return json(200, "{\"reloaded\":true}\n".into());
     }

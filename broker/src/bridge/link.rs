@@ -24,6 +24,8 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use super::rate::TokenBucket;
+use super::stats::{BridgeDrop, BridgeStats};
 use super::Bridge;
 use crate::codec::{Codec, Encoded};
 use crate::message::Message;
@@ -93,6 +95,20 @@ pub(super) enum ConnectError {
     Refused(ReasonCode),
     #[error("protocol error: {0}")]
     Protocol(String),
+    #[error("connection closed before CONNACK")]
+    ClosedBeforeConnAck,
+}
+
+impl ConnectError {
+    /// How a 3.1.1 server that does not know Mosquitto's bridge bit (protocol level 0x84)
+    /// answers it: CONNACK return code 1 (unacceptable protocol version), or closing.
+    pub(super) fn may_be_the_bridge_bit(&self) -> bool {
+        match self {
+            ConnectError::Refused(reason) => *reason == ReasonCode::UNSUPPORTED_PROTOCOL_VERSION,
+            ConnectError::ClosedBeforeConnAck => true,
+            _ => false,
+        }
+    }
 }
 
 pub(super) struct Link {
@@ -118,6 +134,33 @@ pub(super) struct Link {
     retain_available: bool,
     /// While on a secondary address: resolves when the primary is back (`probe`).
     primary_back: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
+    /// `max_rate`: PUBLISH packets leave the queue only with a token.
+    rate: Option<TokenBucket>,
+    /// A too-large message, and one over the hop limit, was logged on this link (later ones
+    /// are only counted).
+    too_large_logged: bool,
+    hops_logged: bool,
+}
+
+/// The user property carrying how many bridges a message passed (MQTT 5 upstreams).
+const HOPS_PROPERTY: &str = "tern-hops";
+
+/// The hop count a message arrived with (0 without the property, or with one not a number).
+fn hops(properties: &crate::packet::PublishProperties) -> u32 {
+    properties
+        .user_properties
+        .iter()
+        .find(|(key, _)| key == HOPS_PROPERTY)
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Sets the hop count (replacing an earlier value), keeping the other user properties in order.
+fn set_hops(properties: &mut crate::packet::PublishProperties, hops: u32) {
+    properties.user_properties.retain(|(key, _)| key != HOPS_PROPERTY);
+    properties
+        .user_properties
+        .push((ByteString::from_static(HOPS_PROPERTY), ByteString::from(hops.to_string())));
 }
 
 impl Link {
@@ -125,7 +168,7 @@ impl Link {
     /// `connect_timeout_secs`), then subscribes upstream and re-sends the unacknowledged window.
     pub(super) async fn connect(bridge: &mut Bridge, address: &str) -> Result<Link, ConnectError> {
         let timeout = bridge.config.connect_timeout();
-        let shutdown = bridge.broker.shutdown.clone();
+        let shutdown = bridge.stop.clone();
         let (mut link, connack) = tokio::select! {
             () = shutdown.cancelled() => return Err(ConnectError::Shutdown),
             attempt = tokio::time::timeout(timeout, Link::handshake(bridge, address)) => {
@@ -171,6 +214,9 @@ impl Link {
             subscribe_id: None,
             retain_available: true,
             primary_back: None,
+            rate: config.max_rate.map(|r| TokenBucket::new(r, now)),
+            too_large_logged: false,
+            hops_logged: false,
         };
         let connect = Connect {
             version,
@@ -194,6 +240,9 @@ impl Link {
         };
         link.out.push(Packet::Connect(Box::new(connect)));
         link.encode_plain()?;
+        if bridge.tries_private() {
+            crate::codec::mark_bridge_connect(&mut link.wbuf);
+        }
         link.stream.write_all_buf(&mut link.wbuf).await?;
         link.stream.flush().await?;
         // The first packet from the server is CONNACK [MQTT-3.2.0-1].
@@ -212,7 +261,7 @@ impl Link {
             }
             link.rbuf.reserve(READ_SIZE);
             if link.stream.read_buf(&mut link.rbuf).await? == 0 {
-                return Err(ConnectError::Protocol("connection closed before CONNACK".into()));
+                return Err(ConnectError::ClosedBeforeConnAck);
             }
         }
     }
@@ -238,6 +287,7 @@ impl Link {
             );
         }
         if !connack.session_present && !session.outbound.is_empty() {
+            BridgeStats::add(&bridge.stats.session_lost, 1);
             // The upstream lost our session: a PUBLISH re-sent now is new to it, so one it had
             // already taken may arrive twice (at-least-once, also for QoS 2), and a PUBREL
             // for a message it had released is answered anyway.
@@ -330,9 +380,18 @@ impl Link {
                     Err(_) => return Ending::Lost("write stalled for 1.5 × keep-alive".into()),
                 }
             }
-            let timer = if self.pinging { self.dead_at() } else { self.dead_at().min(self.ping_at()) };
+            let mut timer = if self.pinging { self.dead_at() } else { self.dead_at().min(self.ping_at()) };
+            let now = Instant::now();
+            bridge.note_held();
             let session = &mut bridge.session;
-            let can_deliver = session.can_deliver();
+            if let Some(rate) = &mut self.rate {
+                session.send_allowance = rate.available(now);
+                if session.send_allowance == 0 {
+                    timer = timer.min(rate.next_at(now));
+                }
+            }
+            let allowance = session.send_allowance;
+            let can_deliver = session.can_deliver() && allowance > 0;
             if self.rbuf.capacity() - self.rbuf.len() < READ_SIZE / 2 {
                 self.rbuf.reserve(READ_SIZE);
             }
@@ -340,6 +399,7 @@ impl Link {
             // gets its turn, while an upstream that floods us cannot starve the queue.
             tokio::select! {
                 biased;
+                () = bridge.stop.cancelled() => return Ending::Shutdown,
                 request = bridge.control.recv() => match request {
                     Control::Shutdown => return Ending::Shutdown,
                     // The admin API's kick: the link goes, the bridge reconnects.
@@ -374,11 +434,15 @@ impl Link {
                             self.keep_alive.as_secs()
                         ));
                     }
-                    if !self.pinging {
+                    // Also woken for `max_rate`'s next token: the next turn pumps.
+                    if !self.pinging && now >= self.ping_at() {
                         self.pinging = true;
                         self.out.push(Packet::PingReq);
                     }
                 }
+            }
+            if let Some(rate) = &mut self.rate {
+                rate.take(allowance - bridge.session.send_allowance);
             }
         }
     }
@@ -417,8 +481,10 @@ impl Link {
                 let completes = refused || matches!(ack, Packet::PubAck(_) | Packet::PubComp(_));
                 match session.handle_ack(&ack, &mut self.out, now) {
                     Ok(()) if completes => {
-                        bridge.counters.acknowledged += 1;
-                        bridge.counters.refused += u64::from(refused);
+                        BridgeStats::add(&bridge.stats.acknowledged, 1);
+                        if refused {
+                            bridge.stats.dropped_for(BridgeDrop::Refused, 1);
+                        }
                     }
                     Ok(()) => {}
                     Err(unexpected) => debug!("{unexpected}"),
@@ -447,7 +513,7 @@ impl Link {
     /// An upstream PUBLISH on an inbound topic: routed here as if the bridge's session had
     /// published it (so No Local keeps it from going back out), acknowledged once stored.
     fn handle_publish(&mut self, bridge: &mut Bridge, publish: Publish) {
-        bridge.counters.received += 1;
+        BridgeStats::add(&bridge.stats.received, 1);
         let local = bridge.local_topic(&publish.topic);
         let mut message = None;
         if let Some(local) = local {
@@ -520,11 +586,25 @@ impl Link {
         for packet in std::mem::take(&mut self.out) {
             let packet = match packet {
                 Packet::Forward(forward) => {
-                    match forward.dup {
-                        true => bridge.counters.resent += 1,
-                        false => bridge.counters.forwarded += 1,
-                    }
                     let mut publish = forward.into_publish();
+                    let hops = hops(&publish.properties).saturating_add(1);
+                    if hops > u32::from(bridge.config.max_hops) {
+                        // A loop of bridges: this message went round `max_hops` times already.
+                        bridge.stats.dropped_for(BridgeDrop::MaxHops, 1);
+                        if !self.hops_logged {
+                            self.hops_logged = true;
+                            warn!(topic = %publish.topic, hops, "hop limit reached (a loop of bridges?): not forwarded (logged once per link, counted)");
+                        }
+                        if let Some(id) = publish.packet_id {
+                            bridge.session.forget(id);
+                        }
+                        continue;
+                    }
+                    set_hops(&mut publish.properties, hops);
+                    match publish.dup {
+                        true => BridgeStats::add(&bridge.stats.resent, 1),
+                        false => BridgeStats::add(&bridge.stats.forwarded, 1),
+                    }
                     match bridge.remote_topic(&publish.topic) {
                         Some(remote) => publish.topic = ByteString::from(remote),
                         // Queued under a topic entry since removed from the configuration.
@@ -544,7 +624,11 @@ impl Link {
             };
             let encoded = self.codec.encode(packet, &mut self.wbuf).map_err(|e| e.to_string())?;
             if encoded == Encoded::TooLargeForClient {
-                warn!("message larger than the upstream's maximum packet size: dropped");
+                bridge.stats.dropped_for(BridgeDrop::TooLarge, 1);
+                if !self.too_large_logged {
+                    self.too_large_logged = true;
+                    warn!("message larger than the upstream's maximum packet size: dropped (logged once per link)");
+                }
                 if let Some(id) = packet_id {
                     bridge.session.forget(id);
                 }

@@ -23,8 +23,13 @@
 //! While the link is down the session stays with the bridge task (never in the offline roster,
 //! so `limits.max_offline_sessions` cannot end it); it queues QoS 1/2 within the bridge's queue
 //! budget and drops QoS 0, as an offline session does. Beyond the budget the newest are dropped
-//! by the queue, or with `overflow = "drop_oldest"` the oldest by `Bridge::trim`; counted and
-//! logged either way. The session's client id is refused to clients (CONNACK 0x85 / 0x02).
+//! by the queue, or with `overflow = "drop_oldest"` the oldest by `Bridge::trim`, or with
+//! `overflow = "reject"` the publisher is refused (its connection abandons the message:
+//! `RouteOutcome::rejected`); counted and logged every way. The session's client id is refused
+//! to clients (CONNACK 0x85 / 0x02).
+//!
+//! Loops: No Local both sides (MQTT 5), Mosquitto's `try_private` bridge bit (3.1.1), and the
+//! `tern-hops` user property against `max_hops` (`link.rs`).
 //!
 //! Upstream capabilities from CONNACK: Maximum QoS caps what enters the window
 //! (`Session::qos_cap`), Retain Available 0 clears RETAIN, Maximum Packet Size drops what is
@@ -34,9 +39,15 @@
 //! is probed and the link moves back once it answers.
 //!
 //! Status: a retained `$SYS/broker/connection/<name>/state`, "1" while linked and "0"
-//! otherwise (as Mosquitto publishes it), and one log line per change with the counters.
+//! otherwise (as Mosquitto publishes it), and one log line per change with the counters, which
+//! `/metrics` and `$SYS` read too (`stats.rs`). SIGHUP: `reload.rs`.
 
 mod link;
+mod rate;
+mod reload;
+pub mod stats;
+
+pub use reload::Bridges;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -44,7 +55,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use bytestring::ByteString;
 use tokio::time::Instant;
-use tracing::{error, info, warn, Instrument};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
 
 use crate::config::bridge::{BridgeConfig, Overflow};
 use crate::connection::route_now;
@@ -57,6 +69,7 @@ use crate::session::registry::{control_slot, Control, ControlReceiver, OwnerId};
 use crate::session::{ClientId, Session, SessionLimits, NEVER_EXPIRES};
 use crate::storage::Op;
 use crate::Broker;
+use stats::{BridgeDrop, BridgeStats};
 
 /// Client ids of bridge sessions start with this; clients may not use it.
 pub const SESSION_PREFIX: &str = "$bridge/";
@@ -103,29 +116,19 @@ pub struct Prepared {
 /// Loads every bridge's TLS files (before the broker starts: a bad file stops it, naming the
 /// bridge and the file).
 pub fn prepare(config: &crate::Config) -> crate::Result<Vec<Prepared>> {
-    config
-        .bridge
-        .iter()
-        .map(|bridge| {
-            let tls = match &bridge.tls {
-                Some(settings) => Some(Arc::new(
-                    crate::transport::tls::client_config(settings)
-                        .map_err(|source| crate::Error::BridgeTls { name: bridge.name.clone(), source })?,
-                )),
-                None => None,
-            };
-            Ok(Prepared { config: bridge.clone(), tls })
-        })
-        .collect()
+    config.bridge.iter().map(prepare_one).collect()
 }
 
-/// Starts one task per bridge. Call after stored sessions were restored: each bridge takes its
-/// session over from the offline task `restore` started for it.
-pub fn spawn_all(broker: &Arc<Broker>, bridges: Vec<Prepared>) {
-    for Prepared { config, tls } in bridges {
-        let span = tracing::info_span!(parent: None, "bridge", name = %config.name);
-        broker.tasks.spawn(run(broker.clone(), config, tls).instrument(span));
-    }
+/// One bridge's TLS files loaded (at start, and again at a reload that changed its settings).
+fn prepare_one(bridge: &BridgeConfig) -> crate::Result<Prepared> {
+    let tls = match &bridge.tls {
+        Some(settings) => Some(Arc::new(
+            crate::transport::tls::client_config(settings)
+                .map_err(|source| crate::Error::BridgeTls { name: bridge.name.clone(), source })?,
+        )),
+        None => None,
+    };
+    Ok(Prepared { config: bridge.clone(), tls })
 }
 
 /// The bridge's local side: its session and the topic mapping.
@@ -141,26 +144,12 @@ struct Bridge {
     linked: Option<bool>,
     /// `drop_oldest` is dropping (logged once per episode).
     trimming: bool,
-    /// Since start, logged with every state change (Tern has no metrics endpoint yet).
-    counters: Counters,
-}
-
-/// What a bridge did since it started.
-#[derive(Debug, Default)]
-struct Counters {
-    /// Links established.
-    links: u64,
-    /// PUBLISH packets sent upstream for the first time, and again with DUP=1.
-    forwarded: u64,
-    resent: u64,
-    /// Deliveries the upstream completed (PUBACK, PUBCOMP, or an error reason).
-    acknowledged: u64,
-    /// Of those, refused by the upstream (reason code 0x80 or above): not retried.
-    refused: u64,
-    /// Messages received from the upstream.
-    received: u64,
-    /// Queued messages dropped to make room (`overflow = "drop_oldest"`).
-    dropped_oldest: u64,
+    /// Since start: read by `/metrics` and `$SYS`, logged with every state change.
+    stats: Arc<BridgeStats>,
+    /// The upstream refused the bridge bit of `try_private`: connect without it.
+    private_refused: bool,
+    /// Ends this bridge's task: the broker's shutdown, or a reload that stops or restarts it.
+    stop: CancellationToken,
 }
 
 /// How a bridge task's wait ended.
@@ -169,24 +158,33 @@ enum Stop {
     Shutdown,
 }
 
-async fn run(broker: Arc<Broker>, config: BridgeConfig, tls: Option<Arc<rustls::ClientConfig>>) {
-    let mut bridge = match Bridge::open(broker, config, tls).await {
+/// One bridge's task, until `stop` (a child of the broker's shutdown token). Starts with the
+/// session `handed` over by the task it replaces (a reload), if any; returns its session when
+/// stopped by a reload, so the next task (or the removal) gets it with its queue.
+async fn run(
+    broker: Arc<Broker>,
+    Prepared { config, tls }: Prepared,
+    stop: CancellationToken,
+    handed: Option<Session>,
+) -> Option<Session> {
+    let mut bridge = match Bridge::open(broker, config, tls, stop, handed).await {
         Ok(bridge) => bridge,
         Err(e) => {
             error!("bridge not started: {e}");
-            return;
+            return None;
         }
     };
     bridge.set_linked(false).await;
     let mut failures: u32 = 0;
     loop {
-        if bridge.broker.shutdown.is_cancelled() {
+        if bridge.stop.is_cancelled() {
             break;
         }
         // Failover: the addresses in order, the first (primary) again at every round.
         let mut stop = None;
         let mut stable = false;
         let mut back = false;
+        let mut retry_plain = false;
         let addresses = bridge.config.addresses.clone();
         for (index, address) in addresses.iter().enumerate() {
             match link::Link::connect(&mut bridge, address).await {
@@ -215,13 +213,21 @@ async fn run(broker: Arc<Broker>, config: BridgeConfig, tls: Option<Arc<rustls::
                     stop = Some(Stop::Shutdown);
                     break;
                 }
+                Err(e) if bridge.tries_private() && e.may_be_the_bridge_bit() => {
+                    // As Mosquitto's bridge does: the upstream does not know protocol level
+                    // 0x84; the next round (at once) goes without it.
+                    warn!(%address, "upstream refused the bridge protocol level (try_private): connecting without it: {e}");
+                    bridge.private_refused = true;
+                    retry_plain = true;
+                    break;
+                }
                 Err(e) => warn!(%address, "cannot connect: {e}"),
             }
         }
         if let Some(Stop::Shutdown) = stop {
             break;
         }
-        if back {
+        if back || retry_plain {
             failures = 0;
             continue;
         }
@@ -231,7 +237,9 @@ async fn run(broker: Arc<Broker>, config: BridgeConfig, tls: Option<Arc<rustls::
             break;
         }
     }
-    bridge.close().await;
+    let reloading = !bridge.broker.shutdown.is_cancelled();
+    let session = bridge.close().await;
+    reloading.then_some(session)
 }
 
 /// Exponential backoff with jitter: the n-th delay (n ≥ 1) is drawn between half and all of
@@ -252,11 +260,13 @@ impl Bridge {
         broker: Arc<Broker>,
         config: BridgeConfig,
         tls: Option<Arc<rustls::ClientConfig>>,
+        stop: CancellationToken,
+        handed: Option<Session>,
     ) -> Result<Bridge, crate::storage::StoreError> {
         let client_id = ClientId(ByteString::from(format!("{SESSION_PREFIX}{}", config.name)));
         let owner = broker.router.registry.new_owner_id();
         let (control_tx, control) = control_slot();
-        let previous = broker.router.registry.claim(&client_id, owner, control_tx, true).await;
+        let previous = broker.router.registry.claim(&client_id, owner, control_tx, true).await.or(handed);
         let limits = session_limits(&broker.config, &config);
         let resumed = previous.is_some();
         let mut session = match previous {
@@ -269,6 +279,10 @@ impl Bridge {
         session.expiry = NEVER_EXPIRES;
         session.pending.mailbox().set_persistent(true);
         session.pending.mailbox().set_online(false);
+        session.pending.mailbox().set_rejects_when_full(config.overflow == Overflow::Reject);
+        // Publishers meet the budget and its policy, never a pause while a backlog drains.
+        session.pending.mailbox().set_paces_publishers(false);
+        let stats = BridgeStats::register(&config.name, session.pending.mailbox().clone(), config.overflow);
         let mut bridge = Bridge {
             broker,
             config,
@@ -278,7 +292,9 @@ impl Bridge {
             control,
             linked: None,
             trimming: false,
-            counters: Counters::default(),
+            stats,
+            private_refused: false,
+            stop,
         };
         bridge.sync_subscriptions();
         let mut ops = std::mem::take(&mut bridge.session.journal);
@@ -348,28 +364,42 @@ impl Bridge {
         })
     }
 
+    /// `try_private` applies to this link attempt: a 3.1.1 upstream that has not refused it.
+    fn tries_private(&self) -> bool {
+        self.config.try_private
+            && self.config.protocol == crate::config::bridge::BridgeProtocol::V311
+            && !self.private_refused
+    }
+
+    /// Updates the counters read from the session: the oldest message held, and the expired.
+    fn note_held(&self) {
+        self.stats.set_oldest(self.session.oldest_held());
+        self.stats.set_dropped(BridgeDrop::Expired, self.session.expired);
+    }
+
     /// Publishes the retained status "1"/"0" on a change, and logs it.
     async fn set_linked(&mut self, linked: bool) {
         if self.linked == Some(linked) {
             return;
         }
         self.linked = Some(linked);
+        let c = &self.stats;
+        c.linked.store(linked, std::sync::atomic::Ordering::Relaxed);
         if linked {
-            self.counters.links += 1;
+            BridgeStats::add(&c.links, 1);
         }
-        let c = &self.counters;
-        let mailbox = self.session.pending.mailbox();
+        let load =
+            |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
         info!(
             state = u8::from(linked),
-            links = c.links,
-            forwarded = c.forwarded,
-            resent = c.resent,
-            acknowledged = c.acknowledged,
-            refused = c.refused,
-            received = c.received,
-            queued = mailbox.pending(),
+            links = load(&c.links),
+            forwarded = load(&c.forwarded),
+            resent = load(&c.resent),
+            acknowledged = load(&c.acknowledged),
+            received = load(&c.received),
+            queued = c.queued().0,
             in_flight = self.session.outbound.len(),
-            dropped = mailbox.dropped() + c.dropped_oldest,
+            dropped = BridgeDrop::ALL.iter().map(|&r| c.dropped(r)).sum::<u64>(),
             "bridge {}",
             if linked { "connected" } else { "disconnected" }
         );
@@ -400,7 +430,7 @@ impl Bridge {
             mailbox.pending() > max_messages || mailbox.pending_bytes() > max_bytes
         };
         while over(&self.session) && self.session.drop_oldest_pending() {
-            self.counters.dropped_oldest += 1;
+            self.stats.dropped_for(BridgeDrop::Oldest, 1);
             if !self.trimming {
                 self.trimming = true;
                 warn!(max_messages, max_bytes, "bridge queue over its budget: dropping the oldest messages");
@@ -408,7 +438,7 @@ impl Bridge {
         }
         if self.trimming && self.session.pending.mailbox().pending() <= max_messages / 2 {
             self.trimming = false;
-            info!(dropped_total = self.counters.dropped_oldest, "bridge queue has room again");
+            info!(dropped_total = self.stats.dropped(BridgeDrop::Oldest), "bridge queue has room again");
         }
     }
 
@@ -419,12 +449,14 @@ impl Bridge {
         loop {
             tokio::select! {
                 () = &mut sleep => return None,
+                () = self.stop.cancelled() => return Some(Stop::Shutdown),
                 request = self.control.recv() => match request {
                     Control::Shutdown => return Some(Stop::Shutdown),
                     other => Bridge::refuse(other),
                 },
                 () = self.session.pending.absorb() => {
                     self.trim();
+                    self.note_held();
                     let ops = std::mem::take(&mut self.session.journal);
                     if !ops.is_empty() {
                         if let Err(e) = self.broker.store.commit(ops).await {
@@ -446,8 +478,9 @@ impl Bridge {
         }
     }
 
-    /// Shutdown: the session record is stored (its deliveries already are) for the next start.
-    async fn close(mut self) {
+    /// Shutdown or reload: the session record is stored (its deliveries already are) for the
+    /// next start, and the session returned for the next task.
+    async fn close(mut self) -> Session {
         self.session.pending.mailbox().set_online(false);
         let mut ops = std::mem::take(&mut self.session.journal);
         ops.push(Op::PutSession(self.session.record(None)));
@@ -455,7 +488,9 @@ impl Bridge {
             warn!("bridge session not stored at shutdown: {e}");
         }
         self.broker.router.registry.release(&self.session.client_id, self.owner);
+        self.stats.unregister();
         info!("bridge stopped");
+        self.session
     }
 }
 
@@ -494,7 +529,7 @@ mod tests {
              { pattern = \"cmd/+\", direction = \"in\", remote_prefix = \"site1/\" }, \
              { pattern = \"x\", direction = \"both\" }",
         );
-        let bridge = Bridge::open(broker, c, None).await.unwrap();
+        let bridge = Bridge::open(broker, c, None, CancellationToken::new(), None).await.unwrap();
         assert_eq!(bridge.remote_topic("edge/s/t").as_deref(), Some("site1/s/t"));
         assert_eq!(bridge.remote_topic("s/t"), None);
         assert_eq!(bridge.remote_topic("x").as_deref(), Some("x"));

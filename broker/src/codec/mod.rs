@@ -18,7 +18,10 @@
 //! - DUP must be 0 on a QoS 0 PUBLISH [MQTT-3.3.1-2];
 //! - MQTT 5 topic aliases, both ways: inbound aliases are resolved here, so the broker only
 //!   ever sees full topic names; outbound topics get aliases while the client allows more;
-//! - the client's Maximum Packet Size: a packet that would exceed it is not written.
+//! - the client's Maximum Packet Size: a packet that would exceed it is not written;
+//! - Mosquitto's bridge bit: a 3.x CONNECT with protocol level 0x80 | 3 or 0x80 | 4 comes from a
+//!   bridge (`try_private`); the bit is cleared before the decoder sees it and the connection
+//!   learns it from `peer_is_bridge`.
 //!
 //! One `Codec` per connection: the decoder and the alias tables are per-connection state.
 //!
@@ -126,6 +129,29 @@ pub struct Codec {
     outbound_aliases: OutboundAliases,
     /// The peer is a server: this side is the client (`Codec::client`).
     peer_is_server: bool,
+    /// The client's CONNECT carried Mosquitto's bridge bit.
+    peer_is_bridge: bool,
+}
+
+/// Mosquitto's bridge bit: set in a 3.x CONNECT's protocol level by a bridge with
+/// `try_private`, so the server does not send the bridge's own publishes back to it.
+const BRIDGE_BIT: u8 = 0x80;
+
+/// Where the protocol level is in a CONNECT frame that starts at `frame[0]`.
+fn connect_level_at(frame: &[u8]) -> Option<usize> {
+    // The remaining length: 1 to 4 bytes after the first.
+    let header_len = 1 + frame.iter().skip(1).take(4).position(|b| b & 0x80 == 0)? + 1;
+    let name_len = usize::from(u16::from_be_bytes([*frame.get(header_len)?, *frame.get(header_len + 1)?]));
+    let at = header_len + 2 + name_len;
+    (at < frame.len()).then_some(at)
+}
+
+/// Sets the bridge bit in the protocol level of the CONNECT that `frame` starts with (a 3.1.1
+/// bridge's `try_private`).
+pub fn mark_bridge_connect(frame: &mut [u8]) {
+    if let Some(at) = connect_level_at(frame) {
+        frame[at] |= BRIDGE_BIT;
+    }
 }
 
 /// A decoded fixed header: first byte, remaining length, header length in bytes.
@@ -152,6 +178,7 @@ impl Codec {
             inbound_aliases: InboundAliases::new(topic_alias_maximum),
             outbound_aliases: OutboundAliases::new(0),
             peer_is_server: false,
+            peer_is_bridge: false,
         }
     }
 
@@ -170,7 +197,13 @@ impl Codec {
             inbound_aliases: InboundAliases::new(0),
             outbound_aliases: OutboundAliases::new(0),
             peer_is_server: true,
+            peer_is_bridge: false,
         }
+    }
+
+    /// The client's CONNECT carried Mosquitto's bridge bit (protocol level 0x83 or 0x84).
+    pub fn peer_is_bridge(&self) -> bool {
+        self.peer_is_bridge
     }
 
     /// The server's Maximum Packet Size from its CONNACK (client side): a larger packet is not
@@ -210,6 +243,12 @@ impl Codec {
             return Ok(None);
         }
         if let State::AwaitingConnect = self.state {
+            if let Some(at) = connect_level_at(&src[..header.total_len()]) {
+                if matches!(src[at], 0x83 | 0x84) {
+                    src[at] &= !BRIDGE_BIT;
+                    self.peer_is_bridge = true;
+                }
+            }
             // The underlying limits count the remaining length only; ours is checked above.
             self.state = match check_protocol(&src[header.header_len..header.total_len()])? {
                 ProtocolVersion::V5 => State::V5(rmqtt_codec::v5::Codec::new(self.max_packet_size, 0)),

@@ -643,3 +643,41 @@ fn client_side_round_trips_with_the_server_side() {
         assert!(matches!(client.decode(&mut wire), Err(CodecError::Violation(_))));
     }
 }
+
+/// Mosquitto's bridge bit (`try_private`): level 0x84 decodes as 3.1.1 from a bridge, and the
+/// client side sets it on the CONNECT it encodes.
+#[test]
+fn the_bridge_bit_marks_a_311_connect_from_a_bridge() {
+    let mut client = Codec::client(ProtocolVersion::V311, 0);
+    let connect = Connect {
+        version: ProtocolVersion::V311,
+        clean_start: false,
+        keep_alive: 30,
+        client_id: "edge".into(),
+        will: None,
+        username: None,
+        password: None,
+        session_expiry: 0,
+        receive_maximum: 10,
+        max_packet_size: None,
+        topic_alias_maximum: 0,
+        request_response_info: false,
+        request_problem_info: true,
+        user_properties: Vec::new(),
+        auth_method: None,
+        auth_data: None,
+    };
+    let mut wire = BytesMut::new();
+    client.encode(Packet::Connect(Box::new(connect)), &mut wire).unwrap();
+    assert_eq!(wire[8], 4, "protocol level after the 2-byte header and \"MQTT\": {wire:?}");
+    mark_bridge_connect(&mut wire);
+    assert_eq!(wire[8], 0x84);
+    let mut server = Codec::new(0, 0);
+    let Some(Packet::Connect(c)) = server.decode(&mut wire).unwrap() else { panic!("CONNECT") };
+    assert_eq!((c.version, c.client_id.as_ref()), (ProtocolVersion::V311, "edge"));
+    assert!(server.peer_is_bridge());
+    let mut plain = Codec::new(0, 0);
+    let mut wire = BytesMut::from(&b"\x10\x10\x00\x04MQTT\x04\x02\x00\x1e\x00\x04edge"[..]);
+    assert!(matches!(plain.decode(&mut wire).unwrap(), Some(Packet::Connect(_))));
+    assert!(!plain.peer_is_bridge());
+}

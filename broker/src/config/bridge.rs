@@ -15,7 +15,7 @@ use crate::packet::{ProtocolVersion, QoS};
 use crate::router::topic;
 
 /// One upstream connection.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BridgeConfig {
     /// Names the bridge in logs, in its local session (`$bridge/<name>`) and in the status
@@ -60,6 +60,21 @@ pub struct BridgeConfig {
     /// What happens to a message beyond the budget.
     #[serde(default)]
     pub overflow: Overflow,
+    /// Most PUBLISH packets sent upstream per second (a token bucket with one second of
+    /// burst); absent = no cap. The unacknowledged window re-sent at a reconnect is not held
+    /// back (at most `max_inflight` packets).
+    #[serde(default)]
+    pub max_rate: Option<u32>,
+    /// MQTT 5 upstream: a message is forwarded with the user property `tern-hops` one higher
+    /// than it arrived with, and not forwarded (counted as `max_hops`) once that would exceed
+    /// this limit, so bridges forwarding in a circle stop after this many hops.
+    #[serde(default = "default_max_hops")]
+    pub max_hops: u8,
+    /// MQTT 3.1.1 upstream: Mosquitto's bridge convention, protocol level 0x84 (0x80 | 4) in
+    /// CONNECT, so an upstream that knows it does not send our own publishes back (3.1.1 has
+    /// no No Local). If the upstream refuses it, the bridge connects again without it.
+    #[serde(default = "default_true")]
+    pub try_private: bool,
     /// First delay before reconnecting; doubles per failed attempt up to the maximum, with
     /// jitter (each delay drawn between half and all of it).
     #[serde(default = "default_reconnect_min_ms")]
@@ -80,7 +95,7 @@ pub struct BridgeConfig {
 }
 
 /// TLS settings of a bridge. The upstream's certificate is always verified.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BridgeTls {
     /// PEM CA certificates the upstream's certificate must chain to.
@@ -146,7 +161,10 @@ impl Direction {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Overflow {
-    /// Stop acknowledging local publishers (not built yet: refused at start).
+    /// The publisher of a message the full queue cannot take is not acknowledged: an MQTT 5
+    /// publisher gets PUBACK/PUBREC 0x97 (Quota exceeded), an MQTT 3.1.1 publisher's connection
+    /// is closed (3.1.1 has no refusal code; it publishes again after reconnecting). The
+    /// message goes to no subscriber at all (counted, logged once per episode).
     Reject,
     /// Drop the oldest queued (not in flight) message to make room: queued beyond the budget,
     /// the new message is kept and the oldest goes (counted, logged). A burst the bridge task
@@ -159,7 +177,7 @@ pub enum Overflow {
 }
 
 /// One `topics` entry, Mosquitto's `topic PATTERN DIRECTION QOS LOCAL_PREFIX REMOTE_PREFIX`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BridgeTopic {
     pub pattern: String,
@@ -214,6 +232,12 @@ fn default_reconnect_max_ms() -> u64 {
 }
 fn default_connect_timeout() -> u64 {
     10
+}
+fn default_max_hops() -> u8 {
+    8
+}
+fn default_true() -> bool {
+    true
 }
 fn default_topic_qos() -> u8 {
     1
@@ -404,12 +428,11 @@ pub(super) fn validate(bridges: &[BridgeConfig]) -> Result<(), ConfigError> {
         if bridge.queue_max_bytes == 0 {
             return invalid("bridge.queue_max_bytes", name, "must be at least 1".into());
         }
-        if bridge.overflow == Overflow::Reject {
-            return invalid(
-                "bridge.overflow",
-                name,
-                "\"reject\" is not built yet (\"drop_newest\" and \"drop_oldest\" are)".into(),
-            );
+        if bridge.max_rate == Some(0) {
+            return invalid("bridge.max_rate", name, "must be at least 1 (leave it out for no cap)".into());
+        }
+        if bridge.max_hops == 0 {
+            return invalid("bridge.max_hops", name, "must be at least 1".into());
         }
         if bridge.reconnect_delay_min_ms == 0 || bridge.reconnect_delay_max_ms < bridge.reconnect_delay_min_ms
         {
@@ -477,6 +500,7 @@ mod tests {
         assert_eq!(b.topics[0].direction, super::Direction::Out);
         assert_eq!(b.topics[0].qos, 1);
         assert_eq!(b.overflow, super::Overflow::DropNewest);
+        assert_eq!((b.max_hops, b.try_private, b.max_rate), (8, true, None));
         assert!(Config::from_toml("").unwrap().bridge.is_empty());
     }
 
@@ -506,7 +530,8 @@ mod tests {
             ("keep_alive_secs = 0", "bridge.keep_alive_secs"),
             ("max_qos = 3", "bridge.max_qos"),
             ("queue_max_bytes = 0", "bridge.queue_max_bytes"),
-            ("overflow = \"reject\"", "bridge.overflow"),
+            ("max_rate = 0", "bridge.max_rate"),
+            ("max_hops = 0", "bridge.max_hops"),
             ("overflow = \"sometimes\"", "overflow"),
             ("tls = true", "tls"),
             ("tls = { ca = \"ca.pem\", cert = \"c.pem\" }", "bridge.tls.cert"),

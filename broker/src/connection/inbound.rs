@@ -6,7 +6,7 @@ use bytestring::ByteString;
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use super::{route, Connection, Ending, ProtocolError};
+use super::{route_or_refuse, Connection, Ending, ProtocolError};
 use crate::auth::AuthStep;
 use crate::message::{Delivery, Message};
 use crate::metrics::{DropReason, METRICS};
@@ -81,7 +81,8 @@ impl Connection {
                 self.route(session, &message);
             }
             (QoS::AtLeastOnce, Some(id)) => {
-                let reason = publish_reason(self.route(session, &message));
+                let outcome = self.route(session, &message);
+                let reason = self.publish_reason(outcome)?;
                 self.out.push(Packet::PubAck(Ack { packet_id: id, reason }));
             }
             (QoS::ExactlyOnce, Some(id)) => {
@@ -91,7 +92,8 @@ impl Connection {
                     if session.inbound_unacknowledged() >= usize::from(config.mqtt.receive_maximum) {
                         return Err(ProtocolError::ReceiveMaximumExceeded);
                     }
-                    reason = publish_reason(self.route(session, &message));
+                    let outcome = self.route(session, &message);
+                    reason = self.publish_reason(outcome)?;
                     // An error reason ends the exchange: no PUBREL follows [MQTT-4.3.3-4].
                     if reason.is_success() {
                         session.handle_inbound_qos2(id);
@@ -102,6 +104,16 @@ impl Connection {
             (_, None) => unreachable!("the decoder requires a packet id for QoS 1 and 2"),
         }
         Ok(())
+    }
+
+    /// The PUBACK/PUBREC reason for a routed message. A full bridge queue with `overflow =
+    /// "reject"` refuses it: MQTT 5 says so with 0x97; 3.1.1 cannot refuse a PUBLISH, so the
+    /// connection closes unacknowledged and the client publishes it again when it returns.
+    fn publish_reason(&self, outcome: RouteOutcome) -> Result<ReasonCode, ProtocolError> {
+        if outcome.rejected > 0 && !self.version.is_v5() {
+            return Err(ProtocolError::BridgeQueueFull);
+        }
+        Ok(publish_reason(outcome))
     }
 
     /// A PUBLISH the ACL denies is not routed. MQTT 5 says so with 0x87 in PUBACK/PUBREC;
@@ -156,6 +168,9 @@ impl Connection {
         if shared && options.no_local {
             return Err(ProtocolError::NoLocalOnSharedSubscription);
         }
+        // A 3.1.1 bridge that set Mosquitto's bridge bit does not get its own publishes back:
+        // No Local for it, as 3.1.1 cannot ask for it (`Codec::peer_is_bridge`).
+        options.no_local |= !shared && self.codec.peer_is_bridge();
         let refusal = if shared && !mqtt.shared_subscription_available {
             Some(ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED)
         } else if id.is_some() && !mqtt.subscription_identifiers_available {
@@ -295,7 +310,12 @@ impl Connection {
 
     /// Routes a message; it is stored and handed over after the next `commit_ops`.
     fn route(&mut self, session: &Session, message: &Arc<Message>) -> RouteOutcome {
-        let mut routed = route(&self.broker, message);
+        // A full bridge queue with `overflow = "reject"` refuses it: it goes to no one, and the
+        // publisher hears so (`publish_reason`).
+        let mut routed = match route_or_refuse(&self.broker, message) {
+            Ok(routed) => routed,
+            Err(refused) => return refused,
+        };
         self.ops.append(&mut routed.ops);
         // Flow control: a connected subscriber's queue is now full. Reading pauses after this
         // packet until it has room, rather than its next messages being dropped. Never for our
@@ -331,10 +351,12 @@ fn check_filters<'a>(filters: impl Iterator<Item = &'a ByteString>) -> Result<Ve
         .map_err(ProtocolError::MalformedFilter)
 }
 
-/// The PUBACK/PUBREC reason for a routed message: 0x10 when no subscription matched, 0x97 when
-/// every matching session's queue was full [MQTT-3.4.2.1].
+/// The PUBACK/PUBREC reason for a routed message: 0x97 when a bridge queue refused it or every
+/// matching session's queue was full, else 0x10 when no subscription matched [MQTT-3.4.2.1].
 fn publish_reason(outcome: RouteOutcome) -> ReasonCode {
-    if outcome.matched == 0 {
+    if outcome.rejected > 0 {
+        ReasonCode::QUOTA_EXCEEDED
+    } else if outcome.matched == 0 {
         ReasonCode::NO_MATCHING_SUBSCRIBERS
     } else if outcome.queued == 0 && outcome.dropped > 0 {
         ReasonCode::QUOTA_EXCEEDED

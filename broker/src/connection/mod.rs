@@ -192,6 +192,9 @@ pub enum ProtocolError {
     /// Not the client's fault: storing failed, so nothing may be acknowledged.
     #[error("cannot store state: {0}")]
     Store(#[from] StoreError),
+    /// MQTT 3.1.1 has no way to refuse a PUBLISH: the connection closes unacknowledged.
+    #[error("a bridge queue with overflow = \"reject\" is full: publish not acknowledged")]
+    BridgeQueueFull,
 }
 
 impl ProtocolError {
@@ -207,6 +210,7 @@ impl ProtocolError {
             ProtocolError::ReauthenticationFailed(_) => ReasonCode::NOT_AUTHORIZED,
             ProtocolError::Unsupported(reason) => *reason,
             ProtocolError::Store(_) => ReasonCode::UNSPECIFIED_ERROR,
+            ProtocolError::BridgeQueueFull => ReasonCode::QUOTA_EXCEEDED,
             ProtocolError::SecondConnect
             | ProtocolError::NoLocalOnSharedSubscription
             | ProtocolError::SessionExpiryAfterZero
@@ -905,7 +909,25 @@ pub async fn watch_keep_alives(broker: Arc<Broker>) {
 /// Matches an inbound message and prepares its storage (retained store, stored copies for
 /// persistent sessions). The caller commits `ops`, then `deliver`s.
 pub(crate) fn route(broker: &Broker, message: &Arc<Message>) -> Routed {
-    let mut routed = broker.router.route(message, &broker.message_ids, broker.security.as_ref());
+    let routed = broker.router.route(message, &broker.message_ids, broker.security.as_ref());
+    with_retained(broker, message, routed)
+}
+
+/// As `route`, for a client's PUBLISH, which a full bridge queue with `overflow = "reject"`
+/// refuses: then nothing is routed, the retained store is unchanged, and `Err` says what
+/// matched.
+pub(crate) fn route_or_refuse(broker: &Broker, message: &Arc<Message>) -> Result<Routed, RouteOutcome> {
+    let routed = broker.router.route(message, &broker.message_ids, broker.security.as_ref());
+    if routed.outcome.rejected > 0 {
+        let outcome = routed.outcome;
+        routed.abandon();
+        return Err(outcome);
+    }
+    Ok(with_retained(broker, message, routed))
+}
+
+/// The retained store's change for a routed message, and its drop counts.
+fn with_retained(broker: &Broker, message: &Arc<Message>, mut routed: Routed) -> Routed {
     if message.retain {
         let op = match broker.router.retained.apply(message) {
             RetainChange::Stored => Op::PutRetained(message.clone()),

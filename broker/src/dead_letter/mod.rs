@@ -203,9 +203,9 @@ impl DeadLetters {
     }
 
     /// Publishes a dead letter for each copy of `message` that the queues of `dropped_for`
-    /// refused.
+    /// refused. A bridge's queue is not a subscriber's: its overflow policy counts its drops.
     pub fn queue_full(&self, broker: &Broker, message: &Arc<Message>, dropped_for: &[Arc<Mailbox>]) {
-        for mailbox in dropped_for {
+        for mailbox in dropped_for.iter().filter(|m| !crate::bridge::is_bridge_session(m.client_id())) {
             self.publish(broker, Lost::new(message.clone(), mailbox.client_id().clone(), Reason::QueueFull));
         }
     }

@@ -62,6 +62,9 @@ pub struct RouteOutcome {
     pub queued: usize,
     /// Sessions whose queue was full (dropped by policy).
     pub dropped: usize,
+    /// Of those, sessions whose full queue refuses the message to its publisher (a bridge
+    /// with `overflow = "reject"`): the caller abandons the whole message.
+    pub rejected: usize,
 }
 
 /// A message matched and admitted to its sessions' queues but not yet handed to them: the
@@ -92,6 +95,7 @@ impl Routed {
             }
             Offer::DroppedFull => {
                 self.outcome.dropped += 1;
+                self.outcome.rejected += usize::from(mailbox.rejects_when_full());
                 if self.keep_dropped {
                     self.dropped_for.push(mailbox.clone());
                 }

@@ -85,6 +85,12 @@ pub struct Session {
     /// Messages this session lost for a reason `dead_letter` wants, for the owner to hand to
     /// `DeadLetters::publish_lost`.
     pub lost: Vec<Lost>,
+    /// Deliveries dropped because their Message Expiry passed while queued (a bridge counts
+    /// them per bridge; the process-wide count is in `METRICS`).
+    pub expired: u64,
+    /// Deliveries `pump` may still take from the queue; `usize::MAX` (the default) means no
+    /// limit. A bridge with `max_rate` sets it from its token bucket.
+    pub send_allowance: usize,
 }
 
 impl Session {
@@ -103,6 +109,18 @@ impl Session {
             journal: Vec::new(),
             dead_letter: Policy::default(),
             lost: Vec::new(),
+            expired: 0,
+            send_allowance: usize::MAX,
+        }
+    }
+
+    /// When the oldest message held (pending, or in flight awaiting PUBACK/PUBREC) was received;
+    /// `None` when none is held. Deliveries handed over but not yet taken in are not looked at.
+    pub fn oldest_held(&self) -> Option<Instant> {
+        let pending = self.pending.front().map(|d| d.message.received);
+        match (self.outbound.oldest_received(), pending) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         }
     }
 
@@ -135,6 +153,7 @@ impl Session {
         if delivery.message.is_expired(now) {
             tracing::debug!(topic = %delivery.message.topic, "message expired before delivery");
             METRICS.dropped(DropReason::Expired, 1);
+            self.expired += 1;
             self.journal_done(Some(&delivery), delivery.seq);
             self.lose(&delivery.message, Reason::Expired, None);
             return;
@@ -164,8 +183,11 @@ impl Session {
     /// counted out of the queue limits together at the end.
     pub fn pump(&mut self, out: &mut Vec<Packet>, now: Instant) {
         for _ in 0..DELIVERY_BATCH {
-            if !self.can_deliver() {
+            if !self.can_deliver() || self.send_allowance == 0 {
                 break;
+            }
+            if self.send_allowance != usize::MAX {
+                self.send_allowance -= 1;
             }
             let Some(delivery) = self.pending.take() else { break };
             self.handle_deliver(delivery, out, now);

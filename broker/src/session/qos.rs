@@ -111,6 +111,14 @@ impl OutboundWindow {
         }
     }
 
+    /// When the oldest message still awaiting PUBACK or PUBREC was received.
+    pub fn oldest_received(&self) -> Option<Instant> {
+        self.entries.iter().find_map(|(_, state, _)| match state {
+            Outbound::AwaitingPubAck(d) | Outbound::AwaitingPubRec(d) => Some(d.message.received),
+            Outbound::AwaitingPubComp { .. } => None,
+        })
+    }
+
     /// Puts back an entry loaded from storage (recovery), in stored order.
     pub fn restore(&mut self, packet_id: PacketId, state: Outbound) {
         self.last_id = packet_id.get();

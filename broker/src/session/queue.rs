@@ -75,6 +75,13 @@ pub struct Mailbox {
     taken: AtomicU64,
     /// Congested and taking nothing for the stall interval: not worth pausing publishers for.
     stalled: AtomicBool,
+    /// A message this full queue cannot take is refused to its publisher, not just dropped
+    /// for this session (a bridge with `overflow = "reject"`).
+    rejects_when_full: AtomicBool,
+    /// Publishers pause while this queue is congested (flow control). Off for a bridge: its
+    /// queue is a buffer with its own budget and overflow policy, and pausing the publishers
+    /// while a backlog drains would hold up every one of their publishes for the whole drain.
+    paces_publishers: AtomicBool,
 }
 
 /// The user and the latest connection of a session's client.
@@ -234,6 +241,19 @@ impl Mailbox {
         self.window.store(narrow(window), Ordering::Relaxed);
     }
 
+    pub fn set_rejects_when_full(&self, rejects: bool) {
+        self.rejects_when_full.store(rejects, Ordering::Relaxed);
+    }
+
+    /// See `rejects_when_full`: routing refuses the whole message when this queue is full.
+    pub fn rejects_when_full(&self) -> bool {
+        self.rejects_when_full.load(Ordering::Relaxed)
+    }
+
+    pub fn set_paces_publishers(&self, paces: bool) {
+        self.paces_publishers.store(paces, Ordering::Relaxed);
+    }
+
     pub fn set_persistent(&self, persistent: bool) {
         self.persistent.store(persistent, Ordering::Relaxed);
     }
@@ -255,7 +275,9 @@ impl Mailbox {
         if delivery.qos == QoS::AtMostOnce && !online {
             return Offer::SkippedOffline;
         }
-        let headroom = if online { FLOW_CONTROL_HEADROOM } else { 1 };
+        // The headroom absorbs what publishers route while they are being paused.
+        let paces = self.paces_publishers.load(Ordering::Relaxed);
+        let headroom = if online && paces { FLOW_CONTROL_HEADROOM } else { 1 };
         if !self.reserve(delivery.message.weight(), headroom) {
             return Offer::DroppedFull;
         }
@@ -305,7 +327,10 @@ impl Mailbox {
     /// The queue of this connected, progressing session is congested: publishers to it should
     /// pause (`wait_for_room`). `clock` is read only when the queue holds a backlog.
     pub fn needs_flow_control(&self, clock: &mut Clock) -> bool {
-        self.is_online() && !self.stalled.load(Ordering::SeqCst) && self.is_congested(clock)
+        self.is_online()
+            && self.paces_publishers.load(Ordering::Relaxed)
+            && !self.stalled.load(Ordering::SeqCst)
+            && self.is_congested(clock)
     }
 
     /// Returns once the queue is down to half the backlog mark, the session went
@@ -385,11 +410,12 @@ impl Mailbox {
         self.dropped.fetch_add(1, Ordering::Relaxed);
         METRICS.dropped(DropReason::QueueFull, 1);
         if !self.overflowing.swap(true, Ordering::Relaxed) {
+            let policy = if self.rejects_when_full() { "refusing" } else { "dropping" };
             tracing::warn!(
                 client_id = %self.client_id,
                 max_queued_messages = self.limits.max_messages,
                 max_queued_bytes = self.limits.max_bytes,
-                "pending queue full: dropping new messages for this session"
+                "pending queue full: {policy} new messages for this session"
             );
         }
         false
@@ -485,6 +511,8 @@ impl PendingQueue {
             waited_on: AtomicBool::new(false),
             taken: AtomicU64::new(0),
             stalled: AtomicBool::new(false),
+            rejects_when_full: AtomicBool::new(false),
+            paces_publishers: AtomicBool::new(true),
         });
         PendingQueue { mailbox, local: VecDeque::new(), taken: (0, 0) }
     }
@@ -545,6 +573,11 @@ impl PendingQueue {
         } else {
             Poll::Pending
         }
+    }
+
+    /// The oldest delivery taken in and not yet sent.
+    pub fn front(&self) -> Option<&Delivery> {
+        self.local.front()
     }
 
     /// The next pending delivery without waiting.
