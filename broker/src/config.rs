@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub mod bridge;
+pub mod jetstream;
 
 use crate::packet::QoS;
 use crate::session::queue::QueueLimits;

@@ -17,6 +17,7 @@
 //! config tests do not apply there).
 
 pub mod bridge;
+pub mod nats;
 pub mod pki;
 
 use std::io::{BufRead, BufReader, Read};

@@ -36,7 +36,12 @@
 //! Status: a retained `$SYS/broker/connection/<name>/state`, "1" while linked and "0"
 //! otherwise (as Mosquitto publishes it), and one log line per change with the counters.
 
+mod jetstream;
+mod keys;
 mod link;
+mod nats;
+mod subject;
+mod upstream;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -114,7 +119,11 @@ pub fn prepare(config: &crate::Config) -> crate::Result<Vec<Prepared>> {
                 )),
                 None => None,
             };
-            Ok(Prepared { config: bridge.clone(), tls })
+            let mut bridge = bridge.clone();
+            if bridge.kind == crate::config::bridge::BridgeKind::Jetstream {
+                jetstream::reserve_keys(config, &mut bridge)?;
+            }
+            Ok(Prepared { config: bridge, tls })
         })
         .collect()
 }
@@ -123,6 +132,7 @@ pub fn prepare(config: &crate::Config) -> crate::Result<Vec<Prepared>> {
 /// session over from the offline task `restore` started for it.
 pub fn spawn_all(broker: &Arc<Broker>, bridges: Vec<Prepared>) {
     for Prepared { config, tls } in bridges {
+        jetstream::apply_key_floor_to_restored(broker, &config);
         let span = tracing::info_span!(parent: None, "bridge", name = %config.name);
         broker.tasks.spawn(run(broker.clone(), config, tls).instrument(span));
     }
@@ -189,7 +199,7 @@ async fn run(broker: Arc<Broker>, config: BridgeConfig, tls: Option<Arc<rustls::
         let mut back = false;
         let addresses = bridge.config.addresses.clone();
         for (index, address) in addresses.iter().enumerate() {
-            match link::Link::connect(&mut bridge, address).await {
+            match upstream::Upstream::connect(&mut bridge, address).await {
                 Ok(mut link) => {
                     if index > 0 {
                         // Back to the primary as soon as it answers again.
@@ -267,6 +277,7 @@ impl Bridge {
         // Listed by the admin API and counted in the queue totals like any session.
         broker.router.registry.set_mailbox(&client_id, owner, session.pending.mailbox());
         session.expiry = NEVER_EXPIRES;
+        jetstream::apply_key_floor(&config, session.pending.mailbox());
         session.pending.mailbox().set_persistent(true);
         session.pending.mailbox().set_online(false);
         let mut bridge = Bridge {
