@@ -106,7 +106,9 @@ pub struct NatsMsg {
 impl NatsMsg {
     /// A header's value (first occurrence).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.lines().find_map(|l| l.split_once(':').filter(|(n, _)| n.trim() == name).map(|(_, v)| v.trim()))
+        self.headers
+            .lines()
+            .find_map(|l| l.split_once(':').filter(|(n, _)| n.trim() == name).map(|(_, v)| v.trim()))
     }
 }
 

@@ -131,7 +131,8 @@ impl Link {
         // PubAcks and small publishes must not wait for Nagle's algorithm.
         tcp.set_nodelay(true)?;
         link::set_user_timeout(&tcp, config.keep_alive() * 3 / 2)?;
-        let random = crate::auth::scram::random_bytes::<12>().map_err(|e| ConnectError::Io(std::io::Error::other(e)))?;
+        let random = crate::auth::scram::random_bytes::<12>()
+            .map_err(|e| ConnectError::Io(std::io::Error::other(e)))?;
         let inbox = format!("_INBOX.{}", random.iter().map(|b| format!("{b:02x}")).collect::<String>());
         let now = Instant::now();
         let mut link = Link {
@@ -156,10 +157,14 @@ impl Link {
             other => return Err(ConnectError::Protocol(format!("{other:?} before INFO"))),
         };
         if !info.headers {
-            return Err(ConnectError::Protocol("the server does not take headers (NATS 2.2 or later needed)".into()));
+            return Err(ConnectError::Protocol(
+                "the server does not take headers (NATS 2.2 or later needed)".into(),
+            ));
         }
         if info.tls_required {
-            return Err(ConnectError::Protocol("the server requires TLS (not built for kind = \"jetstream\")".into()));
+            return Err(ConnectError::Protocol(
+                "the server requires TLS (not built for kind = \"jetstream\")".into(),
+            ));
         }
         if info.max_payload > 0 {
             link.max_payload = info.max_payload;
@@ -187,7 +192,9 @@ impl Link {
         loop {
             match link.next_op().await? {
                 ServerOp::Pong => break,
-                ServerOp::Err(e) => return Err(ConnectError::Protocol(format!("refused by the server: {e}"))),
+                ServerOp::Err(e) => {
+                    return Err(ConnectError::Protocol(format!("refused by the server: {e}")))
+                }
                 ServerOp::Ping => nats::encode_pong(&mut link.wbuf),
                 _ => {}
             }
@@ -201,8 +208,8 @@ impl Link {
     /// The next whole operation from the server (handshake only).
     async fn next_op(&mut self) -> Result<ServerOp, ConnectError> {
         loop {
-            if let Some(op) =
-                nats::decode(&mut self.rbuf, self.max_payload).map_err(|e| ConnectError::Protocol(e.to_string()))?
+            if let Some(op) = nats::decode(&mut self.rbuf, self.max_payload)
+                .map_err(|e| ConnectError::Protocol(e.to_string()))?
             {
                 return Ok(op);
             }
@@ -238,14 +245,16 @@ impl Link {
     }
 
     async fn serve_loop(&mut self, bridge: &mut Bridge) -> Ending {
-        let ack_timeout = bridge.config.jetstream.as_ref().map_or(Duration::from_secs(5), |j| j.ack_timeout());
+        let ack_timeout =
+            bridge.config.jetstream.as_ref().map_or(Duration::from_secs(5), |j| j.ack_timeout());
         loop {
             if let Err(e) = self.commit(bridge).await {
                 return Ending::Lost(e);
             }
             self.encode_out(bridge);
             if !self.wbuf.is_empty() {
-                let write = tokio::time::timeout_at(self.dead_at(), self.stream.write_all_buf(&mut self.wbuf));
+                let write =
+                    tokio::time::timeout_at(self.dead_at(), self.stream.write_all_buf(&mut self.wbuf));
                 match write.await {
                     Ok(Ok(())) => self.last_sent = Instant::now(),
                     Ok(Err(e)) => return Ending::Lost(format!("write failed: {e}")),
@@ -337,7 +346,8 @@ impl Link {
                 match packet {
                     Packet::Forward(forward) => self.publish(bridge, forward),
                     Packet::PubRel(ack) => {
-                        let _ = bridge.session.handle_ack(&Packet::PubComp(ack), &mut self.out, Instant::now());
+                        let _ =
+                            bridge.session.handle_ack(&Packet::PubComp(ack), &mut self.out, Instant::now());
                     }
                     other => debug!("{} not sent to NATS", other.name()),
                 }
@@ -400,7 +410,11 @@ impl Link {
         }
         if resent > 0 {
             bridge.counters.resent += resent;
-            info!(resent, ack_timeout_ms = ack_timeout.as_millis() as u64, "no PubAck in time: sent again with the same Nats-Msg-Id");
+            info!(
+                resent,
+                ack_timeout_ms = ack_timeout.as_millis() as u64,
+                "no PubAck in time: sent again with the same Nats-Msg-Id"
+            );
         }
     }
 
@@ -414,7 +428,9 @@ impl Link {
                 // sent again after the ack timeout.
                 ServerOp::Err(e) if e.starts_with("Permissions Violation") => warn!("NATS server: {e}"),
                 ServerOp::Err(e) => return Err(format!("NATS server error: {e}")),
-                ServerOp::Msg { subject, headers, payload } => self.handle_reply(bridge, &subject, &headers, &payload),
+                ServerOp::Msg { subject, headers, payload } => {
+                    self.handle_reply(bridge, &subject, &headers, &payload)
+                }
             }
         }
         Ok(())
@@ -458,7 +474,11 @@ impl Link {
         if let Some(ack) = ack.filter(|a| a.duplicate) {
             debug!(stream = %ack.stream, seq = ack.seq, "the stream already had this Msg-Id");
         }
-        match bridge.session.handle_ack(&Packet::PubAck(Ack::success(done.packet_id)), &mut self.out, Instant::now()) {
+        match bridge.session.handle_ack(
+            &Packet::PubAck(Ack::success(done.packet_id)),
+            &mut self.out,
+            Instant::now(),
+        ) {
             Ok(()) => {
                 bridge.counters.acknowledged += 1;
                 bridge.counters.refused += u64::from(refused);

@@ -40,7 +40,10 @@ pub fn reserve(dir: &Path, bridge: &BridgeConfig) -> io::Result<u64> {
     };
     let epoch = last + 1;
     if epoch >= 1 << (64 - EPOCH_SHIFT) {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{}: epochs exhausted", path.display())));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: epochs exhausted", path.display()),
+        ));
     }
     // Write beside, sync, rename over, sync the directory: the file is the old or the new
     // epoch after any crash, never empty.

@@ -53,7 +53,11 @@ pub enum ServerOp {
     Ok,
     Err(String),
     /// `MSG` or `HMSG`; `headers` holds the header block (status line first), empty for MSG.
-    Msg { subject: String, headers: Bytes, payload: Bytes },
+    Msg {
+        subject: String,
+        headers: Bytes,
+        payload: Bytes,
+    },
 }
 
 /// Decodes one operation from `buf`, consuming it; `None` until a whole one is there.
@@ -171,7 +175,13 @@ pub fn encode_pong(out: &mut BytesMut) {
 
 /// `HPUB <subject> [reply] <#header bytes> <#total bytes>` with `headers` as `Name: value`
 /// lines under `NATS/1.0`, or `PUB` when there are none.
-pub fn encode_publish(subject: &str, reply: Option<&str>, headers: &[(&str, &str)], payload: &[u8], out: &mut BytesMut) {
+pub fn encode_publish(
+    subject: &str,
+    reply: Option<&str>,
+    headers: &[(&str, &str)],
+    payload: &[u8],
+    out: &mut BytesMut,
+) {
     let reply = reply.map(|r| format!(" {r}")).unwrap_or_default();
     if headers.is_empty() {
         out.extend_from_slice(format!("PUB {subject}{reply} {}\r\n", payload.len()).as_bytes());
@@ -243,7 +253,11 @@ mod tests {
         assert_eq!(ops[3], ServerOp::Err("Authorization Violation".into()));
         assert_eq!(
             ops[4],
-            ServerOp::Msg { subject: "_INBOX.a.1".into(), headers: Bytes::new(), payload: Bytes::from_static(b"hello") }
+            ServerOp::Msg {
+                subject: "_INBOX.a.1".into(),
+                headers: Bytes::new(),
+                payload: Bytes::from_static(b"hello")
+            }
         );
         let ServerOp::Msg { headers, payload, .. } = &ops[5] else { panic!("{:?}", ops[5]) };
         assert_eq!(status(headers), Some(503));
@@ -257,11 +271,19 @@ mod tests {
         assert_eq!(decode(&mut buf, 100), Ok(None));
         buf.extend_from_slice(b"lo\r\n");
         assert!(matches!(decode(&mut buf, 100), Ok(Some(ServerOp::Msg { .. }))));
-        for bad in [&b"MSG a 1 x\r\n"[..], b"MSG a\r\n", b"HMSG a 1 9 5\r\n", b"MSG a 1 2\r\nabcd", b"FOO\r\n"] {
+        for bad in
+            [&b"MSG a 1 x\r\n"[..], b"MSG a\r\n", b"HMSG a 1 9 5\r\n", b"MSG a 1 2\r\nabcd", b"FOO\r\n"]
+        {
             assert!(decode(&mut BytesMut::from(bad), 100).is_err(), "{:?}", String::from_utf8_lossy(bad));
         }
-        assert_eq!(decode(&mut BytesMut::from(&b"MSG a 1 101\r\n"[..]), 100), Err(ProtocolError::TooLarge(101)));
-        assert_eq!(decode(&mut BytesMut::from(&vec![b'x'; MAX_CONTROL_LINE + 1][..]), 100), Err(ProtocolError::LineTooLong));
+        assert_eq!(
+            decode(&mut BytesMut::from(&b"MSG a 1 101\r\n"[..]), 100),
+            Err(ProtocolError::TooLarge(101))
+        );
+        assert_eq!(
+            decode(&mut BytesMut::from(&vec![b'x'; MAX_CONTROL_LINE + 1][..]), 100),
+            Err(ProtocolError::LineTooLong)
+        );
     }
 
     #[test]

@@ -61,7 +61,10 @@ impl JetStreamConfig {
 
 /// A NATS subject token usable in a publish subject: not empty, no `.`, whitespace, `*`, `>`.
 pub fn is_subject_token(token: &str) -> bool {
-    !token.is_empty() && !token.chars().any(|c| c.is_ascii_whitespace() || c.is_ascii_control() || matches!(c, '.' | '*' | '>'))
+    !token.is_empty()
+        && !token
+            .chars()
+            .any(|c| c.is_ascii_whitespace() || c.is_ascii_control() || matches!(c, '.' | '*' | '>'))
 }
 
 /// Checks the JetStream side of one bridge (called from `bridge::validate`).
@@ -125,8 +128,10 @@ mod tests {
         let b = &config.bridge[0];
         assert_eq!(b.kind, super::BridgeKind::Jetstream);
         assert!(b.jetstream.is_none());
-        let config =
-            Config::from_toml(&format!("{JS}jetstream = {{ stream = \"S\", subject_prefix = \"edge.one\" }}\n")).unwrap();
+        let config = Config::from_toml(&format!(
+            "{JS}jetstream = {{ stream = \"S\", subject_prefix = \"edge.one\" }}\n"
+        ))
+        .unwrap();
         let js = config.bridge[0].jetstream.as_ref().unwrap();
         assert_eq!(js.ack_timeout_ms, 5_000);
         assert_eq!(js.subject_prefix, "edge.one");
