@@ -33,6 +33,9 @@
 //! Failover: `addresses` in order at every reconnect round; linked to a secondary, the primary
 //! is probed and the link moves back once it answers.
 //!
+//! `kind = "jetstream"`: the same session, published to a NATS JetStream stream instead
+//! (`jetstream.rs`, chosen in `upstream.rs`; docs/decisions/0006-jetstream-sink.md).
+//!
 //! Status: a retained `$SYS/broker/connection/<name>/state`, "1" while linked and "0"
 //! otherwise (as Mosquitto publishes it), and one log line per change with the counters.
 
