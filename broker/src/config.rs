@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 pub mod bridge;
 pub mod dead_letter;
+pub mod jetstream;
 
 use crate::packet::QoS;
 use crate::session::queue::QueueLimits;

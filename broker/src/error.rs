@@ -20,6 +20,9 @@ pub enum Error {
     /// A bridge's TLS files could not be loaded.
     #[error("bridge {name}: {source}")]
     BridgeTls { name: String, source: crate::transport::tls::TlsError },
+    /// A JetStream bridge's queue key epoch could not be taken (`bridge/keys.rs`).
+    #[error("bridge {name}: queue key epoch in the storage directory: {source}")]
+    BridgeKeys { name: String, source: std::io::Error },
     /// The password file or ACL could not be loaded.
     #[error(transparent)]
     Security(#[from] crate::auth::SecurityError),

@@ -64,7 +64,7 @@ pub async fn reload(broker: &Broker) -> Vec<String> {
     }
     if let Some(bridges) = broker.bridges.get() {
         match Config::load(broker.config_file.get().map(std::path::PathBuf::as_path)) {
-            Ok(config) => bridges.reload(&config.bridge).await,
+            Ok(config) => bridges.reload(&config).await,
             Err(e) => {
                 error!("bridge settings not reloaded: configuration error: {e}");
                 failures.push(format!("bridge settings: {e}"));

@@ -18,6 +18,7 @@
 
 pub mod bridge;
 pub mod http;
+pub mod nats;
 pub mod pki;
 
 use std::io::{BufRead, BufReader, Read};

@@ -60,7 +60,7 @@ const PROBE_HOLD: Duration = Duration::from_millis(250);
 /// Data we sent that stays unacknowledged by the peer's TCP for this long aborts the
 /// connection in the kernel (TCP_USER_TIMEOUT, Linux): a write into a dead link fails there
 /// too, not only through the keep-alive timer.
-fn set_user_timeout(tcp: &TcpStream, timeout: Duration) -> io::Result<()> {
+pub(super) fn set_user_timeout(tcp: &TcpStream, timeout: Duration) -> io::Result<()> {
     #[cfg(target_os = "linux")]
     socket2::SockRef::from(tcp).set_tcp_user_timeout(Some(timeout))?;
     #[cfg(not(target_os = "linux"))]
@@ -70,7 +70,7 @@ fn set_user_timeout(tcp: &TcpStream, timeout: Duration) -> io::Result<()> {
 
 /// Resolves once `address` accepts a TCP connection and keeps it open for `PROBE_HOLD`,
 /// trying every `every`.
-async fn probe(address: String, every: Duration, timeout: Duration) {
+pub(super) async fn probe(address: String, every: Duration, timeout: Duration) {
     loop {
         tokio::time::sleep(every).await;
         if let Ok(Ok(mut stream)) = tokio::time::timeout(timeout, TcpStream::connect(&address)).await {

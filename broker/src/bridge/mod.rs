@@ -38,14 +38,22 @@
 //! Failover: `addresses` in order at every reconnect round; linked to a secondary, the primary
 //! is probed and the link moves back once it answers.
 //!
+//! `kind = "jetstream"`: the same session, published to a NATS JetStream stream instead
+//! (`jetstream.rs`, chosen in `upstream.rs`; docs/decisions/0006-jetstream-sink.md).
+//!
 //! Status: a retained `$SYS/broker/connection/<name>/state`, "1" while linked and "0"
 //! otherwise (as Mosquitto publishes it), and one log line per change with the counters, which
 //! `/metrics` and `$SYS` read too (`stats.rs`). SIGHUP: `reload.rs`.
 
+mod jetstream;
+mod keys;
 mod link;
+mod nats;
 mod rate;
 mod reload;
 pub mod stats;
+mod subject;
+mod upstream;
 
 pub use reload::Bridges;
 
@@ -109,18 +117,22 @@ pub fn limits_of(config: &crate::Config, client_id: &ClientId) -> Option<Session
 
 /// A configured bridge with its TLS client settings loaded.
 pub struct Prepared {
+    /// As the bridge runs (a JetStream sink's key floor set).
     config: BridgeConfig,
+    /// As the configuration file says: what a reload compares.
+    configured: BridgeConfig,
     tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Loads every bridge's TLS files (before the broker starts: a bad file stops it, naming the
 /// bridge and the file).
 pub fn prepare(config: &crate::Config) -> crate::Result<Vec<Prepared>> {
-    config.bridge.iter().map(prepare_one).collect()
+    config.bridge.iter().map(|bridge| prepare_one(config, bridge)).collect()
 }
 
-/// One bridge's TLS files loaded (at start, and again at a reload that changed its settings).
-fn prepare_one(bridge: &BridgeConfig) -> crate::Result<Prepared> {
+/// One bridge's TLS files loaded and, for a JetStream sink, this run's queue keys reserved (at
+/// start, and again at a reload that changed its settings).
+fn prepare_one(config: &crate::Config, bridge: &BridgeConfig) -> crate::Result<Prepared> {
     let tls = match &bridge.tls {
         Some(settings) => Some(Arc::new(
             crate::transport::tls::client_config(settings)
@@ -128,7 +140,12 @@ fn prepare_one(bridge: &BridgeConfig) -> crate::Result<Prepared> {
         )),
         None => None,
     };
-    Ok(Prepared { config: bridge.clone(), tls })
+    let configured = bridge.clone();
+    let mut bridge = bridge.clone();
+    if bridge.kind == crate::config::bridge::BridgeKind::Jetstream {
+        jetstream::reserve_keys(config, &mut bridge)?;
+    }
+    Ok(Prepared { config: bridge, configured, tls })
 }
 
 /// The bridge's local side: its session and the topic mapping.
@@ -163,7 +180,7 @@ enum Stop {
 /// stopped by a reload, so the next task (or the removal) gets it with its queue.
 async fn run(
     broker: Arc<Broker>,
-    Prepared { config, tls }: Prepared,
+    Prepared { config, tls, .. }: Prepared,
     stop: CancellationToken,
     handed: Option<Session>,
 ) -> Option<Session> {
@@ -187,7 +204,7 @@ async fn run(
         let mut retry_plain = false;
         let addresses = bridge.config.addresses.clone();
         for (index, address) in addresses.iter().enumerate() {
-            match link::Link::connect(&mut bridge, address).await {
+            match upstream::Upstream::connect(&mut bridge, address).await {
                 Ok(mut link) => {
                     if index > 0 {
                         // Back to the primary as soon as it answers again.
@@ -277,6 +294,7 @@ impl Bridge {
         // Listed by the admin API and counted in the queue totals like any session.
         broker.router.registry.set_mailbox(&client_id, owner, session.pending.mailbox());
         session.expiry = NEVER_EXPIRES;
+        jetstream::apply_key_floor(&config, session.pending.mailbox());
         session.pending.mailbox().set_persistent(true);
         session.pending.mailbox().set_online(false);
         session.pending.mailbox().set_rejects_when_full(config.overflow == Overflow::Reject);

@@ -66,7 +66,10 @@ impl Bridges {
     /// Starts a bridge's task, with the session of the task it replaces, if any.
     fn start(&self, prepared: Prepared, handed: Option<Session>) {
         let Some(broker) = self.broker.upgrade() else { return };
-        let config = prepared.config.clone();
+        if handed.is_none() {
+            super::jetstream::apply_key_floor_to_restored(&broker, &prepared.config);
+        }
+        let config = prepared.configured.clone();
         let stop = broker.shutdown.child_token();
         let span = tracing::info_span!(parent: None, "bridge", name = %config.name);
         let task = broker.tasks.spawn(run(broker.clone(), prepared, stop.clone(), handed).instrument(span));
@@ -83,8 +86,9 @@ impl Bridges {
 
     /// Applies a newly read configuration's bridges (SIGHUP). A bridge whose TLS files cannot
     /// be read keeps running with its previous settings (logged).
-    pub async fn reload(&self, configs: &[BridgeConfig]) {
+    pub async fn reload(&self, config: &crate::Config) {
         let _one_at_a_time = self.reloading.lock().await;
+        let configs = &config.bridge;
         let removed: Vec<String> =
             self.running().keys().filter(|name| !configs.iter().any(|c| &c.name == *name)).cloned().collect();
         for name in removed {
@@ -93,26 +97,26 @@ impl Bridges {
             }
             warn!(bridge = %name, "bridge removed from the configuration: stopped, its queue deleted");
         }
-        for config in configs {
-            let current = self.running().get(&config.name).map(|r| r.config.clone());
-            if current.as_ref() == Some(config) {
+        for bridge in configs {
+            let current = self.running().get(&bridge.name).map(|r| r.config.clone());
+            if current.as_ref() == Some(bridge) {
                 continue;
             }
-            let prepared = match prepare_one(config) {
+            let prepared = match prepare_one(config, bridge) {
                 Ok(prepared) => prepared,
                 Err(e) => {
-                    error!(bridge = %config.name, "bridge settings not applied, keeping the previous ones: {e}");
+                    error!(bridge = %bridge.name, "bridge settings not applied, keeping the previous ones: {e}");
                     continue;
                 }
             };
             let handed = match current {
                 Some(_) => {
-                    let session = self.stop(&config.name).await;
-                    info!(bridge = %config.name, kept = session.is_some(), "bridge settings changed: restarting it with its queue");
+                    let session = self.stop(&bridge.name).await;
+                    info!(bridge = %bridge.name, kept = session.is_some(), "bridge settings changed: restarting it with its queue");
                     session
                 }
                 None => {
-                    info!(bridge = %config.name, "bridge added: starting it");
+                    info!(bridge = %bridge.name, "bridge added: starting it");
                     None
                 }
             };

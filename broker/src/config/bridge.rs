@@ -21,6 +21,12 @@ pub struct BridgeConfig {
     /// Names the bridge in logs, in its local session (`$bridge/<name>`) and in the status
     /// topic `$SYS/broker/connection/<name>/state`.
     pub name: String,
+    /// What the upstream is: an MQTT server (default) or a NATS JetStream sink.
+    #[serde(default)]
+    pub kind: BridgeKind,
+    /// Settings of a `kind = "jetstream"` sink (`super::jetstream`).
+    #[serde(default)]
+    pub jetstream: Option<super::jetstream::JetStreamConfig>,
     /// Upstream servers as `host:port`, tried in this order (failover).
     pub addresses: Vec<String>,
     /// TLS to the upstream (every address); absent = plain TCP.
@@ -115,6 +121,17 @@ pub struct BridgeTls {
 pub fn address_host(address: &str) -> &str {
     let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
     host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host)
+}
+
+/// The kind of upstream a bridge forwards to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BridgeKind {
+    /// An MQTT server (`link.rs`).
+    #[default]
+    Mqtt,
+    /// A NATS JetStream stream, outbound only (`jetstream.rs`).
+    Jetstream,
 }
 
 /// Protocol spoken upstream.
@@ -478,6 +495,7 @@ pub(super) fn validate(bridges: &[BridgeConfig]) -> Result<(), ConfigError> {
                 }
             }
         }
+        super::jetstream::validate(bridge)?;
     }
     Ok(())
 }

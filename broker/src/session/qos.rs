@@ -119,6 +119,15 @@ impl OutboundWindow {
         })
     }
 
+    /// The storage key of the delivery in flight under `packet_id` (the JetStream sink names
+    /// messages by it).
+    pub fn seq(&self, packet_id: PacketId) -> Option<u64> {
+        match &self.entries[self.position(packet_id)?].1 {
+            Outbound::AwaitingPubAck(d) | Outbound::AwaitingPubRec(d) => d.seq,
+            Outbound::AwaitingPubComp { seq } => *seq,
+        }
+    }
+
     /// Puts back an entry loaded from storage (recovery), in stored order.
     pub fn restore(&mut self, packet_id: PacketId, state: Outbound) {
         self.last_id = packet_id.get();

@@ -1,0 +1,351 @@
+//! Area 22: the JetStream sink (`kind = "jetstream"`) and nats-server as an MQTT upstream.
+//! Each test starts its own `nats-server` 2.9 with JetStream (Debian package) on a loopback
+//! port and reads the stream back through a push consumer over a raw NATS socket
+//! (`client_tests::nats`); payloads are "<publisher>:<sequence>" checked by
+//! `client_tests::bridge::check_stream`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use client_tests::bridge::*;
+use client_tests::nats::*;
+use client_tests::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+
+/// The stream every test creates, on the subjects under the bridges' prefix.
+const STREAM: &str = "TERN";
+
+/// An edge config with one JetStream bridge "cloud" to `nats`, forwarding `js/#` (or the
+/// topics in `extra`, which adds keys to the table).
+fn js_config(nats: SocketAddr, extra: &str) -> String {
+    edge_config(
+        nats,
+        &format!(
+            "kind = \"jetstream\"\njetstream = {{ stream = \"{STREAM}\", subject_prefix = \"edge\", \
+             ack_timeout_ms = 1000 }}\n{extra}"
+        ),
+    )
+}
+
+/// Sequence numbers of `publisher` in the messages read from the stream, in stream order.
+fn sequences(messages: &[NatsMsg], publisher: &str) -> Vec<usize> {
+    messages.iter().map(|m| parse(&m.payload)).filter(|(p, _)| p == publisher).map(|(_, s)| s).collect()
+}
+
+/// Publishes `seqs` at QoS 1 in one pipelined batch (packet id = seq % 60000 + 1) and reads
+/// the PUBACKs; returns those acknowledged (fewer when the broker went away).
+async fn publish_batch(p: &mut Raw, seqs: std::ops::Range<usize>) -> Vec<usize> {
+    let ids: BTreeMap<u16, usize> = seqs.clone().map(|s| ((s % 60_000) as u16 + 1, s)).collect();
+    for (&id, &seq) in &ids {
+        p.send_lenient(&pkt::publish("js/t", 1, false, false, id, &payload("p", seq))).await;
+    }
+    let mut acked = Vec::new();
+    while acked.len() < ids.len() {
+        match p.read(WAIT).await {
+            ReadOutcome::Packet(ack) if ack.kind() == 4 => acked.extend(ids.get(&ack.pid())),
+            _ => break,
+        }
+    }
+    acked
+}
+
+// (a) Issue test 9: a 20,000-message QoS 1 stream to a JetStream stream, the edge killed with
+// SIGKILL twice. Before each kill the NATS server is paused (SIGSTOP), so the bridge's window
+// is full of publishes the server has received but not acknowledged; two more batches are
+// acknowledged locally (queued durably), one more is sent and the edge killed before its
+// PUBACKs. The server resumes, processes what it had received (the messages are stored), and
+// the restarted edge re-sends its window with the same Nats-Msg-Id: the stream's duplicate
+// window drops the copies. The consumer finds every acknowledged sequence exactly once, the
+// in-doubt ones (sent, never acknowledged) at most once, and no Msg-Id twice.
+#[tokio::test]
+async fn two_kill9_of_the_edge_leave_each_message_once_in_the_stream() {
+    const N: usize = 20_000;
+    const BATCH: usize = 100;
+    let nats = NatsServer::start(free_port()).await;
+    let mut client = NatsClient::connect(nats.addr).await;
+    client.create_stream(STREAM, &["edge.>"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = js_config(nats.addr, "max_inflight = 100\ntopics = [{ pattern = \"js/#\" }]");
+    let launch = || Broker::launch(Launch::config(&config).data_dir(dir.path()));
+    let mut edge = launch();
+    assert!(edge.wait_log("bridge connected", WAIT).await, "bridge linked: {}", edge.logs());
+
+    let started = Instant::now();
+    let mut acked = BTreeSet::new();
+    let mut in_doubt = BTreeSet::new();
+    let mut seq = 0;
+    for round in 0..3 {
+        let target = (round + 1) * N / 3;
+        let mut p = Raw::connected(edge.addr(), &format!("pub-{round}"), true).await;
+        let last = if round < 2 { target - 3 * BATCH } else { N };
+        while seq < last {
+            let end = (seq + BATCH).min(last);
+            let got = publish_batch(&mut p, seq..end).await;
+            assert_eq!(got.len(), end - seq, "the edge acknowledges every publish");
+            acked.extend(got);
+            seq = end;
+        }
+        if round == 2 {
+            break;
+        }
+        nats.pause(true);
+        for _ in 0..2 {
+            acked.extend(publish_batch(&mut p, seq..seq + BATCH).await);
+            seq += BATCH;
+        }
+        for s in seq..seq + BATCH {
+            p.send_lenient(&pkt::publish("js/t", 1, false, false, (s % 60_000) as u16 + 1, &payload("p", s)))
+                .await;
+            in_doubt.insert(s);
+        }
+        seq += BATCH;
+        edge.kill9().await;
+        nats.pause(false);
+        edge = launch();
+        let resent =
+            |l: &str| l.contains("bridge linked") && l.contains("resent=") && !l.contains("resent=0");
+        assert!(
+            edge.wait_log_line(resent, WAIT).await,
+            "the restarted bridge re-sends its window: {}",
+            edge.logs()
+        );
+    }
+    let publish_time = started.elapsed();
+
+    let messages = client.read_stream(STREAM, acked.len(), Duration::from_secs(60)).await;
+    let got = sequences(&messages, "p");
+    let report = check_stream(&got, &acked);
+    let in_doubt_arrived = in_doubt.iter().filter(|s| got.contains(s)).count();
+    let ids: BTreeSet<&str> = messages.iter().filter_map(|m| m.header("Nats-Msg-Id")).collect();
+    eprintln!(
+        "jetstream kill -9 x2: {} acknowledged in {publish_time:?}, {} in doubt ({in_doubt_arrived} arrived), \
+         {} in the stream, {} duplicates, {} reordered, {} missing",
+        acked.len(),
+        in_doubt.len(),
+        got.len(),
+        report.duplicates,
+        report.reordered.len(),
+        report.missing.len()
+    );
+    assert!(report.missing.is_empty(), "acknowledged but not in the stream: {:?}", report.missing);
+    assert_eq!(report.duplicates, 0, "a sequence twice in the stream");
+    assert!(got.iter().all(|s| acked.contains(s) || in_doubt.contains(s)), "unknown sequence");
+    assert_eq!(ids.len(), messages.len(), "every message has its own Nats-Msg-Id");
+    assert_eq!(client.stream_messages(STREAM).await, messages.len() as u64);
+}
+
+// (b) NATS down when the edge starts: the state topic says 0, publishes are acknowledged
+// (queued durably); once nats-server is up (the stream created after it), the bridge links and
+// every queued message reaches the stream once. Early publishes may meet "no responders"
+// (503, no stream yet): they stay queued and go again after the ack timeout.
+#[tokio::test]
+async fn messages_queued_while_nats_is_down_arrive_once_it_is_up() {
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let edge = Broker::start_with(&js_config(addr, "topics = [{ pattern = \"js/#\" }]"));
+    let mut state = state_watcher(&edge).await;
+    wait_state(&mut state, "0", WAIT).await;
+    let mut publisher = Mqtt::connect(opts(&edge, "edge-pub")).await;
+    for seq in 0..100 {
+        publisher.publish_wait("js/down", 1, false, payload("edge-pub", seq)).await;
+    }
+    let nats = NatsServer::start(port).await;
+    let mut client = NatsClient::connect(nats.addr).await;
+    client.create_stream(STREAM, &["edge.>"]).await;
+    wait_state(&mut state, "1", ARRIVE).await;
+    let messages = client.read_stream(STREAM, 100, ARRIVE).await;
+    let report = check_stream(&sequences(&messages, "edge-pub"), &(0..100).collect());
+    assert!(report.missing.is_empty() && report.duplicates == 0, "{report:?}");
+    assert!(messages.iter().all(|m| m.subject == "edge.js.down"), "{:?}", messages.first());
+}
+
+// (c) Topic -> subject mapping: levels become tokens under the prefix; what NATS refuses in a
+// subject token (empty level, '.', space, '*', '>') and '%', '$' are percent-escaped, as the
+// README documents.
+#[tokio::test]
+async fn odd_topics_map_to_escaped_subjects() {
+    let nats = NatsServer::start(free_port()).await;
+    let mut client = NatsClient::connect(nats.addr).await;
+    client.create_stream(STREAM, &["edge.>"]).await;
+    let edge = Broker::start_with(&js_config(nats.addr, "topics = [{ pattern = \"odd/#\" }]"));
+    assert!(edge.wait_log("bridge connected", WAIT).await);
+    let cases = [
+        ("odd/plain", "edge.odd.plain"),
+        ("odd/a.b/c d", "edge.odd.a%2Eb.c%20d"),
+        ("odd//x/", "edge.odd.%.x.%"),
+        ("odd/*/>", "edge.odd.%2A.%3E"),
+        ("odd/$x/50%", "edge.odd.%24x.50%25"),
+    ];
+    let mut publisher = Mqtt::connect(opts(&edge, "edge-pub")).await;
+    for (seq, (topic, _)) in cases.iter().enumerate() {
+        publisher.publish_wait(topic, 1, false, payload("edge-pub", seq)).await;
+    }
+    let messages = client.read_stream(STREAM, cases.len(), ARRIVE).await;
+    assert_eq!(messages.len(), cases.len(), "{messages:?}");
+    for m in &messages {
+        let (_, seq) = parse(&m.payload);
+        assert_eq!(m.subject, cases[seq].1, "topic {}", cases[seq].0);
+    }
+}
+
+/// The test's half of a NATS server, line by line (`connect` sends INFO and answers the
+/// client's PING).
+struct ScriptedNats {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+/// One HPUB as received.
+#[derive(Debug, PartialEq, Eq)]
+struct Hpub {
+    subject: String,
+    reply: String,
+    headers: String,
+    payload: Vec<u8>,
+}
+
+impl ScriptedNats {
+    async fn accept(listener: &TcpListener) -> ScriptedNats {
+        let (stream, _) =
+            tokio::time::timeout(WAIT, listener.accept()).await.expect("bridge connects").unwrap();
+        let mut s = ScriptedNats { stream, buf: Vec::new() };
+        s.send("INFO {\"server_id\":\"scripted\",\"headers\":true,\"max_payload\":1048576,\"proto\":1}\r\n")
+            .await;
+        let connect = s.line(WAIT).await.expect("CONNECT");
+        assert!(connect.starts_with("CONNECT {") && connect.contains("\"headers\":true"), "{connect}");
+        assert_eq!(s.line(WAIT).await.as_deref(), Some("PING"));
+        s.send("PONG\r\n").await;
+        let sub = s.line(WAIT).await.expect("SUB");
+        assert!(sub.starts_with("SUB _INBOX."), "{sub}");
+        s
+    }
+
+    async fn send(&mut self, text: &str) {
+        self.stream.write_all(text.as_bytes()).await.unwrap();
+    }
+
+    async fn line(&mut self, within: Duration) -> Option<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(end) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+                self.buf.drain(..end + 2);
+                return Some(line);
+            }
+            let mut chunk = [0u8; 4096];
+            match tokio::time::timeout_at(deadline, self.stream.read(&mut chunk)).await {
+                Ok(Ok(n)) if n > 0 => self.buf.extend_from_slice(&chunk[..n]),
+                _ => return None,
+            }
+        }
+    }
+
+    /// The next HPUB within `within` (PINGs answered), `None` if none came.
+    async fn hpub(&mut self, within: Duration) -> Option<Hpub> {
+        let deadline = Instant::now() + within;
+        loop {
+            let line = self.line(deadline.saturating_duration_since(Instant::now())).await?;
+            if line == "PING" {
+                self.send("PONG\r\n").await;
+                continue;
+            }
+            let f: Vec<&str> = line.split(' ').collect();
+            assert_eq!((f[0], f.len()), ("HPUB", 5), "{line}");
+            let (header_len, total): (usize, usize) = (f[3].parse().unwrap(), f[4].parse().unwrap());
+            while self.buf.len() < total + 2 {
+                let mut chunk = [0u8; 4096];
+                let n = self.stream.read(&mut chunk).await.unwrap();
+                self.buf.extend_from_slice(&chunk[..n]);
+            }
+            let body: Vec<u8> = self.buf.drain(..total + 2).take(total).collect();
+            return Some(Hpub {
+                subject: f[1].into(),
+                reply: f[2].into(),
+                headers: String::from_utf8_lossy(&body[..header_len]).into_owned(),
+                payload: body[header_len..].to_vec(),
+            });
+        }
+    }
+}
+
+fn msg_id(h: &Hpub) -> &str {
+    h.headers.lines().find_map(|l| l.strip_prefix("Nats-Msg-Id: ")).expect("Nats-Msg-Id header")
+}
+
+// (d) Ack timeout, against a scripted server: no PubAck for the first publish, so after
+// `ack_timeout_ms` it comes again with the same subject, reply subject and Nats-Msg-Id; once
+// acknowledged nothing more comes. After a kill -9 and a restart with an empty queue, the next
+// message gets a Msg-Id never used before (queue keys do not repeat across restarts, else the
+// stream's duplicate window would drop it).
+#[tokio::test]
+async fn without_a_puback_the_same_msg_id_is_sent_again_and_ids_never_repeat() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[[bridge]]\nname = \"cloud\"\nkind = \"jetstream\"\naddresses = [\"{addr}\"]\nkeep_alive_secs = 60\n\
+         reconnect_delay_min_ms = 50\nreconnect_delay_max_ms = 200\ntopics = [{{ pattern = \"js/#\" }}]\n\
+         jetstream = {{ stream = \"S\", ack_timeout_ms = 400 }}\n"
+    );
+    let mut edge = Broker::launch(Launch::config(&config).data_dir(dir.path()));
+    let mut nats = ScriptedNats::accept(&listener).await;
+    let mut publisher = Mqtt::connect(opts(&edge, "edge-pub")).await;
+    publisher.publish_wait("js/a", 1, false, payload("edge-pub", 1)).await;
+    let first = nats.hpub(WAIT).await.expect("the message is published");
+    let sent = Instant::now();
+    assert_eq!(first.subject, "js.a");
+    assert!(first.headers.contains("Nats-Expected-Stream: S\r\n"), "{first:?}");
+    let again = nats.hpub(WAIT).await.expect("sent again without a PubAck");
+    let waited = sent.elapsed();
+    assert!(waited >= Duration::from_millis(350), "re-sent after {waited:?}, before the ack timeout");
+    assert_eq!(again, first, "same subject, reply, Msg-Id and payload");
+    let puback = r#"{"stream":"S","seq":1}"#;
+    nats.send(&format!("MSG {} 1 {}\r\n{puback}\r\n", first.reply, puback.len())).await;
+    assert_eq!(nats.hpub(Duration::from_secs(1)).await, None, "acknowledged: not sent again");
+
+    drop(publisher);
+    edge.kill9().await;
+    let edge = Broker::launch(Launch::config(&config).data_dir(dir.path()));
+    let mut nats = ScriptedNats::accept(&listener).await;
+    let mut publisher = Mqtt::connect(opts(&edge, "edge-pub")).await;
+    publisher.publish_wait("js/b", 1, false, payload("edge-pub", 2)).await;
+    let second = nats.hpub(WAIT).await.expect("the message after the restart");
+    assert_eq!(parse(&second.payload), ("edge-pub".to_string(), 2), "the acknowledged one is not re-sent");
+    assert_ne!(msg_id(&second), msg_id(&first), "a queue key used before the restart");
+    assert!(msg_id(&first).starts_with("tern-bridge-cloud:"), "{}", msg_id(&first));
+}
+
+// (e) Issue test 7: nats-server's MQTT port (3.1.1, QoS 0/1 only: a QoS 2 PUBLISH closes the
+// connection) as an ordinary MQTT bridge upstream with `max_qos = 1`. A local QoS 2 publish on
+// a QoS 2 topic entry goes upstream at QoS 1 and reaches an MQTT subscriber of nats-server;
+// the bridge connects once and stays connected (no reconnect loop) over several keep-alives.
+#[tokio::test]
+async fn nats_mqtt_upstream_gets_qos2_forwards_at_qos1_without_a_reconnect_loop() {
+    let nats = NatsServer::start_with_mqtt().await;
+    let mqtt = nats.mqtt.unwrap();
+    let mut up_opts = rumqttc::MqttOptions::new("up-sub", "127.0.0.1", mqtt.port());
+    up_opts.set_keep_alive(Duration::from_secs(30));
+    let mut sub = Mqtt::connect(up_opts).await;
+    sub.subscribe("q/#", 1).await;
+    let edge =
+        Broker::start_with(&edge_config(mqtt, "max_qos = 1\ntopics = [{ pattern = \"q/#\", qos = 2 }]"));
+    let mut state = state_watcher(&edge).await;
+    wait_state(&mut state, "1", WAIT).await;
+    let mut publisher = Mqtt::connect(opts(&edge, "edge-pub")).await;
+    for seq in 0..10 {
+        publisher.publish_wait("q/t", 2, false, payload("edge-pub", seq)).await;
+    }
+    let got = collect(&mut sub, "edge-pub", &(0..10).collect()).await;
+    let report = check_stream(&got, &(0..10).collect());
+    assert!(report.missing.is_empty() && report.reordered.is_empty(), "{report:?}");
+    // Two keep-alive periods (2 s) of PINGREQ/PINGRESP with nats-server.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let logs = edge.logs();
+    assert_eq!(logs.matches("bridge connected").count(), 1, "one connection, kept: {logs}");
+    // The one "disconnected" is the state published at start, before the first link.
+    assert_eq!(logs.matches("bridge disconnected").count(), 1, "{logs}");
+    assert!(!logs.contains("link lost"), "{logs}");
+}
