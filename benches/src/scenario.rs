@@ -71,6 +71,7 @@ impl Kind {
 pub const USAGE: &str = "\
 tern-load --scenario fan-in|fan-out|pairs|idle|latency|overload|durable [options]
   --addr HOST:PORT        broker (127.0.0.1:1883)
+  --sub-addr HOST:PORT    subscribers connect here instead (a bridge's upstream)
   --qos 0|1|2             publish and subscription QoS (latency, overload, durable: 1)
   --payload BYTES         payload size, at least 16 (16)
   --publishers P          fan-in 4, pairs 10, overload 4, durable 1, others 1
@@ -110,6 +111,8 @@ tern-load --scenario fan-in|fan-out|pairs|idle|latency|overload|durable [options
 pub struct Config {
     pub kind: Kind,
     pub addr: SocketAddr,
+    /// Where subscribers connect (`--sub-addr`; default `addr`).
+    pub sub_addr: SocketAddr,
     pub qos: u8,
     pub payload: usize,
     pub publishers: usize,
@@ -140,6 +143,7 @@ impl Config {
     pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Config, String> {
         let mut kind = Kind::FanIn;
         let mut addr: SocketAddr = ([127, 0, 0, 1], 1883).into();
+        let mut sub_addr = None;
         let (mut qos, mut payload, mut publishers, mut subscribers) = (None, 16, None, None);
         let (mut messages, mut duration, mut window, mut e2e_window) = (None, None, 16, None);
         let (mut rate, mut sub_rate, mut clients, mut connect_concurrency) = (None, 1000.0, 1000, 64);
@@ -162,6 +166,9 @@ impl Config {
                     kind = Kind::parse(&value).ok_or_else(|| format!("unknown scenario {value}"))?
                 }
                 "--addr" => addr = value.parse().map_err(|e| format!("--addr {value}: {e}"))?,
+                "--sub-addr" => {
+                    sub_addr = Some(value.parse().map_err(|e| format!("--sub-addr {value}: {e}"))?)
+                }
                 "--qos" => qos = Some(int()?.min(3) as u8),
                 "--payload" => payload = int()? as usize,
                 "--publishers" => publishers = Some(int()? as usize),
@@ -232,6 +239,7 @@ impl Config {
         Ok(Config {
             kind,
             addr,
+            sub_addr: sub_addr.unwrap_or(addr),
             qos,
             payload,
             publishers,
@@ -732,7 +740,8 @@ async fn connect_all(
         .iter()
         .enumerate()
         .map(|(i, id)| {
-            let (addr, id, qos) = (cfg.addr, id.clone(), cfg.qos);
+            let addr = if filters.is_some() { cfg.sub_addr } else { cfg.addr };
+            let (id, qos) = (id.clone(), cfg.qos);
             let filters = filters.map(|f| f[i].clone());
             tokio::spawn(async move {
                 let mut conn = Conn::connect(addr, &id, clean, 64 * 1024).await?;

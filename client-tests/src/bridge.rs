@@ -1,14 +1,19 @@
 //! Bridge test kit: a TCP proxy the test owns between an edge `tern` and its upstream (pass,
-//! reset, black-hole, hold replies), a scripted upstream, a Mosquitto upstream, and a checker of
-//! "<publisher>:<sequence>" streams that reports missing, duplicated and reordered messages.
-//! Shared by the bridge tests (t20 and later) so each scenario file stays about its scenario.
+//! reset, black-hole, hold replies, swallow PUBCOMP; it logs every packet it passes), a scripted
+//! upstream, a Mosquitto upstream, a paced pipelined publisher that counts what was
+//! acknowledged, a recording upstream subscriber, and a checker of "<publisher>:<sequence>"
+//! streams that reports missing, duplicated and reordered messages. Shared by the bridge tests
+//! (t20 and later) so each scenario file stays about its scenario.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -34,13 +39,32 @@ pub enum Mode {
     /// Bytes to the upstream flow, its replies are held: it receives PUBLISHes whose
     /// acknowledgements never reach the bridge.
     HoldReplies,
+    /// Packets flow both ways except the upstream's PUBCOMPs, which are dropped: QoS 2 flows
+    /// stay between PUBREC and PUBCOMP on the bridge's side.
+    SwallowPubcomp,
 }
+
+/// One packet the proxy passed (or swallowed). Bodies are cut at [`SEEN_BODY_MAX`] bytes.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    /// Index of the proxied connection, in accept order (0 = first).
+    pub conn: usize,
+    /// Written by the bridge towards the upstream (else a reply from the upstream).
+    pub outbound: bool,
+    pub swallowed: bool,
+    pub packet: RawPacket,
+}
+
+pub const SEEN_BODY_MAX: usize = 256;
 
 pub struct Proxy {
     pub addr: SocketAddr,
     pub mode: watch::Sender<Mode>,
     /// Connections accepted while passing (the bridge's connection attempts that got through).
     pub linked: Arc<AtomicUsize>,
+    /// Every packet passed, in order per direction.
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    upstream: Arc<Mutex<SocketAddr>>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -64,27 +88,62 @@ impl Proxy {
         let addr = listener.local_addr().unwrap();
         let (mode, watch_mode) = watch::channel(Mode::Pass);
         let linked = Arc::new(AtomicUsize::new(0));
-        let count = linked.clone();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let upstream = Arc::new(Mutex::new(upstream));
+        let (count, log, target) = (linked.clone(), seen.clone(), upstream.clone());
         let task = tokio::spawn(async move {
             loop {
                 let Ok((client, _)) = listener.accept().await else { return };
-                if *watch_mode.borrow() != Mode::Pass {
+                if matches!(*watch_mode.borrow(), Mode::Reset | Mode::Hold) {
                     reset(client);
                     continue;
                 }
-                count.fetch_add(1, Ordering::SeqCst);
-                tokio::spawn(pipe(client, upstream, watch_mode.clone()));
+                let conn = count.fetch_add(1, Ordering::SeqCst);
+                let to = *target.lock().unwrap();
+                tokio::spawn(pipe(client, conn, to, watch_mode.clone(), log.clone()));
             }
         });
-        Proxy { addr, mode, linked, task }
+        Proxy { addr, mode, linked, seen, upstream, task }
     }
 
     pub fn set(&self, mode: Mode) {
         self.mode.send_replace(mode);
     }
+
+    /// New connections go to `upstream` (e.g. the same upstream restarted on another port).
+    pub fn retarget(&self, upstream: SocketAddr) {
+        *self.upstream.lock().unwrap() = upstream;
+    }
+
+    /// The packets seen so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
 }
 
-async fn pipe(client: TcpStream, upstream: SocketAddr, mut mode: watch::Receiver<Mode>) {
+/// Moves the complete packets in `buf` to the returned bytes (leaving a partial one), logging
+/// each; in [`Mode::SwallowPubcomp`] the upstream's PUBCOMPs are logged and dropped.
+fn forward(buf: &mut BytesMut, conn: usize, outbound: bool, mode: Mode, log: &Mutex<Vec<Seen>>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(buf.len());
+    let mut log = log.lock().unwrap();
+    while let Some(mut packet) = take_frame(buf) {
+        let swallowed = !outbound && mode == Mode::SwallowPubcomp && packet.kind() == 7;
+        if !swallowed {
+            out.extend(packet.bytes());
+        }
+        packet.body.truncate(SEEN_BODY_MAX);
+        log.push(Seen { conn, outbound, swallowed, packet });
+    }
+    out
+}
+
+async fn pipe(
+    client: TcpStream,
+    conn: usize,
+    upstream: SocketAddr,
+    mut mode: watch::Receiver<Mode>,
+    log: Arc<Mutex<Vec<Seen>>>,
+) {
     let Ok(server) = TcpStream::connect(upstream).await else {
         reset(client);
         return;
@@ -92,7 +151,7 @@ async fn pipe(client: TcpStream, upstream: SocketAddr, mut mode: watch::Receiver
     let _ = (client.set_nodelay(true), server.set_nodelay(true));
     let (mut cr, mut cw) = client.into_split();
     let (mut sr, mut sw) = server.into_split();
-    let (mut cbuf, mut sbuf) = (vec![0u8; 16 * 1024], vec![0u8; 16 * 1024]);
+    let (mut cbuf, mut sbuf) = (BytesMut::new(), BytesMut::new());
     loop {
         let current = *mode.borrow_and_update();
         match current {
@@ -103,17 +162,25 @@ async fn pipe(client: TcpStream, upstream: SocketAddr, mut mode: watch::Receiver
                 }
                 continue;
             }
-            Mode::Pass | Mode::HoldReplies => {}
+            Mode::Pass | Mode::HoldReplies | Mode::SwallowPubcomp => {}
         }
-        let replies = current == Mode::Pass;
+        let replies = current != Mode::HoldReplies;
+        cbuf.reserve(16 * 1024);
+        sbuf.reserve(16 * 1024);
         tokio::select! {
             changed = mode.changed() => if changed.is_err() { break },
-            r = cr.read(&mut cbuf) => match r {
-                Ok(n) if n > 0 => if sw.write_all(&cbuf[..n]).await.is_err() { break },
+            r = cr.read_buf(&mut cbuf) => match r {
+                Ok(n) if n > 0 => {
+                    let out = forward(&mut cbuf, conn, true, current, &log);
+                    if sw.write_all(&out).await.is_err() { break }
+                }
                 _ => break,
             },
-            r = sr.read(&mut sbuf), if replies => match r {
-                Ok(n) if n > 0 => if cw.write_all(&sbuf[..n]).await.is_err() { break },
+            r = sr.read_buf(&mut sbuf), if replies => match r {
+                Ok(n) if n > 0 => {
+                    let out = forward(&mut sbuf, conn, false, current, &log);
+                    if cw.write_all(&out).await.is_err() { break }
+                }
                 _ => break,
             },
         }
@@ -143,8 +210,20 @@ pub fn payload(publisher: &str, seq: usize) -> Vec<u8> {
     format!("{publisher}:{seq}").into_bytes()
 }
 
+/// "<publisher>:<seq>", then a space and padding up to `size` bytes.
+pub fn padded_payload(publisher: &str, seq: usize, size: usize) -> Vec<u8> {
+    let mut p = payload(publisher, seq);
+    if p.len() < size {
+        p.push(b' ');
+        p.resize(size, b'.');
+    }
+    p
+}
+
+/// (publisher, sequence number) of a [`payload`] or [`padded_payload`].
 pub fn parse(payload: &[u8]) -> (String, usize) {
     let text = std::str::from_utf8(payload).expect("UTF-8 payload");
+    let text = text.split(' ').next().unwrap_or_default();
     let (publisher, seq) = text.rsplit_once(':').expect("publisher:seq");
     (publisher.to_string(), seq.parse().expect("sequence number"))
 }
@@ -269,8 +348,16 @@ impl Mosquitto {
         let dir = tempfile::tempdir().unwrap();
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\nlog_dest none\n"))
-            .unwrap();
+        // A large queue: a subscriber that falls behind a bridge's burst loses nothing to
+        // Mosquitto's default 1000-message queue, so what a test counts is the bridge's doing.
+        // (Not 0, "unlimited": that stalled Mosquitto 2.0.11's QoS 2 bridge, see BENCHMARKS.md.)
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\nlog_dest none\nmax_queued_messages 1000000\n"
+            ),
+        )
+        .unwrap();
         let child = std::process::Command::new("mosquitto")
             .arg("-c")
             .arg(&conf)
@@ -300,4 +387,273 @@ impl Drop for Mosquitto {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// A paced, pipelined local publisher that knows what was acknowledged
+// ---------------------------------------------------------------------------------------
+
+/// One publisher's stream: [`padded_payload`]s "<client_id>:<seq>" to `topic`.
+#[derive(Clone, Debug)]
+pub struct Stream {
+    pub client_id: String,
+    pub topic: String,
+    pub qos: u8,
+    /// MQTT 5.0 (else 3.1.1).
+    pub v5: bool,
+    /// Messages per second; 0 = as fast as the window allows.
+    pub rate: f64,
+    /// Unacknowledged messages at most.
+    pub window: usize,
+    /// Payload size in bytes (at least the "<client_id>:<seq>" text).
+    pub size: usize,
+}
+
+/// Sequence numbers whose flow completed: PUBACK, or PUBCOMP at QoS 2. An MQTT 5 reason code
+/// of 0x80 or above is a refusal, not an acknowledgement.
+pub type Acked = Arc<Mutex<BTreeSet<usize>>>;
+
+impl Stream {
+    pub fn new(client_id: &str, topic: &str, qos: u8) -> Stream {
+        Stream {
+            client_id: client_id.into(),
+            topic: topic.into(),
+            qos,
+            v5: false,
+            rate: 0.0,
+            window: 32,
+            size: 0,
+        }
+    }
+    pub fn v5(mut self, v5: bool) -> Stream {
+        self.v5 = v5;
+        self
+    }
+    pub fn rate(mut self, per_second: f64) -> Stream {
+        self.rate = per_second;
+        self
+    }
+    pub fn window(mut self, window: usize) -> Stream {
+        self.window = window.clamp(1, 65_535);
+        self
+    }
+    pub fn size(mut self, bytes: usize) -> Stream {
+        self.size = bytes;
+        self
+    }
+
+    fn publish(&self, seq: usize) -> Vec<u8> {
+        let pid = packet_id(seq);
+        let body = padded_payload(&self.client_id, seq, self.size);
+        if self.v5 {
+            crate::v5::publish(&self.topic, self.qos, false, pid, &crate::v5::Props::new(), &body)
+        } else {
+            pkt::publish(&self.topic, self.qos, false, false, pid, &body)
+        }
+    }
+
+    /// Publishes `seqs` to the broker at `addr` with a clean session, paced from now; records
+    /// each completed flow in `acked`. Returns `seqs.end` once all are acknowledged, or the
+    /// first sequence number not yet sent when the connection ends (the broker was killed):
+    /// sent but unacknowledged ones are not sent again.
+    pub async fn run(&self, addr: SocketAddr, seqs: Range<usize>, acked: &Acked) -> usize {
+        let Ok(mut socket) = TcpStream::connect(addr).await else { return seqs.start };
+        let _ = socket.set_nodelay(true);
+        let connect = if self.v5 {
+            crate::v5::Connect::new(&self.client_id).encode()
+        } else {
+            pkt::Connect::new(&self.client_id).encode()
+        };
+        let mut buf = BytesMut::new();
+        if socket.write_all(&connect).await.is_err() {
+            return seqs.start;
+        }
+        loop {
+            match tokio::time::timeout(WAIT, socket.read_buf(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return seqs.start,
+            }
+            if let Some(connack) = take_frame(&mut buf) {
+                assert_eq!((connack.kind(), connack.body.get(1)), (2, Some(&0)), "CONNACK accepted");
+                break;
+            }
+        }
+        let (mut rd, mut wr) = socket.into_split();
+        let start = Instant::now();
+        let mut next = seqs.start;
+        let mut in_flight: HashMap<u16, usize> = HashMap::new();
+        let mut tick = tokio::time::interval(Duration::from_millis(2));
+        loop {
+            if next == seqs.end && in_flight.is_empty() {
+                return next;
+            }
+            let mut out = Vec::new();
+            tokio::select! {
+                _ = tick.tick(), if next < seqs.end && in_flight.len() < self.window => {
+                    let due = if self.rate > 0.0 {
+                        seqs.start + (start.elapsed().as_secs_f64() * self.rate) as usize
+                    } else {
+                        seqs.end
+                    };
+                    while next < due.min(seqs.end) && in_flight.len() < self.window {
+                        out.extend(self.publish(next));
+                        in_flight.insert(packet_id(next), next);
+                        next += 1;
+                    }
+                }
+                r = rd.read_buf(&mut buf) => {
+                    if !matches!(r, Ok(n) if n > 0) {
+                        return next;
+                    }
+                    while let Some(p) = take_frame(&mut buf) {
+                        let refused = self.v5 && p.body.get(2).is_some_and(|&reason| reason >= 0x80);
+                        match p.kind() {
+                            4 | 7 => {
+                                if let Some(seq) = in_flight.remove(&p.pid()) {
+                                    if !refused {
+                                        acked.lock().unwrap().insert(seq);
+                                    }
+                                }
+                            }
+                            5 if refused => {
+                                in_flight.remove(&p.pid());
+                            }
+                            5 => out.extend(pkt::pubrel(p.pid())),
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            if !out.is_empty() && wr.write_all(&out).await.is_err() {
+                return next;
+            }
+        }
+    }
+}
+
+/// Packet id of a stream's message `seq` (distinct within any window below 65,535).
+fn packet_id(seq: usize) -> u16 {
+    (seq % 65_535) as u16 + 1
+}
+
+/// Waits until `acked` holds at least `n` sequence numbers.
+pub async fn wait_acked(acked: &Acked, n: usize, within: Duration) {
+    let deadline = Instant::now() + within;
+    while acked.lock().unwrap().len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "publishers stuck at {} acknowledged",
+            acked.lock().unwrap().len()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A recording subscriber
+// ---------------------------------------------------------------------------------------
+
+/// One delivery: sequence number, and whether it came with DUP=1 (a re-delivery).
+pub type Delivery = (usize, bool);
+
+/// A subscriber (on the upstream or the edge) that records every payload, per publisher, in
+/// arrival order, until it is dropped or its connection ends.
+pub struct Collector {
+    got: Arc<Mutex<HashMap<String, Vec<Delivery>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Collector {
+    pub async fn start(o: rumqttc::MqttOptions, filter: &str, qos: u8) -> Collector {
+        let mut sub = Mqtt::connect(o).await;
+        sub.subscribe(filter, qos).await;
+        Collector::record(sub)
+    }
+
+    /// Records what `sub` (already subscribed) receives from now on.
+    pub fn record(mut sub: Mqtt) -> Collector {
+        let got: Arc<Mutex<HashMap<String, Vec<Delivery>>>> = Arc::default();
+        let record = got.clone();
+        let task = tokio::spawn(async move {
+            while let Some(p) = sub.recv_timeout(Duration::from_secs(3600)).await {
+                let (from, seq) = parse(&p.payload);
+                record.lock().unwrap().entry(from).or_default().push((seq, p.dup));
+            }
+        });
+        Collector { got, task }
+    }
+
+    pub fn deliveries(&self, publisher: &str) -> Vec<Delivery> {
+        self.got.lock().unwrap().get(publisher).cloned().unwrap_or_default()
+    }
+
+    /// Sequence numbers from `publisher`, in arrival order.
+    pub fn received(&self, publisher: &str) -> Vec<usize> {
+        self.deliveries(publisher).into_iter().map(|(seq, _)| seq).collect()
+    }
+
+    pub fn distinct(&self, publisher: &str) -> BTreeSet<usize> {
+        self.deliveries(publisher).into_iter().map(|(seq, _)| seq).collect()
+    }
+
+    pub fn total(&self) -> usize {
+        self.got.lock().unwrap().values().map(Vec::len).sum()
+    }
+}
+
+/// Waits until the collectors together received every one of `expected` from `publisher`
+/// (or `within` passed), then [`QUIET`] for late duplicates.
+pub async fn wait_all(
+    collectors: &[&Collector],
+    publisher: &str,
+    expected: &BTreeSet<usize>,
+    within: Duration,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        let union: BTreeSet<usize> = collectors.iter().flat_map(|c| c.distinct(publisher)).collect();
+        if expected.is_subset(&union) || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(QUIET).await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Resources of a process
+// ---------------------------------------------------------------------------------------
+
+/// Resident set size of process `pid` in bytes (VmRSS in /proc/<pid>/status).
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("VmRSS line");
+    kib * 1024
+}
+
+/// Bytes of the files under `dir` (as `du --apparent-size -s` counts them).
+pub fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| match e.metadata() {
+                    Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
 }

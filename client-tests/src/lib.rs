@@ -703,6 +703,37 @@ impl RawPacket {
     }
 }
 
+/// Takes the first complete MQTT packet off `buf`, if it holds one.
+pub fn take_frame(buf: &mut BytesMut) -> Option<RawPacket> {
+    let b = &buf[..];
+    if b.is_empty() {
+        return None;
+    }
+    let mut len = 0usize;
+    let mut mul = 1usize;
+    let mut i = 1;
+    loop {
+        if i >= b.len() {
+            return None;
+        }
+        let d = b[i];
+        len += (d & 0x7f) as usize * mul;
+        mul *= 128;
+        i += 1;
+        if d & 0x80 == 0 {
+            break;
+        }
+        assert!(i <= 4, "peer sent a malformed remaining length: {:02x?}", &b[..i]);
+    }
+    if b.len() < i + len {
+        return None;
+    }
+    let header = b[0];
+    let body = b[i..i + len].to_vec();
+    buf.advance(i + len);
+    Some(RawPacket { header, body })
+}
+
 /// Any byte stream MQTT can run over: TCP, TLS, a WebSocket adapter.
 pub trait ByteStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> ByteStream for T {}
@@ -784,33 +815,7 @@ impl Raw {
     }
 
     fn try_parse(&mut self) -> Option<RawPacket> {
-        let b = &self.buf[..];
-        if b.is_empty() {
-            return None;
-        }
-        let mut len = 0usize;
-        let mut mul = 1usize;
-        let mut i = 1;
-        loop {
-            if i >= b.len() {
-                return None;
-            }
-            let d = b[i];
-            len += (d & 0x7f) as usize * mul;
-            mul *= 128;
-            i += 1;
-            if d & 0x80 == 0 {
-                break;
-            }
-            assert!(i <= 4, "broker sent a malformed remaining length: {:02x?}", &b[..i]);
-        }
-        if b.len() < i + len {
-            return None;
-        }
-        let header = b[0];
-        let body = b[i..i + len].to_vec();
-        self.buf.advance(i + len);
-        Some(RawPacket { header, body })
+        take_frame(&mut self.buf)
     }
 
     /// Read one packet, EOF/reset, or time out.
