@@ -409,6 +409,7 @@ impl Config {
     pub fn session_limits(&self) -> SessionLimits {
         SessionLimits {
             max_inflight: self.mqtt.max_inflight_messages as usize,
+            max_inflight_qos2: self.mqtt.max_inflight_messages as usize,
             queue: QueueLimits {
                 max_messages: self.mqtt.max_queued_messages,
                 max_bytes: self.mqtt.max_queued_bytes,

@@ -589,6 +589,39 @@ impl Collector {
         Collector { got, task }
     }
 
+    /// A persistent 3.1.1 session on a raw socket that answers every QoS flow as the protocol
+    /// says, subscribing to `filter` at QoS 2 unless the session was present; returns whether it
+    /// was. For sessions resumed after a broker crash: rumqttc 0.25 closes its connection on a
+    /// PUBREL re-sent at resume for a flow a fresh instance never saw (rumqttc #664), which a
+    /// crash between PUBREC and PUBCOMP produces.
+    pub async fn raw_persistent(addr: SocketAddr, client_id: &str, filter: &str) -> (Collector, bool) {
+        let (mut raw, present) = Raw::handshake(addr, &pkt::Connect::new(client_id).clean(false)).await;
+        if !present {
+            raw.subscribe(1, &[(filter, 2)]).await;
+        }
+        let got: Arc<Mutex<HashMap<String, Vec<Delivery>>>> = Arc::default();
+        let record = got.clone();
+        let task = tokio::spawn(async move {
+            while let ReadOutcome::Packet(p) = raw.read(Duration::from_secs(3600)).await {
+                match p.kind() {
+                    3 => {
+                        let publish = p.publish();
+                        let (from, seq) = parse(&publish.payload);
+                        record.lock().unwrap().entry(from).or_default().push((seq, publish.dup));
+                        match (publish.qos, publish.pid) {
+                            (1, Some(pid)) => raw.send_lenient(&pkt::puback(pid)).await,
+                            (2, Some(pid)) => raw.send_lenient(&pkt::pubrec(pid)).await,
+                            _ => {}
+                        }
+                    }
+                    6 => raw.send_lenient(&pkt::pubcomp(p.pid())).await,
+                    _ => {}
+                }
+            }
+        });
+        (Collector { got, task }, present)
+    }
+
     pub fn deliveries(&self, publisher: &str) -> Vec<Delivery> {
         self.got.lock().unwrap().get(publisher).cloned().unwrap_or_default()
     }

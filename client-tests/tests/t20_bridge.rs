@@ -160,8 +160,8 @@ async fn kill9_of_the_edge_loses_no_acknowledged_message() {
     assert!(report.missing.is_empty(), "acknowledged but never forwarded: {:?}", report.missing);
     assert!(report.reordered.is_empty(), "reordered: {:?}", report.reordered);
     // What the held link had buffered reaches the upstream after all, and the restarted bridge
-    // sends it again: at most the in-flight window (20, the default) twice.
-    assert!(report.duplicates <= 20, "{} duplicates", report.duplicates);
+    // sends it again: at most the in-flight window (100, the default).
+    assert!(report.duplicates <= 100, "{} duplicates", report.duplicates);
     let report = check_stream(&second, &(0..50).collect());
     assert!(report.missing.is_empty() && report.reordered.is_empty(), "after the restart: {report:?}");
 }

@@ -101,6 +101,7 @@ fn session_limits(broker: &crate::Config, config: &BridgeConfig) -> SessionLimit
     let headroom = if config.overflow == Overflow::DropOldest { 2 } else { 1 };
     SessionLimits {
         max_inflight: usize::from(config.max_inflight),
+        max_inflight_qos2: usize::from(config.max_inflight_qos2),
         queue: QueueLimits {
             max_messages: config.queue_max_messages.saturating_mul(headroom),
             max_bytes: config.queue_max_bytes.saturating_mul(headroom),

@@ -55,6 +55,12 @@ pub struct BridgeConfig {
     /// Outbound QoS 1/2 messages in flight; the upstream's Receive Maximum may lower it.
     #[serde(default = "default_max_inflight")]
     pub max_inflight: u16,
+    /// QoS 2 flows among them (PUBLISH awaiting PUBREC, PUBREL awaiting PUBCOMP). Brokers
+    /// bound what one client may have in flight toward them, and Mosquitto closes a 3.1.1
+    /// connection that goes past its 20 (`max_inflight_messages`) at QoS 2, while it takes
+    /// QoS 1 without a limit; an MQTT 5 upstream says its limit (Receive Maximum).
+    #[serde(default = "default_max_inflight_qos2")]
+    pub max_inflight_qos2: u16,
     /// Highest QoS used upstream, both directions (for upstreams without QoS 2).
     #[serde(default = "default_max_qos")]
     pub max_qos: u8,
@@ -230,6 +236,9 @@ fn default_session_expiry() -> u32 {
     u32::MAX
 }
 fn default_max_inflight() -> u16 {
+    100
+}
+fn default_max_inflight_qos2() -> u16 {
     20
 }
 fn default_max_qos() -> u8 {
@@ -435,6 +444,9 @@ pub(super) fn validate(bridges: &[BridgeConfig]) -> Result<(), ConfigError> {
         }
         if bridge.max_inflight == 0 {
             return invalid("bridge.max_inflight", name, "must be between 1 and 65535".into());
+        }
+        if bridge.max_inflight_qos2 == 0 {
+            return invalid("bridge.max_inflight_qos2", name, "must be between 1 and 65535".into());
         }
         if bridge.max_qos > 2 {
             return invalid("bridge.max_qos", name, "must be 0, 1 or 2".into());

@@ -155,6 +155,7 @@ mod session {
     fn session(policy: Policy) -> Session {
         let limits = SessionLimits {
             max_inflight: 4,
+            max_inflight_qos2: 4,
             queue: QueueLimits { max_messages: 8, max_bytes: 1 << 20, stall_after_ms: 2000 },
         };
         let mut s = Session::new(ClientId::from("sub"), ProtocolVersion::V5, 60, limits);

@@ -46,6 +46,9 @@ impl fmt::Display for ClientId {
 #[derive(Debug, Clone, Copy)]
 pub struct SessionLimits {
     pub max_inflight: usize,
+    /// QoS 2 flows among them (PUBLISH awaiting PUBREC, PUBREL awaiting PUBCOMP); a client's
+    /// session allows `max_inflight`, a bridge fewer (`bridge.max_inflight_qos2`).
+    pub max_inflight_qos2: usize,
     pub queue: QueueLimits,
 }
 
@@ -102,7 +105,7 @@ impl Session {
             version,
             expiry,
             subscriptions: BTreeMap::new(),
-            outbound: OutboundWindow::new(usize::from(max_inflight)),
+            outbound: OutboundWindow::new(usize::from(max_inflight), limits.max_inflight_qos2),
             inbound: InboundQos2::default(),
             max_inflight,
             qos_cap: QoS::ExactlyOnce,
@@ -141,9 +144,13 @@ impl Session {
         }
     }
 
-    /// True when another delivery can be taken from the pending queue.
-    pub fn can_deliver(&self) -> bool {
+    /// True when another delivery can be taken from the pending queue: the window has room,
+    /// for a QoS 2 one among the QoS 2 flows too. Queue order holds: a QoS 2 message waiting
+    /// for room holds back the QoS 1 ones behind it.
+    pub fn can_deliver(&mut self) -> bool {
         self.outbound.has_credit()
+            && (self.outbound.has_qos2_credit()
+                || self.pending.peek().is_none_or(|d| d.qos.min(self.qos_cap) != QoS::ExactlyOnce))
     }
 
     /// Sends one delivery: QoS 0 goes straight out, QoS 1/2 enters the in-flight window.
@@ -382,11 +389,17 @@ impl Session {
 mod tests {
     use super::*;
     use crate::message::Message;
+    use crate::packet::Ack;
     use crate::session::queue::Offer;
 
     fn session(persistent: bool) -> Session {
+        session_with(persistent, 4)
+    }
+
+    fn session_with(persistent: bool, max_inflight_qos2: usize) -> Session {
         let limits = SessionLimits {
             max_inflight: 4,
+            max_inflight_qos2,
             queue: QueueLimits { max_messages: 8, max_bytes: 1 << 20, stall_after_ms: 2000 },
         };
         let expiry = if persistent { NEVER_EXPIRES } else { 0 };
@@ -451,5 +464,70 @@ mod tests {
                 s.journal
             );
         }
+    }
+
+    /// A bridge allows fewer QoS 2 flows than its window: QoS 1 fills the window, a QoS 2
+    /// message waits while that many QoS 2 flows (PUBREC or PUBCOMP outstanding) are open, and
+    /// holds back what is queued behind it (one ordered lane).
+    #[test]
+    fn qos2_flows_are_capped_below_the_window_in_queue_order() {
+        let mut s = session_with(false, 2);
+        // Handed over the way the router does it: not yet taken into the session's queue.
+        let queue = |s: &mut Session, qos: QoS| {
+            let message = Arc::new(Message::new("t", &b"m"[..], qos));
+            assert_eq!(s.pending.mailbox().offer(Delivery::new(message, qos, false)), Offer::Queued);
+        };
+        for qos in [QoS::ExactlyOnce, QoS::AtLeastOnce, QoS::ExactlyOnce, QoS::ExactlyOnce, QoS::AtLeastOnce]
+        {
+            queue(&mut s, qos);
+        }
+        let mut out = Vec::new();
+        s.pump(&mut out, Instant::now());
+        assert_eq!(out.len(), 3, "QoS 2, QoS 1, QoS 2 sent; the third QoS 2 waits: {out:?}");
+        let ids: Vec<PacketId> = out
+            .iter()
+            .map(|p| match p {
+                Packet::Forward(f) => f.packet_id.unwrap(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let ack = Ack::success;
+        // PUBREC: the flow stays open (PUBREL awaiting PUBCOMP); nothing more goes.
+        out.clear();
+        s.handle_ack(&Packet::PubRec(ack(ids[0])), &mut out, Instant::now()).unwrap();
+        s.pump(&mut out, Instant::now());
+        assert!(matches!(&out[..], [Packet::PubRel(_)]), "{out:?}");
+        // PUBCOMP closes it: the waiting QoS 2 goes, then the QoS 1 behind it; the window (4)
+        // is full again.
+        out.clear();
+        s.handle_ack(&Packet::PubComp(ack(ids[0])), &mut out, Instant::now()).unwrap();
+        s.pump(&mut out, Instant::now());
+        let sent: Vec<QoS> = out
+            .iter()
+            .filter_map(|p| match p {
+                Packet::Forward(f) => Some(f.qos),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sent, [QoS::ExactlyOnce, QoS::AtLeastOnce]);
+        assert!(!s.can_deliver());
+        // The QoS 2 flows full and nothing taken in: one handed over now still waits.
+        let mut s = session_with(false, 2);
+        for _ in 0..2 {
+            queue(&mut s, QoS::ExactlyOnce);
+        }
+        let mut out = Vec::new();
+        s.pump(&mut out, Instant::now());
+        queue(&mut s, QoS::ExactlyOnce);
+        s.pump(&mut out, Instant::now());
+        assert_eq!(out.len(), 2, "{out:?}");
+        // A window of QoS 1 alone is not held back by the QoS 2 limit.
+        let mut s = session_with(false, 1);
+        for _ in 0..4 {
+            queue(&mut s, QoS::AtLeastOnce);
+        }
+        let mut out = Vec::new();
+        s.pump(&mut out, Instant::now());
+        assert_eq!(out.len(), 4);
     }
 }

@@ -56,17 +56,36 @@ pub struct OutboundWindow {
     /// after a restart, which does not remember it).
     entries: VecDeque<(PacketId, Outbound, u16)>,
     capacity: usize,
+    /// The most QoS 2 entries (awaiting PUBREC or PUBCOMP) at once.
+    qos2_capacity: usize,
     last_id: u16,
 }
 
 impl OutboundWindow {
-    /// `capacity` is the most QoS 1/2 messages in flight at once (at least 1).
-    pub fn new(capacity: usize) -> Self {
-        OutboundWindow { entries: VecDeque::new(), capacity: capacity.max(1), last_id: 0 }
+    /// `capacity` is the most QoS 1/2 messages in flight at once, `qos2_capacity` the most
+    /// QoS 2 ones among them (both at least 1).
+    pub fn new(capacity: usize, qos2_capacity: usize) -> Self {
+        OutboundWindow {
+            entries: VecDeque::new(),
+            capacity: capacity.max(1),
+            qos2_capacity: qos2_capacity.max(1),
+            last_id: 0,
+        }
     }
 
     pub fn has_credit(&self) -> bool {
         self.entries.len() < self.capacity
+    }
+
+    /// True when one more QoS 2 flow fits. Only counted when that limit is below the window's.
+    pub fn has_qos2_credit(&self) -> bool {
+        self.qos2_capacity >= self.capacity
+            || self
+                .entries
+                .iter()
+                .filter(|(_, state, _)| !matches!(state, Outbound::AwaitingPubAck(_)))
+                .count()
+                < self.qos2_capacity
     }
 
     pub fn capacity(&self) -> usize {
@@ -363,7 +382,7 @@ mod tests {
 
     #[test]
     fn qos1_publish_then_puback_frees_the_slot() {
-        let mut w = OutboundWindow::new(1);
+        let mut w = OutboundWindow::new(1, 1);
         let p = w.send_now(delivery(QoS::AtLeastOnce, 1));
         let id = publish_of(&p).packet_id.unwrap();
         assert!(!w.has_credit());
@@ -375,7 +394,7 @@ mod tests {
 
     #[test]
     fn qos2_walks_pubrec_pubrel_pubcomp() {
-        let mut w = OutboundWindow::new(4);
+        let mut w = OutboundWindow::new(4, 4);
         let id = publish_of(&w.send_now(delivery(QoS::ExactlyOnce, 1))).packet_id.unwrap();
         assert!(w.handle_pubcomp(id).is_err(), "PUBCOMP before PUBREC");
         assert!(w.handle_puback(id).is_err(), "PUBACK for a QoS 2 message");
@@ -392,7 +411,7 @@ mod tests {
     #[test]
     fn resend_keeps_order_sets_dup_and_repeats_pubrel() {
         // [MQTT-4.4.0-1], [MQTT-3.3.1-1]
-        let mut w = OutboundWindow::new(8);
+        let mut w = OutboundWindow::new(8, 8);
         let a = publish_of(&w.send_now(delivery(QoS::AtLeastOnce, 1))).packet_id.unwrap();
         let b = publish_of(&w.send_now(delivery(QoS::ExactlyOnce, 2))).packet_id.unwrap();
         let c = publish_of(&w.send_now(delivery(QoS::ExactlyOnce, 3))).packet_id.unwrap();
@@ -409,7 +428,7 @@ mod tests {
 
     #[test]
     fn a_publish_sent_delivery_limit_times_leaves_the_window_but_a_pubrel_stays() {
-        let mut w = OutboundWindow::new(8);
+        let mut w = OutboundWindow::new(8, 8);
         let a = publish_of(&w.send_now(delivery(QoS::AtLeastOnce, 1))).packet_id.unwrap();
         let b = publish_of(&w.send_now(delivery(QoS::ExactlyOnce, 2))).packet_id.unwrap();
         w.handle_pubrec(ok(b)).unwrap();
@@ -430,7 +449,7 @@ mod tests {
     #[test]
     fn pubrec_with_an_error_reason_ends_the_exchange() {
         // [MQTT-4.3.3-4]
-        let mut w = OutboundWindow::new(1);
+        let mut w = OutboundWindow::new(1, 1);
         let id = publish_of(&w.send_now(delivery(QoS::ExactlyOnce, 1))).packet_id.unwrap();
         let refused = Ack { packet_id: id, reason: ReasonCode::QUOTA_EXCEEDED };
         assert!(matches!(w.handle_pubrec(refused), Ok(Settled::Done { delivery: Some(_), .. })));
@@ -439,7 +458,7 @@ mod tests {
 
     #[test]
     fn shared_entries_leave_with_take_shared() {
-        let mut w = OutboundWindow::new(4);
+        let mut w = OutboundWindow::new(4, 4);
         let mut shared = delivery(QoS::AtLeastOnce, 1);
         shared.shared = Some(Box::new(crate::message::SharedRoute { share: "$share/g/t".into() }));
         w.send_now(shared);
@@ -451,7 +470,7 @@ mod tests {
 
     #[test]
     fn packet_ids_skip_ids_in_flight_and_wrap() {
-        let mut w = OutboundWindow::new(3);
+        let mut w = OutboundWindow::new(3, 3);
         w.last_id = 65_533;
         let first = publish_of(&w.send_now(delivery(QoS::AtLeastOnce, 0))).packet_id.unwrap();
         assert_eq!(first, pid(65_534));

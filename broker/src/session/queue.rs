@@ -580,6 +580,15 @@ impl PendingQueue {
         self.local.front()
     }
 
+    /// The delivery `take` would return next, collecting what was handed over if nothing
+    /// was taken in yet (`front` looks at what was taken in only).
+    pub fn peek(&mut self) -> Option<&Delivery> {
+        if self.local.is_empty() {
+            self.collect();
+        }
+        self.local.front()
+    }
+
     /// The next pending delivery without waiting.
     pub fn try_pop(&mut self) -> Option<Delivery> {
         let next = self.take();
