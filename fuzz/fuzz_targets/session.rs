@@ -9,7 +9,8 @@
 //! A model beside it tracks every delivery. Checks after every step:
 //! - nothing panics; acknowledgements are accepted exactly when they match the in-flight state;
 //! - a new QoS 1/2 PUBLISH is only sent while the in-flight window is below its capacity, with a
-//!   packet id not in flight; the window and its capacity are what the model says;
+//!   packet id not in flight, and a QoS 2 one only while fewer than `max_inflight_qos2` QoS 2
+//!   flows are open; the window and its capacity are what the model says;
 //! - deliveries leave the pending queue in order (mailbox hand-overs in order, own pushes in
 //!   order), and one leaves without being sent only when its Message Expiry has passed;
 //! - a resumed session re-sends its whole window first, in order, DUP set, PUBREL as PUBREL;
@@ -42,6 +43,8 @@ use tokio::time::Instant;
 #[derive(Arbitrary, Debug)]
 struct Input {
     max_inflight: u8,
+    /// A bridge's cap on QoS 2 flows (a client session's equals `max_inflight`).
+    max_inflight_qos2: u8,
     max_messages: u8,
     max_bytes: u16,
     persistent: bool,
@@ -129,6 +132,7 @@ struct Model {
     window: VecDeque<(PacketId, usize, Awaiting)>,
     capacity: usize,
     max_inflight: u16,
+    qos2_capacity: usize,
     inbound: HashSet<PacketId>,
     now: Instant,
     dropped: u64,
@@ -165,6 +169,7 @@ impl Model {
     fn new(input: &Input) -> Self {
         let limits = SessionLimits {
             max_inflight: usize::from(input.max_inflight),
+            max_inflight_qos2: usize::from(input.max_inflight_qos2),
             queue: QueueLimits {
                 max_messages: usize::from(input.max_messages),
                 max_bytes: usize::from(input.max_bytes),
@@ -184,6 +189,7 @@ impl Model {
             window: VecDeque::new(),
             capacity: usize::from(input.max_inflight).max(1),
             max_inflight: u16::from(input.max_inflight),
+            qos2_capacity: usize::from(input.max_inflight_qos2).max(1),
             inbound: HashSet::new(),
             now: Instant::now(),
             dropped: 0,
@@ -340,6 +346,15 @@ impl Model {
             }
             let id = f.packet_id.expect("QoS 1/2 without a packet id");
             assert!(self.window.len() < self.capacity, "sent beyond the window of {}", self.capacity);
+            if f.qos == QoS::ExactlyOnce {
+                let open =
+                    self.window.iter().filter(|(_, _, awaiting)| *awaiting != Awaiting::PubAck).count();
+                assert!(
+                    open < self.qos2_capacity,
+                    "QoS 2 flow beyond max_inflight_qos2 {}",
+                    self.qos2_capacity
+                );
+            }
             assert!(self.window.iter().all(|(used, _, _)| *used != id), "packet id {id:?} already in flight");
             let awaiting = if f.qos == QoS::AtLeastOnce { Awaiting::PubAck } else { Awaiting::PubRec };
             self.window.push_back((id, n, awaiting));
