@@ -147,10 +147,10 @@ impl Session {
     /// True when another delivery can be taken from the pending queue: the window has room,
     /// for a QoS 2 one among the QoS 2 flows too. Queue order holds: a QoS 2 message waiting
     /// for room holds back the QoS 1 ones behind it.
-    pub fn can_deliver(&mut self) -> bool {
+    pub fn can_deliver(&self) -> bool {
         self.outbound.has_credit()
             && (self.outbound.has_qos2_credit()
-                || self.pending.peek().is_none_or(|d| d.qos.min(self.qos_cap) != QoS::ExactlyOnce))
+                || self.pending.next_qos().is_none_or(|qos| qos.min(self.qos_cap) != QoS::ExactlyOnce))
     }
 
     /// Sends one delivery: QoS 0 goes straight out, QoS 1/2 enters the in-flight window.
@@ -521,6 +521,13 @@ mod tests {
         queue(&mut s, QoS::ExactlyOnce);
         s.pump(&mut out, Instant::now());
         assert_eq!(out.len(), 2, "{out:?}");
+        // Looking at the waiting one did not take it in: a delivery the session queues itself
+        // now (a retained message on SUBSCRIBE) still goes first (found by the session fuzz
+        // target when the check took the hand-overs in).
+        let retained = Arc::new(Message::new("r", &b"old"[..], QoS::AtLeastOnce));
+        assert_eq!(s.pending.push(Delivery::new(retained, QoS::AtLeastOnce, true)), Offer::Queued);
+        s.pump(&mut out, Instant::now());
+        assert!(matches!(&out[2..], [Packet::Forward(f)] if &f.message.payload[..] == b"old"), "{out:?}");
         // A window of QoS 1 alone is not held back by the QoS 2 limit.
         let mut s = session_with(false, 1);
         for _ in 0..4 {

@@ -580,13 +580,14 @@ impl PendingQueue {
         self.local.front()
     }
 
-    /// The delivery `take` would return next, collecting what was handed over if nothing
-    /// was taken in yet (`front` looks at what was taken in only).
-    pub fn peek(&mut self) -> Option<&Delivery> {
-        if self.local.is_empty() {
-            self.collect();
+    /// The QoS of the delivery `take` would return next. What was handed over is looked at,
+    /// not taken in: taking it in early would put it ahead of deliveries the session queues
+    /// itself (retained messages on SUBSCRIBE, older than what was routed since).
+    pub fn next_qos(&self) -> Option<QoS> {
+        match self.local.front() {
+            Some(delivery) => Some(delivery.qos),
+            None => self.mailbox.inbox.lock().unwrap_or_else(|e| e.into_inner()).front().map(|d| d.qos),
         }
-        self.local.front()
     }
 
     /// The next pending delivery without waiting.
