@@ -184,12 +184,17 @@ async fn end_offline(broker: &Broker, session: Session, owner: OwnerId, will: Op
     end_session(broker, session, owner).await;
 }
 
-/// Ends a session: its subscriptions leave the router, its registration and stored state go,
-/// and anything it held from shared subscriptions goes to other members.
+/// Ends a session: anything it held from shared subscriptions goes to other members, its
+/// subscriptions leave the router, its stored state goes, and only then its registration. In
+/// that order a connection claiming the client id meanwhile waits for the cleanup (its takeover
+/// request is refused when the owner's control slot drops), so the cleanup cannot remove the
+/// new session's subscriptions or stored record, and the admin API never lists a session as gone
+/// while its subscriptions still route.
 pub(super) async fn end_session(broker: &Broker, mut session: Session, owner: OwnerId) {
-    broker.router.registry.release(&session.client_id, owner);
     redistribute_shared(broker, &mut session).await;
+    let client_id = session.client_id.clone();
     discard(broker, session).await;
+    broker.router.registry.release(&client_id, owner);
 }
 
 /// Drops a session's subscriptions and stored state (its registration is not touched: a new
