@@ -349,3 +349,79 @@ async fn nats_mqtt_upstream_gets_qos2_forwards_at_qos1_without_a_reconnect_loop(
     assert_eq!(logs.matches("bridge disconnected").count(), 1, "{logs}");
     assert!(!logs.contains("link lost"), "{logs}");
 }
+
+// (d) SIGHUP with a JetStream bridge linked: a changed bridge restarts with its queue (the
+// reload does not wait for the link to drop), and a removed one stops. 10 messages go through
+// before the reload and 10 after it, each once in the stream; after the bridge is removed,
+// what is published on its topics goes nowhere.
+#[tokio::test]
+async fn sighup_restarts_a_linked_jetstream_bridge_and_removes_it() {
+    let nats = NatsServer::start(free_port()).await;
+    let mut client = NatsClient::connect(nats.addr).await;
+    client.create_stream(STREAM, &["edge.>"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tern.toml");
+    let bridge = |ack_timeout_ms: u32| {
+        js_config(nats.addr, "topics = [{ pattern = \"js/#\" }]")
+            .replace("ack_timeout_ms = 1000", &format!("ack_timeout_ms = {ack_timeout_ms}"))
+    };
+    std::fs::write(&file, bridge(1000)).unwrap();
+    let path = file.to_str().unwrap();
+    let edge = Broker::launch(Launch::default().args(&["-c", path, "--bind", "127.0.0.1", "-p", "0"]));
+    assert!(edge.wait_log("bridge connected", WAIT).await, "{}", edge.logs());
+    let mut publisher = Mqtt::connect(opts(&edge, "edge-pub")).await;
+    for seq in 0..10 {
+        publisher.publish_wait("js/r", 1, false, payload("edge-pub", seq)).await;
+    }
+
+    std::fs::write(&file, bridge(2000)).unwrap();
+    edge.sighup();
+    assert!(
+        edge.wait_log("bridge settings changed: restarting it with its queue", WAIT).await,
+        "the reload stops the linked bridge: {}",
+        edge.logs()
+    );
+    for seq in 10..20 {
+        publisher.publish_wait("js/r", 1, false, payload("edge-pub", seq)).await;
+    }
+    let messages = client.read_stream(STREAM, 20, ARRIVE).await;
+    let report = check_stream(&sequences(&messages, "edge-pub"), &(0..20).collect());
+    assert!(report.missing.is_empty() && report.duplicates == 0, "{report:?}");
+
+    std::fs::write(&file, "").unwrap();
+    edge.sighup();
+    assert!(edge.wait_log("bridge removed from the configuration", WAIT).await, "{}", edge.logs());
+    publisher.publish_wait("js/r", 1, false, payload("edge-pub", 20)).await;
+    tokio::time::sleep(QUIET).await;
+    assert_eq!(client.stream_messages(STREAM).await, 20, "a removed bridge forwards nothing");
+}
+
+// (e) `max_rate = 20` holds for a JetStream sink as for an MQTT upstream: 60 messages
+// published at once reach the subject at one second's burst (20) and then 20 per second, so
+// the last arrives after about 2 s (not before 1.5 s), all in order.
+#[tokio::test]
+async fn max_rate_caps_the_rate_into_jetstream() {
+    let nats = NatsServer::start(free_port()).await;
+    let mut client = NatsClient::connect(nats.addr).await;
+    client.create_stream(STREAM, &["edge.>"]).await;
+    let sid = client.subscribe("edge.>").await;
+    let edge = Broker::start_with(&js_config(nats.addr, "max_rate = 20\ntopics = [{ pattern = \"js/#\" }]"));
+    assert!(edge.wait_log("bridge connected", WAIT).await, "{}", edge.logs());
+    let mut publisher = Mqtt::connect(opts(&edge, "edge-pub")).await;
+    let start = Instant::now();
+    for seq in 0..60 {
+        publisher.publish("js/m", 1, false, payload("edge-pub", seq)).await;
+    }
+    publisher.wait_acks(60).await;
+    let mut got = Vec::new();
+    while got.len() < 60 {
+        match client.next_msg(ARRIVE).await {
+            Some(m) if m.sid == sid => got.push(parse(&m.payload).1),
+            Some(_) => {}
+            None => panic!("only {} of 60 arrived: {got:?}", got.len()),
+        }
+    }
+    let took = start.elapsed();
+    assert_eq!(got, (0..60).collect::<Vec<_>>(), "in order, each once");
+    assert!(took >= Duration::from_millis(1500), "60 messages at 20/s took only {took:?}");
+}

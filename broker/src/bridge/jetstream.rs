@@ -16,19 +16,19 @@
 //! (counted as refused, logged, deleted) except status 503 (no stream for the subject yet,
 //! JetStream unavailable): the message stays and is sent again after `ack_timeout_ms`.
 //!
-//! Liveness as in `link.rs`: PING after half the keep-alive of silence, the link is dead after
-//! 1.5 × keep-alive without input or a write that cannot complete by then.
+//! The connected phase is `lane.rs`'s, as for an MQTT upstream: liveness (PING after half the
+//! keep-alive of silence, the link is dead after 1.5 × keep-alive without input), `max_rate`,
+//! and the stop of a reload.
 
 use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::link::{self, ConnectError, Ending};
+use super::lane::{self, Buffers, Lane, Wire};
+use super::link::ConnectError;
 use super::nats::{self, ServerOp};
 use super::stats::{BridgeDrop, BridgeStats};
 use super::{keys, subject, Bridge};
@@ -37,11 +37,6 @@ use crate::config::jetstream::JetStreamConfig;
 use crate::message::Forward;
 use crate::packet::{Ack, Packet, PacketId, QoS};
 use crate::session::queue::Mailbox;
-use crate::session::registry::Control;
-use crate::storage::Op;
-
-/// Read buffer growth step.
-const READ_SIZE: usize = 16 * 1024;
 
 /// Used when a server announces no `max_payload` (its default).
 const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
@@ -60,10 +55,8 @@ struct Awaiting {
     sent: Instant,
 }
 
-pub(super) struct Link {
-    stream: TcpStream,
-    rbuf: BytesMut,
-    wbuf: BytesMut,
+/// The NATS side of a link to a JetStream sink.
+pub(super) struct JetStream {
     /// Session output since the last write, encoded after the commit.
     out: Vec<Packet>,
     /// `_INBOX.<random>`: replies come to `<inbox>.<token>`.
@@ -71,15 +64,10 @@ pub(super) struct Link {
     /// In send order: the front is the oldest publish.
     awaiting: VecDeque<Awaiting>,
     max_payload: usize,
-    keep_alive: Duration,
-    last_received: Instant,
-    last_sent: Instant,
-    /// A PING is outstanding.
-    pinging: bool,
+    /// No PubAck within this: the publish goes again.
+    ack_timeout: Duration,
     /// A 503 was logged on this link (once per link, not per message).
     no_stream_logged: bool,
-    /// While on a secondary address: resolves when the primary is back.
-    primary_back: Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>,
 }
 
 /// Start: takes this run's range of queue keys (`keys.rs`) into the bridge's settings.
@@ -111,46 +99,29 @@ pub(super) fn apply_key_floor_to_restored(broker: &crate::Broker, bridge: &Bridg
     }
 }
 
-impl Link {
+impl Lane<JetStream> {
     /// Connects to `address`: INFO, CONNECT, PING answered by PONG (all within
     /// `connect_timeout_secs`), SUB to the reply inbox, then re-sends the unacknowledged window.
-    pub(super) async fn connect(bridge: &mut Bridge, address: &str) -> Result<Link, ConnectError> {
-        let timeout = bridge.config.connect_timeout();
-        let shutdown = bridge.broker.shutdown.clone();
-        let mut link = tokio::select! {
-            () = shutdown.cancelled() => return Err(ConnectError::Shutdown),
-            attempt = tokio::time::timeout(timeout, Link::handshake(&bridge.config, address)) => {
-                attempt.map_err(|_| ConnectError::Timeout)??
-            }
-        };
-        link.start(bridge);
-        Ok(link)
+    pub(super) async fn connect(bridge: &mut Bridge, address: &str) -> Result<Self, ConnectError> {
+        let mut lane = lane::attempt(bridge, Self::handshake(&bridge.config, address)).await?;
+        lane.start(bridge);
+        Ok(lane)
     }
 
-    async fn handshake(config: &BridgeConfig, address: &str) -> Result<Link, ConnectError> {
-        let tcp = TcpStream::connect(address).await?;
-        // PubAcks and small publishes must not wait for Nagle's algorithm.
-        tcp.set_nodelay(true)?;
-        link::set_user_timeout(&tcp, config.keep_alive() * 3 / 2)?;
+    async fn handshake(config: &BridgeConfig, address: &str) -> Result<Self, ConnectError> {
+        let tcp = lane::connect_tcp(address, config.keep_alive()).await?;
         let random = crate::auth::scram::random_bytes::<12>()
             .map_err(|e| ConnectError::Io(std::io::Error::other(e)))?;
         let inbox = format!("_INBOX.{}", random.iter().map(|b| format!("{b:02x}")).collect::<String>());
-        let now = Instant::now();
-        let mut link = Link {
-            stream: tcp,
-            rbuf: BytesMut::new(),
-            wbuf: BytesMut::new(),
+        let wire = JetStream {
             out: Vec::new(),
             inbox,
             awaiting: VecDeque::new(),
             max_payload: DEFAULT_MAX_PAYLOAD,
-            keep_alive: config.keep_alive(),
-            last_received: now,
-            last_sent: now,
-            pinging: false,
+            ack_timeout: config.jetstream.as_ref().map_or(Duration::from_secs(5), |j| j.ack_timeout()),
             no_stream_logged: false,
-            primary_back: None,
         };
+        let mut link = Lane::new(Box::new(tcp), wire, config);
         // The server speaks first, with INFO.
         let info = match link.next_op().await? {
             ServerOp::Info(json) => serde_json::from_str::<nats::Info>(&json)
@@ -168,7 +139,7 @@ impl Link {
             ));
         }
         if info.max_payload > 0 {
-            link.max_payload = info.max_payload;
+            link.wire.max_payload = info.max_payload;
         }
         let name = config.upstream_client_id();
         let token = config.jetstream.as_ref().and_then(|j| j.token.as_deref());
@@ -186,36 +157,34 @@ impl Link {
             pass: config.password.as_deref(),
             auth_token: token,
         };
-        nats::encode_connect(&connect, &mut link.wbuf);
+        nats::encode_connect(&connect, &mut link.bufs.wbuf);
         // PONG to this PING means CONNECT was accepted (errors come as -ERR before it).
-        nats::encode_ping(&mut link.wbuf);
-        link.stream.write_all_buf(&mut link.wbuf).await?;
+        nats::encode_ping(&mut link.bufs.wbuf);
+        link.write().await?;
         loop {
             match link.next_op().await? {
                 ServerOp::Pong => break,
                 ServerOp::Err(e) => {
                     return Err(ConnectError::Protocol(format!("refused by the server: {e}")))
                 }
-                ServerOp::Ping => nats::encode_pong(&mut link.wbuf),
+                ServerOp::Ping => nats::encode_pong(&mut link.bufs.wbuf),
                 _ => {}
             }
         }
-        nats::encode_sub(&format!("{}.*", link.inbox), INBOX_SID, &mut link.wbuf);
-        link.last_received = Instant::now();
-        info!(server = %info.server_name, version = %info.version, max_payload = link.max_payload, "NATS server answered");
+        nats::encode_sub(&format!("{}.*", link.wire.inbox), INBOX_SID, &mut link.bufs.wbuf);
+        info!(server = %info.server_name, version = %info.version, max_payload = link.wire.max_payload, "NATS server answered");
         Ok(link)
     }
 
     /// The next whole operation from the server (handshake only).
     async fn next_op(&mut self) -> Result<ServerOp, ConnectError> {
         loop {
-            if let Some(op) = nats::decode(&mut self.rbuf, self.max_payload)
+            if let Some(op) = nats::decode(&mut self.bufs.rbuf, self.wire.max_payload)
                 .map_err(|e| ConnectError::Protocol(e.to_string()))?
             {
                 return Ok(op);
             }
-            self.rbuf.reserve(READ_SIZE);
-            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+            if self.read_more().await? == 0 {
                 return Err(ConnectError::Protocol("connection closed during the handshake".into()));
             }
         }
@@ -228,124 +197,31 @@ impl Link {
         session.qos_cap = QoS::AtLeastOnce;
         session.pending.mailbox().set_online(true);
         // No Receive Maximum in NATS: the window is `max_inflight`.
-        session.resume(u16::MAX, &mut self.out, Instant::now());
+        session.resume(u16::MAX, &mut self.wire.out, Instant::now());
         info!(window = session.outbound.capacity(), resent = session.outbound.len(), "bridge linked");
     }
+}
 
-    /// Linked to a secondary address: the link ends with `Ending::PrimaryBack` once the
-    /// primary answers again.
-    pub(super) fn watch_primary(&mut self, primary: String, every: Duration, timeout: Duration) {
-        self.primary_back = Some(Box::pin(link::probe(primary, every, timeout)));
+impl Wire for JetStream {
+    const PEER: &'static str = "the NATS server";
+
+    fn out(&mut self) -> &mut Vec<Packet> {
+        &mut self.out
     }
 
-    /// The connected phase, until the link is lost or the broker shuts down.
-    pub(super) async fn serve(&mut self, bridge: &mut Bridge) -> Ending {
-        let ending = self.serve_loop(bridge).await;
-        bridge.session.pending.mailbox().set_online(false);
-        ending
-    }
-
-    async fn serve_loop(&mut self, bridge: &mut Bridge) -> Ending {
-        let ack_timeout =
-            bridge.config.jetstream.as_ref().map_or(Duration::from_secs(5), |j| j.ack_timeout());
-        loop {
-            if let Err(e) = self.commit(bridge).await {
-                return Ending::Lost(e);
-            }
-            self.encode_out(bridge);
-            if !self.wbuf.is_empty() {
-                let write =
-                    tokio::time::timeout_at(self.dead_at(), self.stream.write_all_buf(&mut self.wbuf));
-                match write.await {
-                    Ok(Ok(())) => self.last_sent = Instant::now(),
-                    Ok(Err(e)) => return Ending::Lost(format!("write failed: {e}")),
-                    Err(_) => return Ending::Lost("write stalled for 1.5 × keep-alive".into()),
-                }
-            }
-            let mut timer = if self.pinging { self.dead_at() } else { self.dead_at().min(self.ping_at()) };
-            if let Some(oldest) = self.awaiting.front() {
-                timer = timer.min(oldest.sent + ack_timeout);
-            }
-            let session = &mut bridge.session;
-            let can_deliver = session.can_deliver();
-            if self.rbuf.capacity() - self.rbuf.len() < READ_SIZE / 2 {
-                self.rbuf.reserve(READ_SIZE);
-            }
-            tokio::select! {
-                biased;
-                request = bridge.control.recv() => match request {
-                    Control::Shutdown => return Ending::Shutdown,
-                    Control::Kick { .. } => return Ending::Lost("disconnected by an operator".into()),
-                    other => Bridge::refuse(other),
-                },
-                () = std::future::poll_fn(|cx| session.pending.poll_pending(cx)), if can_deliver => {
-                    bridge.trim();
-                    bridge.session.pump(&mut self.out, Instant::now());
-                }
-                read = self.stream.read_buf(&mut self.rbuf) => match read {
-                    Ok(0) => return Ending::Lost("closed by the NATS server".into()),
-                    Ok(_) => {
-                        self.last_received = Instant::now();
-                        if let Err(e) = self.handle_input(bridge) {
-                            return Ending::Lost(e);
-                        }
-                    }
-                    Err(e) => return Ending::Lost(format!("read failed: {e}")),
-                },
-                () = async {
-                    match self.primary_back.as_mut() {
-                        Some(back) => back.as_mut().await,
-                        None => std::future::pending().await,
-                    }
-                } => return Ending::PrimaryBack,
-                () = tokio::time::sleep_until(timer) => {
-                    let now = Instant::now();
-                    if now >= self.dead_at() {
-                        return Ending::Lost(format!(
-                            "nothing received for 1.5 × keep-alive ({} s)",
-                            self.keep_alive.as_secs()
-                        ));
-                    }
-                    if !self.pinging && now >= self.ping_at() {
-                        self.pinging = true;
-                        nats::encode_ping(&mut self.wbuf);
-                    }
-                    self.resend_expired(bridge, now, ack_timeout);
-                }
-            }
-        }
-    }
-
-    fn dead_at(&self) -> Instant {
-        self.last_received + self.keep_alive * 3 / 2
-    }
-
-    fn ping_at(&self) -> Instant {
-        self.last_received.min(self.last_sent) + self.keep_alive / 2
-    }
-
-    /// Stores the session's journal (delivery states) before what depends on it is written;
-    /// clean-up only (acknowledged deliveries) is not waited for.
+    /// Stores the session's journal (delivery states) before what depends on it is written.
     async fn commit(&mut self, bridge: &mut Bridge) -> Result<(), String> {
         let ops = std::mem::take(&mut bridge.session.journal);
-        if ops.iter().any(Op::gates_output) {
-            bridge.broker.store.commit(ops).await.map_err(|e| {
-                self.out.clear();
-                format!("storage failed: {e}")
-            })?;
-        } else if !ops.is_empty() {
-            drop(bridge.broker.store.commit(ops));
-        }
-        Ok(())
+        lane::store(bridge, ops).await.inspect_err(|_| self.out.clear())
     }
 
     /// Publishes the session's output. A PUBREL can only be left from an MQTT window (the
     /// bridge's kind changed): the message had reached its old upstream, so it is done.
-    fn encode_out(&mut self, bridge: &mut Bridge) {
+    fn encode_out(&mut self, bridge: &mut Bridge, wbuf: &mut BytesMut) -> Result<(), String> {
         while !self.out.is_empty() {
             for packet in std::mem::take(&mut self.out) {
                 match packet {
-                    Packet::Forward(forward) => self.publish(bridge, forward),
+                    Packet::Forward(forward) => self.publish(bridge, forward, wbuf),
                     Packet::PubRel(ack) => {
                         let _ =
                             bridge.session.handle_ack(&Packet::PubComp(ack), &mut self.out, Instant::now());
@@ -354,9 +230,60 @@ impl Link {
                 }
             }
         }
+        Ok(())
     }
 
-    fn publish(&mut self, bridge: &mut Bridge, forward: Forward) {
+    fn handle_input(&mut self, bridge: &mut Bridge, bufs: &mut Buffers) -> Result<(), String> {
+        while let Some(op) = nats::decode(&mut bufs.rbuf, self.max_payload).map_err(|e| e.to_string())? {
+            match op {
+                ServerOp::Ping => nats::encode_pong(&mut bufs.wbuf),
+                ServerOp::Pong => bufs.pinging = false,
+                ServerOp::Ok | ServerOp::Info(_) => {}
+                // Kept open by the server: a publish it refused stays unacknowledged and is
+                // sent again after the ack timeout.
+                ServerOp::Err(e) if e.starts_with("Permissions Violation") => warn!("NATS server: {e}"),
+                ServerOp::Err(e) => return Err(format!("NATS server error: {e}")),
+                ServerOp::Msg { subject, headers, payload } => {
+                    self.handle_reply(bridge, &subject, &headers, &payload)
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn ping(&mut self, wbuf: &mut BytesMut) {
+        nats::encode_ping(wbuf);
+    }
+
+    /// When the oldest publish's PubAck is overdue.
+    fn deadline(&self, _bridge: &Bridge) -> Option<Instant> {
+        self.awaiting.front().map(|oldest| oldest.sent + self.ack_timeout)
+    }
+
+    /// No PubAck within the ack timeout: the publish goes again, same Msg-Id, same reply.
+    fn on_deadline(&mut self, bridge: &mut Bridge, now: Instant, wbuf: &mut BytesMut) {
+        let stream = bridge.config.jetstream.as_ref().and_then(|j| j.stream.as_deref());
+        let mut resent = 0u64;
+        while self.awaiting.front().is_some_and(|a| a.sent + self.ack_timeout <= now) {
+            let Some(mut a) = self.awaiting.pop_front() else { break };
+            self.encode_awaiting(&a, stream, wbuf);
+            a.sent = now;
+            self.awaiting.push_back(a);
+            resent += 1;
+        }
+        if resent > 0 {
+            BridgeStats::add(&bridge.stats.resent, resent);
+            info!(
+                resent,
+                ack_timeout_ms = self.ack_timeout.as_millis() as u64,
+                "no PubAck in time: sent again with the same Nats-Msg-Id"
+            );
+        }
+    }
+}
+
+impl JetStream {
+    fn publish(&mut self, bridge: &mut Bridge, forward: Forward, wbuf: &mut BytesMut) {
         match forward.dup {
             true => BridgeStats::add(&bridge.stats.resent, 1),
             false => BridgeStats::add(&bridge.stats.forwarded, 1),
@@ -380,61 +307,21 @@ impl Link {
         }
         let Some(packet_id) = forward.packet_id else {
             // QoS 0: no queue entry, no reply awaited.
-            nats::encode_publish(&subject, None, &headers(None, stream), &payload, &mut self.wbuf);
+            nats::encode_publish(&subject, None, &headers(None, stream), &payload, wbuf);
             return;
         };
         // Every delivery of the (persistent) bridge session has a key; the packet id keeps a
         // reply token unique should one not.
         let token = key.map_or_else(|| format!("p{}", packet_id.get()), |k| k.to_string());
         let awaiting = Awaiting { packet_id, token, subject, msg_id, payload, sent: Instant::now() };
-        let stream = stream.map(str::to_owned);
-        self.encode_awaiting(&awaiting, stream.as_deref());
+        self.encode_awaiting(&awaiting, stream, wbuf);
         self.awaiting.push_back(awaiting);
     }
 
-    fn encode_awaiting(&mut self, a: &Awaiting, stream: Option<&str>) {
+    fn encode_awaiting(&self, a: &Awaiting, stream: Option<&str>, wbuf: &mut BytesMut) {
         let reply = format!("{}.{}", self.inbox, a.token);
         let headers = headers(a.msg_id.as_deref(), stream);
-        nats::encode_publish(&a.subject, Some(&reply), &headers, &a.payload, &mut self.wbuf);
-    }
-
-    /// No PubAck within the ack timeout: the publish goes again, same Msg-Id, same reply.
-    fn resend_expired(&mut self, bridge: &mut Bridge, now: Instant, ack_timeout: Duration) {
-        let stream = bridge.config.jetstream.as_ref().and_then(|j| j.stream.clone());
-        let mut resent = 0u64;
-        while self.awaiting.front().is_some_and(|a| a.sent + ack_timeout <= now) {
-            let Some(mut a) = self.awaiting.pop_front() else { break };
-            self.encode_awaiting(&a, stream.as_deref());
-            a.sent = now;
-            self.awaiting.push_back(a);
-            resent += 1;
-        }
-        if resent > 0 {
-            BridgeStats::add(&bridge.stats.resent, resent);
-            info!(
-                resent,
-                ack_timeout_ms = ack_timeout.as_millis() as u64,
-                "no PubAck in time: sent again with the same Nats-Msg-Id"
-            );
-        }
-    }
-
-    fn handle_input(&mut self, bridge: &mut Bridge) -> Result<(), String> {
-        while let Some(op) = nats::decode(&mut self.rbuf, self.max_payload).map_err(|e| e.to_string())? {
-            match op {
-                ServerOp::Ping => nats::encode_pong(&mut self.wbuf),
-                ServerOp::Pong => self.pinging = false,
-                ServerOp::Ok | ServerOp::Info(_) => {}
-                // Kept open by the server: a publish it refused stays unacknowledged and is
-                // sent again after the ack timeout.
-                ServerOp::Err(e) if e.starts_with("Permissions Violation") => warn!("NATS server: {e}"),
-                ServerOp::Err(e) => return Err(format!("NATS server error: {e}")),
-                ServerOp::Msg { subject, headers, payload } => {
-                    self.handle_reply(bridge, &subject, &headers, &payload)
-                }
-            }
-        }
-        Ok(())
+        nats::encode_publish(&a.subject, Some(&reply), &headers, &a.payload, wbuf);
     }
 
     /// A message on the reply inbox: the answer to one publish.

@@ -47,6 +47,7 @@
 
 mod jetstream;
 mod keys;
+mod lane;
 mod link;
 mod nats;
 mod rate;
@@ -218,9 +219,9 @@ async fn run(
                     bridge.set_linked(false).await;
                     stable = since.elapsed() >= STABLE_LINK;
                     match ending {
-                        link::Ending::Shutdown => stop = Some(Stop::Shutdown),
-                        link::Ending::Lost(reason) => warn!(%address, "link lost: {reason}"),
-                        link::Ending::PrimaryBack => {
+                        lane::Ending::Shutdown => stop = Some(Stop::Shutdown),
+                        lane::Ending::Lost(reason) => warn!(%address, "link lost: {reason}"),
+                        lane::Ending::PrimaryBack => {
                             info!(%address, primary = %addresses[0], "primary address answers again: moving back to it");
                             back = true;
                         }

@@ -1,24 +1,28 @@
 //! The one place where a bridge's kind picks its upstream protocol: an MQTT server
-//! (`link.rs`) or a NATS JetStream sink (`jetstream.rs`). Both serve the same bridge session
+//! (`link.rs`) or a NATS JetStream sink (`jetstream.rs`). Both run in `lane.rs` over the same bridge session
 //! (its queue, window and budget) and end the same way, so the bridge's reconnect, failover
 //! and status logic (`mod.rs`) does not know which one it runs.
 
 use std::time::Duration;
 
-use super::link::{ConnectError, Ending};
-use super::{jetstream, link, Bridge};
+use super::jetstream::JetStream;
+use super::lane::{Ending, Lane};
+use super::link::{ConnectError, Mqtt};
+use super::Bridge;
 use crate::config::bridge::BridgeKind;
 
 pub(super) enum Upstream {
-    Mqtt(link::Link),
-    JetStream(jetstream::Link),
+    Mqtt(Lane<Mqtt>),
+    JetStream(Lane<JetStream>),
 }
 
 impl Upstream {
     pub(super) async fn connect(bridge: &mut Bridge, address: &str) -> Result<Upstream, ConnectError> {
         match bridge.config.kind {
-            BridgeKind::Mqtt => link::Link::connect(bridge, address).await.map(Upstream::Mqtt),
-            BridgeKind::Jetstream => jetstream::Link::connect(bridge, address).await.map(Upstream::JetStream),
+            BridgeKind::Mqtt => Lane::<Mqtt>::connect(bridge, address).await.map(Upstream::Mqtt),
+            BridgeKind::Jetstream => {
+                Lane::<JetStream>::connect(bridge, address).await.map(Upstream::JetStream)
+            }
         }
     }
 
