@@ -10,7 +10,9 @@ use tern::auth::password;
 use tern::config::LogFormat;
 use tern::notify;
 use tern::{Config, Server};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// Tern, an MQTT 3.1.1 and 5.0 broker.
 #[derive(Debug, Parser)]
@@ -208,18 +210,21 @@ impl Signals {
     }
 }
 
-/// Level from RUST_LOG if set, else `-v`, else `log.level`.
+/// Level from RUST_LOG if set, else `-v`, else `log.level`. The filter is a list of
+/// `target=level` directives and a default level (tracing-subscriber's `Targets`: what
+/// `EnvFilter` adds, span and field filters, costs a regex engine in the binary).
 fn init_logging(config: &Config, verbose: u8) -> Result<(), String> {
     let filter = match (std::env::var("RUST_LOG"), verbose) {
-        (Ok(env), _) if !env.is_empty() => EnvFilter::try_new(env).map_err(|e| e.to_string())?,
+        (Ok(env), _) if !env.is_empty() => env.parse::<Targets>().map_err(|e| format!("RUST_LOG: {e}"))?,
         (_, 0) => level_filter(&config.log.level)?,
-        (_, 1) => EnvFilter::new("debug"),
-        _ => EnvFilter::new("trace"),
+        (_, 1) => Targets::new().with_default(tracing::Level::DEBUG),
+        _ => Targets::new().with_default(tracing::Level::TRACE),
     };
-    let lines = tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| LogOutput);
+    // The builder's own level (INFO unless told) would cut below `filter`.
+    let lines = tracing_subscriber::fmt().with_max_level(tracing::Level::TRACE).with_writer(|| LogOutput);
     match config.log.format {
-        LogFormat::Text => lines.with_ansi(std::io::stderr().is_terminal()).init(),
-        LogFormat::Json => lines.json().init(),
+        LogFormat::Text => lines.with_ansi(std::io::stderr().is_terminal()).finish().with(filter).init(),
+        LogFormat::Json => lines.json().finish().with(filter).init(),
     }
     Ok(())
 }
@@ -243,13 +248,13 @@ impl std::io::Write for LogOutput {
 
 /// Parses `log.level`. A bare word must be a level: tracing would otherwise read a typo such
 /// as "verbose" as a module name and silently log nothing.
-fn level_filter(level: &str) -> Result<EnvFilter, String> {
+fn level_filter(level: &str) -> Result<Targets, String> {
     const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
     let bare_word = !level.contains(['=', ',', '[']);
     if bare_word && !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
         return Err(format!("\"{level}\" is not one of {}", LEVELS.join(", ")));
     }
-    EnvFilter::try_new(level).map_err(|e| e.to_string())
+    level.parse::<Targets>().map_err(|e| e.to_string())
 }
 
 /// `tern passwd`: edits the file in place, atomically.
