@@ -62,6 +62,8 @@ async fn the_deb_installs_a_broker_that_runs_with_its_packaged_config() {
     let fields = run(Command::new("dpkg-deb").arg("-f").arg(&deb).args(["Package", "Version", "Depends"]));
     assert!(fields.contains("Package: tern"), "{fields}");
     assert!(fields.contains("Version: 0.1.0"), "{fields}");
+    // Versioned from the binary's symbol versions (and DT_RELR): never just "libc6".
+    assert!(fields.contains("libc6 (>= 2.") && fields.contains("libstdc++6 (>= "), "{fields}");
     let contents = run(Command::new("dpkg-deb").arg("-c").arg(&deb));
     for path in ["./usr/bin/tern", "./etc/tern/tern.toml", "./lib/systemd/system/tern.service"] {
         assert!(contents.contains(path), "{path} missing from\n{contents}");
