@@ -249,7 +249,9 @@ async fn an_unusable_notify_socket_is_reported_not_fatal() {
     let b = Broker::launch(Launch::config("").env("NOTIFY_SOCKET", "relative/not/a/socket"));
     let mut c = Mqtt::connect(opts(&b, "notify-check")).await;
     c.publish_wait("t", 1, false, "x").await;
-    assert!(b.logs().contains("sd_notify"), "{}", b.logs());
+    // READY=1 goes once the listeners are bound, so a client may be served before its failure
+    // is logged: wait for the line rather than read the log at once.
+    assert!(b.wait_log("sd_notify", WAIT).await, "{}", b.logs());
 }
 
 // Its log output going away (stderr a pipe whose reader closed, as with `tern | head`) costs
