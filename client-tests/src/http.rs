@@ -50,7 +50,7 @@ pub async fn http_send(
         .map(|b| format!("Content-Type: application/json\r\nContent-Length: {}\r\n", b.len()))
         .unwrap_or_default();
     let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: client-tests\r\n{auth}{content}Accept: */*\r\n\r\n{}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: client-tests\r\n{auth}{content}Accept: */*\r\nConnection: close\r\n\r\n{}",
         body.unwrap_or_default()
     );
     stream.write_all(request.as_bytes()).await.unwrap();

@@ -24,22 +24,40 @@ pub struct NatsServer {
     pub addr: SocketAddr,
     /// MQTT listener, when started with `start_with_mqtt`.
     pub mqtt: Option<SocketAddr>,
+    /// HTTP monitoring port (`/connz`), when started with `start_with_tls`.
+    pub monitor: Option<SocketAddr>,
     pub dir: tempfile::TempDir,
 }
 
 impl NatsServer {
     /// Starts on `port` (`free_port()` for any).
     pub async fn start(port: u16) -> NatsServer {
-        NatsServer::launch(port, None).await
+        NatsServer::launch(port, None, "").await
+    }
+
+    /// With TLS on the client port (this certificate and key) and HTTP monitoring on another
+    /// free port. `required`: TLS only; otherwise plain clients are served too
+    /// (`allow_non_tls`), as the test's own reader is.
+    pub async fn start_with_tls(cert: &std::path::Path, key: &std::path::Path, required: bool) -> NatsServer {
+        let monitor = free_port();
+        let tls = format!(
+            "tls {{ cert_file: {:?}, key_file: {:?} }}\nallow_non_tls: {}\nhttp: \"127.0.0.1:{monitor}\"\n",
+            cert.to_str().unwrap(),
+            key.to_str().unwrap(),
+            !required
+        );
+        let mut server = NatsServer::launch(free_port(), None, &tls).await;
+        server.monitor = Some(format!("127.0.0.1:{monitor}").parse().unwrap());
+        server
     }
 
     /// Also listens for MQTT (3.1.1, QoS 0/1) on another free port; NATS needs a server name
     /// and JetStream for that.
     pub async fn start_with_mqtt() -> NatsServer {
-        NatsServer::launch(free_port(), Some(free_port())).await
+        NatsServer::launch(free_port(), Some(free_port()), "").await
     }
 
-    async fn launch(port: u16, mqtt_port: Option<u16>) -> NatsServer {
+    async fn launch(port: u16, mqtt_port: Option<u16>, extra: &str) -> NatsServer {
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path().join("js");
         let mut conf = format!(
@@ -49,6 +67,7 @@ impl NatsServer {
         if let Some(mqtt) = mqtt_port {
             conf.push_str(&format!("mqtt {{ listen: \"127.0.0.1:{mqtt}\" }}\n"));
         }
+        conf.push_str(extra);
         let path = dir.path().join("nats.conf");
         std::fs::write(&path, conf).unwrap();
         let child = std::process::Command::new("nats-server")
@@ -61,7 +80,7 @@ impl NatsServer {
             .expect("nats-server (Debian package `nats-server`) runs");
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let mqtt = mqtt_port.map(|p| format!("127.0.0.1:{p}").parse().unwrap());
-        let server = NatsServer { child, addr, mqtt, dir };
+        let server = NatsServer { child, addr, mqtt, monitor: None, dir };
         let deadline = Instant::now() + WAIT;
         for a in std::iter::once(addr).chain(mqtt) {
             while TcpStream::connect(a).await.is_err() {
@@ -117,12 +136,15 @@ pub struct NatsClient {
     stream: TcpStream,
     buf: Vec<u8>,
     next_sid: u64,
+    /// Messages that arrived while `request` waited for its reply (a consumer's first
+    /// deliveries can come before the reply that created it), for `next_msg`.
+    held: std::collections::VecDeque<NatsMsg>,
 }
 
 impl NatsClient {
     pub async fn connect(addr: SocketAddr) -> NatsClient {
         let stream = TcpStream::connect(addr).await.expect("connect to nats-server");
-        let mut c = NatsClient { stream, buf: Vec::new(), next_sid: 1 };
+        let mut c = NatsClient { stream, buf: Vec::new(), next_sid: 1, held: Default::default() };
         let info = c.line().await;
         assert!(info.starts_with("INFO "), "{info}");
         c.send(b"CONNECT {\"verbose\":false,\"pedantic\":false,\"headers\":true,\"no_responders\":true,\"protocol\":1}\r\nPING\r\n")
@@ -189,6 +211,13 @@ impl NatsClient {
 
     /// The next MSG/HMSG, within `within`; PINGs are answered on the way.
     pub async fn next_msg(&mut self, within: Duration) -> Option<NatsMsg> {
+        match self.held.pop_front() {
+            Some(m) => Some(m),
+            None => self.read_msg(within).await,
+        }
+    }
+
+    async fn read_msg(&mut self, within: Duration) -> Option<NatsMsg> {
         tokio::time::timeout(within, async {
             loop {
                 let line = self.line().await;
@@ -222,9 +251,15 @@ impl NatsClient {
     /// A request and its one reply (JetStream API calls).
     pub async fn request(&mut self, subject: &str, payload: &str) -> serde_json::Value {
         let inbox = format!("_INBOX.t22.{}", self.next_sid);
-        self.subscribe(&inbox).await;
+        let sid = self.subscribe(&inbox).await;
         self.publish(subject, Some(&inbox), payload.as_bytes()).await;
-        let reply = self.next_msg(WAIT).await.expect("JetStream API answers");
+        let reply = loop {
+            let m = self.read_msg(WAIT).await.expect("JetStream API answers");
+            if m.sid == sid {
+                break m;
+            }
+            self.held.push_back(m);
+        };
         serde_json::from_slice(&reply.payload).unwrap_or_else(|e| panic!("{subject}: {e}: {reply:?}"))
     }
 

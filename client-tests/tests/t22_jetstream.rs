@@ -425,3 +425,48 @@ async fn max_rate_caps_the_rate_into_jetstream() {
     assert_eq!(got, (0..60).collect::<Vec<_>>(), "in order, each once");
     assert!(took >= Duration::from_millis(1500), "60 messages at 20/s took only {took:?}");
 }
+
+// (f) TLS to NATS: the bridge upgrades after the server's INFO, verifies the server's
+// certificate against its CA for the address's IP, and forwards; the server's /connz lists the
+// bridge's connection with a TLS version. A bridge trusting another CA never links (logged).
+// A server that requires TLS refuses a bridge without a tls table, which says so in its log.
+#[tokio::test]
+async fn tls_to_nats_is_verified_and_a_wrong_ca_never_links() {
+    use client_tests::pki::Pki;
+    let pki = Pki::new("nats");
+    let server = pki.server("nats");
+    let nats = NatsServer::start_with_tls(&server.cert, &server.key, false).await;
+    let mut client = NatsClient::connect(nats.addr).await;
+    client.create_stream(STREAM, &["edge.>"]).await;
+    let tls = |ca: &std::path::Path| format!("tls = {{ ca = {ca:?} }}\ntopics = [{{ pattern = \"js/#\" }}]");
+    let edge = Broker::start_with(&js_config(nats.addr, &tls(&pki.ca_file)));
+    assert!(edge.wait_log("bridge connected", WAIT).await, "linked over TLS: {}", edge.logs());
+    let mut publisher = Mqtt::connect(opts(&edge, "edge-pub")).await;
+    for seq in 0..10 {
+        publisher.publish_wait("js/s", 1, false, payload("edge-pub", seq)).await;
+    }
+    let messages = client.read_stream(STREAM, 10, ARRIVE).await;
+    let report = check_stream(&sequences(&messages, "edge-pub"), &(0..10).collect());
+    assert!(report.missing.is_empty() && report.duplicates == 0, "{report:?}");
+    let (status, _, body) = client_tests::http::http_get(nats.monitor.unwrap(), "/connz", None).await;
+    assert_eq!(status, 200, "{body}");
+    let connz: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let bridge = connz["connections"].as_array().unwrap().iter().find(|c| c["name"] == "tern-bridge-cloud");
+    let bridge = bridge.unwrap_or_else(|| panic!("no bridge connection in {connz}"));
+    assert!(bridge["tls_version"].as_str().is_some_and(|v| v.starts_with("1.")), "not TLS: {bridge}");
+
+    let other = Pki::new("other");
+    let stranger = Broker::start_with(&js_config(nats.addr, &tls(&other.ca_file)));
+    assert!(stranger.wait_log("cannot connect", WAIT).await, "the failed verification is logged");
+    assert!(!stranger.wait_log("bridge connected", QUIET).await, "never linked with an unverified server");
+
+    let strict = NatsServer::start_with_tls(&server.cert, &server.key, true).await;
+    let plain = Broker::start_with(&js_config(strict.addr, "topics = [{ pattern = \"js/#\" }]"));
+    assert!(
+        plain.wait_log("the NATS server requires TLS: give the bridge a tls table", WAIT).await,
+        "{}",
+        plain.logs()
+    );
+    let secured = Broker::start_with(&js_config(strict.addr, &tls(&pki.ca_file)));
+    assert!(secured.wait_log("bridge connected", WAIT).await, "{}", secured.logs());
+}

@@ -24,6 +24,8 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -99,17 +101,48 @@ pub(super) fn apply_key_floor_to_restored(broker: &crate::Broker, bridge: &Bridg
     }
 }
 
+/// The server's first operation, INFO, read from the plain TCP connection.
+async fn read_info(tcp: &mut TcpStream) -> Result<nats::Info, ConnectError> {
+    let mut rbuf = BytesMut::new();
+    loop {
+        match nats::decode(&mut rbuf, DEFAULT_MAX_PAYLOAD)
+            .map_err(|e| ConnectError::Protocol(e.to_string()))?
+        {
+            Some(ServerOp::Info(json)) => {
+                return serde_json::from_str(&json)
+                    .map_err(|e| ConnectError::Protocol(format!("unreadable INFO: {e}")))
+            }
+            Some(other) => return Err(ConnectError::Protocol(format!("{other:?} before INFO"))),
+            None => {}
+        }
+        rbuf.reserve(1024);
+        if tcp.read_buf(&mut rbuf).await? == 0 {
+            return Err(ConnectError::Protocol("connection closed before INFO".into()));
+        }
+    }
+}
+
 impl Lane<JetStream> {
     /// Connects to `address`: INFO, CONNECT, PING answered by PONG (all within
     /// `connect_timeout_secs`), SUB to the reply inbox, then re-sends the unacknowledged window.
     pub(super) async fn connect(bridge: &mut Bridge, address: &str) -> Result<Self, ConnectError> {
-        let mut lane = lane::attempt(bridge, Self::handshake(&bridge.config, address)).await?;
+        let mut lane = lane::attempt(bridge, Self::handshake(bridge, address)).await?;
         lane.start(bridge);
         Ok(lane)
     }
 
-    async fn handshake(config: &BridgeConfig, address: &str) -> Result<Self, ConnectError> {
-        let tcp = lane::connect_tcp(address, config.keep_alive()).await?;
+    async fn handshake(bridge: &Bridge, address: &str) -> Result<Self, ConnectError> {
+        let config = &bridge.config;
+        let mut tcp = lane::connect_tcp(address, config.keep_alive()).await?;
+        // The server speaks first, with INFO, in plain text also when TLS follows; then it
+        // waits for the client (TLS ClientHello, or CONNECT).
+        let info = read_info(&mut tcp).await?;
+        if info.tls_required && bridge.tls.is_none() {
+            return Err(ConnectError::Protocol(
+                "the NATS server requires TLS: give the bridge a tls table".into(),
+            ));
+        }
+        let stream = lane::secure(bridge, address, tcp).await?;
         let random = crate::auth::scram::random_bytes::<12>()
             .map_err(|e| ConnectError::Io(std::io::Error::other(e)))?;
         let inbox = format!("_INBOX.{}", random.iter().map(|b| format!("{b:02x}")).collect::<String>());
@@ -121,21 +154,10 @@ impl Lane<JetStream> {
             ack_timeout: config.jetstream.as_ref().map_or(Duration::from_secs(5), |j| j.ack_timeout()),
             no_stream_logged: false,
         };
-        let mut link = Lane::new(Box::new(tcp), wire, config);
-        // The server speaks first, with INFO.
-        let info = match link.next_op().await? {
-            ServerOp::Info(json) => serde_json::from_str::<nats::Info>(&json)
-                .map_err(|e| ConnectError::Protocol(format!("unreadable INFO: {e}")))?,
-            other => return Err(ConnectError::Protocol(format!("{other:?} before INFO"))),
-        };
+        let mut link = Lane::new(stream, wire, config);
         if !info.headers {
             return Err(ConnectError::Protocol(
                 "the server does not take headers (NATS 2.2 or later needed)".into(),
-            ));
-        }
-        if info.tls_required {
-            return Err(ConnectError::Protocol(
-                "the server requires TLS (not built for kind = \"jetstream\")".into(),
             ));
         }
         if info.max_payload > 0 {
@@ -146,7 +168,7 @@ impl Lane<JetStream> {
         let connect = nats::Connect {
             verbose: false,
             pedantic: false,
-            tls_required: false,
+            tls_required: bridge.tls.is_some(),
             name: &name,
             lang: "rust",
             version: env!("CARGO_PKG_VERSION"),

@@ -119,6 +119,23 @@ pub(super) async fn connect_tcp(address: &str, keep_alive: Duration) -> io::Resu
     Ok(tcp)
 }
 
+/// TLS over `tcp` when the bridge has a `tls` table: the upstream's certificate verified against
+/// its CA for the server name (`tls.server_name`, else the address's host), the bridge's own
+/// certificate presented when configured. Plain TCP otherwise.
+pub(super) async fn secure(
+    bridge: &Bridge,
+    address: &str,
+    tcp: TcpStream,
+) -> Result<Box<dyn Io>, ConnectError> {
+    let Some(tls) = &bridge.tls else { return Ok(Box::new(tcp)) };
+    let host = bridge.config.tls.as_ref().and_then(|t| t.server_name.as_deref());
+    let host = host.unwrap_or_else(|| crate::config::bridge::address_host(address));
+    // Checked when the configuration was loaded.
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+        .map_err(|e| ConnectError::Protocol(format!("server name {host}: {e}")))?;
+    Ok(Box::new(tokio_rustls::TlsConnector::from(tls.clone()).connect(name, tcp).await?))
+}
+
 /// Data we sent that stays unacknowledged by the peer's TCP for this long aborts the
 /// connection in the kernel (TCP_USER_TIMEOUT, Linux): a write into a dead link fails there
 /// too, not only through the keep-alive timer.

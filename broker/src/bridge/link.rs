@@ -12,7 +12,7 @@ use bytestring::ByteString;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::lane::{self, Buffers, Io, Lane, Wire};
+use super::lane::{self, Buffers, Lane, Wire};
 use super::stats::{BridgeDrop, BridgeStats};
 use super::Bridge;
 use crate::codec::{Codec, Encoded};
@@ -106,17 +106,7 @@ impl Lane<Mqtt> {
     async fn handshake(bridge: &Bridge, address: &str) -> Result<(Self, ConnAck), ConnectError> {
         let config = &bridge.config;
         let tcp = lane::connect_tcp(address, config.keep_alive()).await?;
-        let stream: Box<dyn Io> = match &bridge.tls {
-            Some(tls) => {
-                let host = config.tls.as_ref().and_then(|t| t.server_name.as_deref());
-                let host = host.unwrap_or_else(|| crate::config::bridge::address_host(address));
-                // Checked when the configuration was loaded.
-                let name = rustls::pki_types::ServerName::try_from(host.to_owned())
-                    .map_err(|e| ConnectError::Protocol(format!("server name {host}: {e}")))?;
-                Box::new(tokio_rustls::TlsConnector::from(tls.clone()).connect(name, tcp).await?)
-            }
-            None => Box::new(tcp),
-        };
+        let stream = lane::secure(bridge, address, tcp).await?;
         let version = config.protocol.version();
         let mqtt = &bridge.broker.config.mqtt;
         let wire = Mqtt {

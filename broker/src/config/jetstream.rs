@@ -1,9 +1,9 @@
 //! The `jetstream` table of a `[[bridge]]` with `kind = "jetstream"`: a sink that forwards the
 //! bridge's outbound topics to a NATS JetStream stream instead of an MQTT server.
 //!
-//! Invariants after `validate`: a JetStream bridge has only outbound topics, no `tls` (not
-//! built), a subject prefix made of valid NATS subject tokens, a stream name NATS accepts, and
-//! an ack timeout of at least 1 ms; an MQTT bridge has no `jetstream` table.
+//! Invariants after `validate`: a JetStream bridge has only outbound topics, a subject prefix
+//! made of valid NATS subject tokens, a stream name NATS accepts, and an ack timeout of at
+//! least 1 ms; an MQTT bridge has no `jetstream` table.
 
 use std::time::Duration;
 
@@ -78,9 +78,6 @@ pub(super) fn validate(bridge: &BridgeConfig) -> Result<(), ConfigError> {
         }
         return Ok(());
     }
-    if bridge.tls.is_some() {
-        return invalid("bridge.tls", "TLS to NATS is not built yet (kind = \"jetstream\")".into());
-    }
     if let Some(t) = bridge.topics.iter().find(|t| t.direction.inbound()) {
         return invalid(
             "bridge.topics.direction",
@@ -147,7 +144,6 @@ mod tests {
             ("jetstream = { ack_timeout_ms = 0 }", "bridge.jetstream.ack_timeout_ms"),
             ("jetstream = { token = \"t\" }\nusername = \"u\"", "bridge.jetstream.token"),
             ("jetstream = { stream = \"S\", color = 1 }", "color"),
-            ("tls = { ca = \"ca.pem\" }", "bridge.tls"),
             ("mosquitto_topics = [\"c/# in 1\"]", "bridge.topics.direction"),
         ];
         for (line, key) in cases {
