@@ -23,6 +23,9 @@ pub enum Error {
     /// A JetStream bridge's queue key epoch could not be taken (`bridge/keys.rs`).
     #[error("bridge {name}: queue key epoch in the storage directory: {source}")]
     BridgeKeys { name: String, source: std::io::Error },
+    /// A JetStream bridge's NKEY seed file could not be used.
+    #[error("invalid value for `bridge.jetstream.nkey_seed_file` of bridge {name} ({path}): {reason}")]
+    BridgeNkey { name: String, path: std::path::PathBuf, reason: String },
     /// The password file or ACL could not be loaded.
     #[error(transparent)]
     Security(#[from] crate::auth::SecurityError),

@@ -87,7 +87,14 @@ impl Server {
                 Arc::new(RocksStore::open(&config.storage.dir, true, config.storage.memory_budget)?)
             }
         };
-        Self::bind_with_store(config, store).await
+        let bound = Self::bind_with_store(config, store.clone()).await;
+        if bound.is_err() {
+            // Start failed after the store opened (a bridge's files, the password file, a
+            // listener): closed here, so its threads are done before the process exits with
+            // the error (they could crash it in the C++ runtime's exit otherwise).
+            store.close();
+        }
+        bound
     }
 
     /// As `bind`, with the given store (whose contents are restored first).

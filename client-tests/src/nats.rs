@@ -17,6 +17,33 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A fresh NKEY user, written the way `nk -gen user -pubout` writes it: (seed text `SU…`,
+/// public key `U…`). Encoded here from the format (base32 of prefix bytes, key, CRC-16/XMODEM
+/// little-endian), independently of the broker's reader.
+pub fn nkey_user() -> (String, String) {
+    use ring::signature::KeyPair;
+    fn crc16(data: &[u8]) -> u16 {
+        data.iter().fold(0u16, |crc, &b| {
+            (0..8).fold(
+                crc ^ (u16::from(b) << 8),
+                |c, _| if c & 0x8000 != 0 { (c << 1) ^ 0x1021 } else { c << 1 },
+            )
+        })
+    }
+    fn text(mut raw: Vec<u8>) -> String {
+        let crc = crc16(&raw);
+        raw.extend_from_slice(&crc.to_le_bytes());
+        data_encoding::BASE32_NOPAD.encode(&raw)
+    }
+    let mut seed = [0u8; 32];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut seed).unwrap();
+    let pair = ring::signature::Ed25519KeyPair::from_seed_unchecked(&seed).unwrap();
+    let (seed_prefix, user) = (18u8 << 3, 20u8 << 3);
+    let seed_text = text([&[seed_prefix | user >> 5, (user & 31) << 3][..], &seed].concat());
+    let public = text([&[user][..], pair.public_key().as_ref()].concat());
+    (seed_text, public)
+}
+
 /// A `nats-server` with JetStream on a loopback port, its store in a temporary directory;
 /// killed on drop.
 pub struct NatsServer {
@@ -33,6 +60,16 @@ impl NatsServer {
     /// Starts on `port` (`free_port()` for any).
     pub async fn start(port: u16) -> NatsServer {
         NatsServer::launch(port, None, "").await
+    }
+
+    /// With one NKEY user (`public`, `U…`); clients that present nothing are the user
+    /// "reader" (`no_auth_user`), as the test's own reader is.
+    pub async fn start_with_nkey(public: &str) -> NatsServer {
+        let auth = format!(
+            "authorization {{ users: [ {{ nkey: \"{public}\" }}, {{ user: reader, password: reader }} ] }}\n\
+             no_auth_user: reader\n"
+        );
+        NatsServer::launch(free_port(), None, &auth).await
     }
 
     /// With TLS on the client port (this certificate and key) and HTTP monitoring on another

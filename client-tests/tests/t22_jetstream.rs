@@ -470,3 +470,46 @@ async fn tls_to_nats_is_verified_and_a_wrong_ca_never_links() {
     let secured = Broker::start_with(&js_config(strict.addr, &tls(&pki.ca_file)));
     assert!(secured.wait_log("bridge connected", WAIT).await, "{}", secured.logs());
 }
+
+// (g) NKEY authentication: the bridge signs the server's nonce with the user seed from
+// `nkey_seed_file` and forwards; a bridge with another user's seed is refused by the server
+// (Authorization Violation, logged) and never links. A seed file that holds no user seed stops
+// the broker at start, naming the key.
+#[tokio::test]
+async fn an_nkey_seed_authenticates_the_bridge_and_a_wrong_one_never_links() {
+    let (seed, public) = nkey_user();
+    let nats = NatsServer::start_with_nkey(&public).await;
+    let mut client = NatsClient::connect(nats.addr).await;
+    client.create_stream(STREAM, &["edge.>"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = |seed_text: &str, file: &str| {
+        let path = dir.path().join(file);
+        std::fs::write(&path, format!("{seed_text}\n")).unwrap();
+        js_config(nats.addr, "topics = [{ pattern = \"js/#\" }]").replace(
+            "ack_timeout_ms = 1000 }",
+            &format!("ack_timeout_ms = 1000, nkey_seed_file = {:?} }}", path.to_str().unwrap()),
+        )
+    };
+    let edge = Broker::start_with(&config(&seed, "user.nk"));
+    assert!(edge.wait_log("bridge connected", WAIT).await, "{}", edge.logs());
+    let mut publisher = Mqtt::connect(opts(&edge, "edge-pub")).await;
+    for seq in 0..10 {
+        publisher.publish_wait("js/n", 1, false, payload("edge-pub", seq)).await;
+    }
+    let messages = client.read_stream(STREAM, 10, ARRIVE).await;
+    let report = check_stream(&sequences(&messages, "edge-pub"), &(0..10).collect());
+    assert!(report.missing.is_empty() && report.duplicates == 0, "{report:?}");
+
+    let (other_seed, _) = nkey_user();
+    let stranger = Broker::start_with(&config(&other_seed, "other.nk"));
+    assert!(stranger.wait_log("Authorization Violation", WAIT).await, "{}", stranger.logs());
+    assert!(!stranger.wait_log("bridge connected", QUIET).await, "never linked with an unknown key");
+
+    let exited = Broker::run_to_exit(Launch::config(&config(&public, "public.nk")), WAIT);
+    assert_eq!(exited.status.and_then(|s| s.code()), Some(1), "exits with an error: {}", exited.logs);
+    assert!(
+        exited.logs.contains("bridge.jetstream.nkey_seed_file") && exited.logs.contains("public key"),
+        "{}",
+        exited.logs
+    );
+}

@@ -11,6 +11,7 @@
 //! `scram::ScramSha256` is the one Tern ships, over the same password file.
 
 pub mod acl;
+pub mod nkey;
 pub mod password;
 pub mod scram;
 

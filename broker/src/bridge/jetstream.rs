@@ -80,6 +80,26 @@ pub(super) fn reserve_keys(broker: &crate::Config, bridge: &mut BridgeConfig) ->
     Ok(())
 }
 
+/// Start: reads the NKEY seed file, if any, into the bridge's settings; a file that cannot be
+/// read or holds no user seed stops the broker, naming it.
+pub(super) fn load_nkey(bridge: &mut BridgeConfig) -> crate::Result<()> {
+    let name = bridge.name.clone();
+    let Some(js) = bridge.jetstream.as_mut() else { return Ok(()) };
+    let Some(path) = js.nkey_seed_file.clone() else { return Ok(()) };
+    let text = std::fs::read_to_string(&path).map_err(|e| crate::Error::BridgeNkey {
+        name: name.clone(),
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
+    let seed = crate::auth::nkey::UserSeed::parse(&text).map_err(|e| crate::Error::BridgeNkey {
+        name,
+        path,
+        reason: e.to_string(),
+    })?;
+    js.nkey = Some(seed);
+    Ok(())
+}
+
 /// New deliveries to the bridge's session are keyed from this run's floor on.
 pub(super) fn apply_key_floor(bridge: &BridgeConfig, mailbox: &Mailbox) {
     if let Some(floor) = bridge.jetstream.as_ref().map(|j| j.key_floor).filter(|f| *f > 0) {
@@ -165,6 +185,16 @@ impl Lane<JetStream> {
         }
         let name = config.upstream_client_id();
         let token = config.jetstream.as_ref().and_then(|j| j.token.as_deref());
+        // NKEY: the server's nonce signed with the seed.
+        let nkey = match config.jetstream.as_ref().and_then(|j| j.nkey.as_ref()) {
+            Some(seed) => {
+                let nonce = info.nonce.as_deref().ok_or_else(|| {
+                    ConnectError::Protocol("the NATS server sent no nonce to sign (no NKEY users?)".into())
+                })?;
+                Some((seed.public_key(), seed.sign(nonce.as_bytes())))
+            }
+            None => None,
+        };
         let connect = nats::Connect {
             verbose: false,
             pedantic: false,
@@ -178,6 +208,8 @@ impl Lane<JetStream> {
             user: config.username.as_deref(),
             pass: config.password.as_deref(),
             auth_token: token,
+            nkey: nkey.as_ref().map(|(public, _)| public.as_str()),
+            sig: nkey.as_ref().map(|(_, sig)| sig.as_str()),
         };
         nats::encode_connect(&connect, &mut link.bufs.wbuf);
         // PONG to this PING means CONNECT was accepted (errors come as -ERR before it).

@@ -146,6 +146,7 @@ fn prepare_one(config: &crate::Config, bridge: &BridgeConfig) -> crate::Result<P
     let mut bridge = bridge.clone();
     if bridge.kind == crate::config::bridge::BridgeKind::Jetstream {
         jetstream::reserve_keys(config, &mut bridge)?;
+        jetstream::load_nkey(&mut bridge)?;
     }
     Ok(Prepared { config: bridge, configured, tls })
 }

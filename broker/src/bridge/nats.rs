@@ -42,6 +42,9 @@ pub struct Info {
     pub headers: bool,
     #[serde(default)]
     pub tls_required: bool,
+    /// To be signed by an NKEY client (servers with NKEY users send one).
+    #[serde(default)]
+    pub nonce: Option<String>,
 }
 
 /// One operation from the server.
@@ -151,6 +154,11 @@ pub struct Connect<'a> {
     pub pass: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth_token: Option<&'a str>,
+    /// NKEY authentication: the user's public key and its signature of the INFO nonce.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nkey: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sig: Option<&'a str>,
 }
 
 pub fn encode_connect(connect: &Connect<'_>, out: &mut BytesMut) {

@@ -27,6 +27,13 @@ pub struct JetStreamConfig {
     /// NATS token authentication (instead of `username`/`password`).
     #[serde(default)]
     pub token: Option<String>,
+    /// A file holding the NKEY user seed (`SU…`) the bridge authenticates with: it signs the
+    /// server's nonce (instead of `username`/`password` or `token`).
+    #[serde(default)]
+    pub nkey_seed_file: Option<std::path::PathBuf>,
+    /// The seed read from `nkey_seed_file` at start (`crate::bridge::jetstream::load_nkey`).
+    #[serde(skip)]
+    pub nkey: Option<crate::auth::nkey::UserSeed>,
     /// A publish whose PubAck has not come within this is sent again, with the same
     /// `Nats-Msg-Id`.
     #[serde(default = "default_ack_timeout_ms")]
@@ -47,6 +54,8 @@ impl Default for JetStreamConfig {
             stream: None,
             subject_prefix: String::new(),
             token: None,
+            nkey_seed_file: None,
+            nkey: None,
             ack_timeout_ms: default_ack_timeout_ms(),
             key_floor: 0,
         }
@@ -109,6 +118,9 @@ pub(super) fn validate(bridge: &BridgeConfig) -> Result<(), ConfigError> {
     if js.token.is_some() && bridge.username.is_some() {
         return invalid("bridge.jetstream.token", "token and username exclude each other".into());
     }
+    if js.nkey_seed_file.is_some() && (js.token.is_some() || bridge.username.is_some()) {
+        return invalid("bridge.jetstream.nkey_seed_file", "an NKEY excludes token and username".into());
+    }
     Ok(())
 }
 
@@ -143,6 +155,7 @@ mod tests {
             ("jetstream = { subject_prefix = \"a.>\" }", "bridge.jetstream.subject_prefix"),
             ("jetstream = { ack_timeout_ms = 0 }", "bridge.jetstream.ack_timeout_ms"),
             ("jetstream = { token = \"t\" }\nusername = \"u\"", "bridge.jetstream.token"),
+            ("jetstream = { nkey_seed_file = \"u.nk\", token = \"t\" }", "bridge.jetstream.nkey_seed_file"),
             ("jetstream = { stream = \"S\", color = 1 }", "color"),
             ("mosquitto_topics = [\"c/# in 1\"]", "bridge.topics.direction"),
         ];
