@@ -118,6 +118,13 @@ async fn clients_subs_stats_publish_kick_and_reload() {
 
     let shown = ctl_json(&s.config, &["clients", "show", "ctl-a"]);
     assert_eq!(shown["subscriptions"][0]["filter"], "ctl/#", "{shown}");
+    // The table shows when the client connected as a UTC time, the JSON as Unix seconds.
+    assert!(shown["connection"]["connected_since"].is_u64(), "{shown}");
+    let (ok, out, _) = ctl(&s.config, &["clients", "show", "ctl-a"]);
+    let line = out.lines().find(|l| l.contains("connected_since:")).unwrap_or_default();
+    let time = line.split_whitespace().last().unwrap_or_default();
+    // e.g. 2026-12-04T20:51:07.000Z
+    assert!(ok && time.len() == 24 && time.as_bytes()[10] == b'T' && time.ends_with('Z'), "{out}");
     let (ok, out, _) = ctl(&s.config, &["subs", "ls", "ctl/#"]);
     assert!(ok && out.lines().nth(1).is_some_and(|l| l.starts_with("ctl/#") && l.contains("ctl-a")), "{out}");
 

@@ -328,8 +328,16 @@ fn render(command: &CtlCommand, value: &Value) -> String {
             match value.get("connection").filter(|c| !c.is_null()) {
                 Some(connection) => {
                     out.push_str("connection:\n");
-                    let lines =
-                        pairs(connection, &["protocol", "peer", "listener", "keep_alive", "connected_since"]);
+                    // The API gives Unix seconds (for scripts); people read a UTC time.
+                    let mut connection = connection.clone();
+                    if let Some(secs) = connection["connected_since"].as_u64() {
+                        let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+                        connection["connected_since"] = Value::from(crate::dead_letter::rfc3339_utc_ms(at));
+                    }
+                    let lines = pairs(
+                        &connection,
+                        &["protocol", "peer", "listener", "keep_alive", "connected_since"],
+                    );
                     out.extend(lines.lines().map(|line| format!("  {line}\n")));
                 }
                 None => out.push_str("connection: none since the broker started\n"),
