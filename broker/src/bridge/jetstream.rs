@@ -310,7 +310,7 @@ impl Wire for JetStream {
     }
 
     /// When the oldest publish's PubAck is overdue.
-    fn deadline(&self, _bridge: &Bridge) -> Option<Instant> {
+    fn deadline(&self) -> Option<Instant> {
         self.awaiting.front().map(|oldest| oldest.sent + self.ack_timeout)
     }
 

@@ -81,7 +81,7 @@ pub(super) trait Wire: Send {
     fn ping(&mut self, wbuf: &mut BytesMut);
 
     /// A deadline of the protocol's own (besides keep-alive), and what to do when it passes.
-    fn deadline(&self, _bridge: &Bridge) -> Option<Instant> {
+    fn deadline(&self) -> Option<Instant> {
         None
     }
     fn on_deadline(&mut self, _bridge: &mut Bridge, _now: Instant, _wbuf: &mut BytesMut) {}
@@ -252,7 +252,7 @@ impl<W: Wire> Lane<W> {
             }
             let mut timer =
                 if self.bufs.pinging { self.dead_at() } else { self.dead_at().min(self.ping_at()) };
-            if let Some(at) = self.wire.deadline(bridge) {
+            if let Some(at) = self.wire.deadline() {
                 timer = timer.min(at);
             }
             let now = Instant::now();
