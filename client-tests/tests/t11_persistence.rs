@@ -603,6 +603,56 @@ async fn crash_with_outbound_inflight_redelivers_dup_same_ids_then_queue() {
     s.expect_nothing(QUIET).await;
 }
 
+// [MQTT-4.4.0-1] [MQTT-3.3.1-1] [MQTT-4.6.0-1]: a persistent subscriber leaves with QoS 1
+// deliveries unacknowledged, then the broker is killed. Tern stores no in-flight record when
+// it sends a stored QoS 1 delivery (its packet id follows from the delivery's sequence number)
+// and writes the window's records when the session goes offline: after the restart the
+// unacknowledged ones come again with DUP=1 and their original ids, in order, and what was
+// queued behind them comes as first deliveries (DUP=0).
+#[tokio::test]
+async fn offline_session_window_survives_kill9_with_original_ids() {
+    const CFG: &str = "[mqtt]\nmax_inflight_messages = 3\n";
+    let dir = tempfile::tempdir().unwrap();
+    let mut b = start_on_with(dir.path(), CFG);
+    let (mut s, _) = Raw::handshake(b.addr(), &persistent("win-sub")).await;
+    assert_eq!(s.subscribe(1, &[("win/t", 1)]).await, vec![1]);
+    let mut p = Raw::connected(b.addr(), "win-pub", true).await;
+    for i in 0..5 {
+        p.publish_flow("win/t", 1, false, i as u16 + 1, &payload(i)).await;
+    }
+    let mut first = Vec::new();
+    for i in 0..3 {
+        let m = s.recv_publish().await;
+        assert_eq!((seq_of(&m.payload), m.dup), (i, false), "{m:?}");
+        first.push(m);
+    }
+    s.expect_nothing(QUIET).await;
+    // The client leaves without acknowledging; the broker stores that it is offline.
+    s.send(&pkt::disconnect()).await;
+    drop(s);
+    tokio::time::sleep(QUIET).await;
+    b.kill9().await;
+
+    let b2 = start_on_with(dir.path(), CFG);
+    let (mut s, sp) = Raw::handshake(b2.addr(), &persistent("win-sub")).await;
+    assert!(sp, "session present after the restart [MQTT-3.2.2-2]");
+    for orig in &first {
+        let m = read_within(&mut s, SLOW, "re-sent in-flight PUBLISH").await.publish();
+        assert_eq!(
+            (seq_of(&m.payload), m.dup, m.pid),
+            (seq_of(&orig.payload), true, orig.pid),
+            "re-sent in order, DUP=1, original packet id: {m:?}"
+        );
+        s.send(&pkt::puback(m.pid.unwrap())).await;
+    }
+    for i in 3..5 {
+        let m = read_within(&mut s, SLOW, "queued PUBLISH").await.publish();
+        assert_eq!((seq_of(&m.payload), m.dup), (i, false), "queued behind the window: {m:?}");
+        s.send(&pkt::puback(m.pid.unwrap())).await;
+    }
+    s.expect_nothing(QUIET).await;
+}
+
 /// Acknowledge a received QoS 1/2 PUBLISH (PUBACK, or PUBREC); returns the QoS 2 packet id
 /// now awaiting PUBREL.
 async fn ack_inbound(s: &mut Raw, m: &RawPublish) -> Option<u16> {

@@ -219,7 +219,7 @@ impl Lane<Mqtt> {
             })
             .collect();
         if !filters.is_empty() {
-            match session.outbound.spare_id() {
+            match session.outbound.reserve_spare_id() {
                 Some(packet_id) => {
                     self.wire.subscribe_id = Some(packet_id);
                     self.wire.out.push(Packet::Subscribe { packet_id, subscription_id: None, filters });
@@ -349,6 +349,7 @@ impl Mqtt {
             Packet::Publish(publish) => self.handle_publish(bridge, *publish),
             Packet::SubAck { packet_id, reasons } if Some(packet_id) == self.subscribe_id => {
                 self.subscribe_id = None;
+                session.outbound.release_reserved();
                 let inbound = bridge.config.topics.iter().filter(|t| t.direction.inbound());
                 for (topic, reason) in inbound.zip(&reasons) {
                     if reason.is_success() {

@@ -503,6 +503,7 @@ impl Bridge {
     /// next start, and the session returned for the next task.
     async fn close(mut self) -> Session {
         self.session.pending.mailbox().set_online(false);
+        self.session.journal_derived_in_flight();
         let mut ops = std::mem::take(&mut self.session.journal);
         ops.push(Op::PutSession(self.session.record(None)));
         if let Err(e) = self.broker.store.commit(ops).await {

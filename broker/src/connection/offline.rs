@@ -12,9 +12,9 @@ use tracing::{debug, info, warn};
 use super::{publish_will, route_now};
 use crate::message::{Delivery, Message, SharedRoute};
 use crate::metrics::METRICS;
-use crate::packet::Will;
+use crate::packet::{QoS, Will};
 use crate::router::Subscriber;
-use crate::session::qos::Outbound;
+use crate::session::qos::{derived_id, Outbound};
 use crate::session::queue::Identity;
 use crate::session::registry::{control_slot, Control, ControlReceiver, OwnerId};
 use crate::session::{ClientId, Session, NEVER_EXPIRES};
@@ -55,6 +55,7 @@ impl OfflineTask {
 /// close must not lose either.
 pub(super) async fn store_offline(broker: &Broker, session: &mut Session, will: Option<Will>) -> Offline {
     let now_ms = unix_ms();
+    session.journal_derived_in_flight();
     let mut ops = std::mem::take(&mut session.journal);
     ops.push(Op::PutSession(session.record(Some(now_ms))));
     let will = will.map(|will| {
@@ -314,6 +315,18 @@ fn restore_session(
         broker.router.subscribe(&filter, client_id.clone(), subscriber);
         session.subscriptions.insert(filter, subscription);
     }
+    // A QoS 1 delivery sent under its derived id has no stored in-flight state (`derived_id`).
+    // Deliveries leave in sequence order, so the QoS 1 ones before the last delivery whose
+    // in-flight state was stored were sent: they go back into the window in their place, under
+    // their derived ids.
+    let last_in_flight = stored
+        .deliveries
+        .iter()
+        .filter(|(_, d)| !matches!(d.state, DeliveryState::Queued))
+        .map(|(seq, _)| *seq)
+        .max();
+    let mut queued_qos1 = Vec::new();
+    let mut queued_qos2_first = None;
     for (seq, d) in stored.deliveries {
         session.pending.mailbox().resume_seq_after(seq);
         let message = messages.get(&d.message).cloned();
@@ -329,7 +342,19 @@ fn restore_session(
             (DeliveryState::AwaitingPubComp(id), _) => {
                 session.outbound.restore(id, Outbound::AwaitingPubComp { seq: Some(seq) })
             }
-            (DeliveryState::Queued, Some(delivery)) => session.pending.restore(delivery),
+            (DeliveryState::Queued, Some(delivery))
+                if delivery.qos == QoS::AtLeastOnce && last_in_flight.is_some_and(|last| seq < last) =>
+            {
+                session.outbound.restore(derived_id(seq), Outbound::AwaitingPubAck(delivery))
+            }
+            (DeliveryState::Queued, Some(delivery)) => {
+                if delivery.qos == QoS::AtLeastOnce {
+                    queued_qos1.push(seq);
+                } else {
+                    queued_qos2_first.get_or_insert(seq);
+                }
+                session.pending.restore(delivery)
+            }
             (DeliveryState::AwaitingPubAck(id), Some(delivery)) => {
                 session.outbound.restore(id, Outbound::AwaitingPubAck(delivery))
             }
@@ -340,6 +365,18 @@ fn restore_session(
                 warn!(%client_id, seq, "stored delivery references a missing message: deleted");
                 sweep.push(Op::DeleteDelivery { client: client_id.clone(), seq });
             }
+        }
+    }
+    // A session that was connected when the broker stopped (a crash: a clean stop stores the
+    // window, `journal_derived_in_flight`) may have had more QoS 1 deliveries in flight under
+    // derived ids: the next ones in order, up to the window's capacity, and none after a QoS 2
+    // one never sent. They go DUP=1 [MQTT-3.3.1-1].
+    if record.disconnected_unix_ms.is_none() {
+        let room = session.outbound.capacity().saturating_sub(session.outbound.len());
+        let maybe_sent =
+            queued_qos1.iter().take_while(|seq| queued_qos2_first.is_none_or(|q2| **seq < q2)).take(room);
+        if let Some(last) = maybe_sent.last() {
+            session.outbound.set_maybe_sent_upto(*last);
         }
     }
     for packet_id in stored.inbound {

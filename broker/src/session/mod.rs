@@ -23,7 +23,7 @@ use crate::metrics::{DropReason, METRICS};
 use crate::packet::{Packet, PacketId, ProtocolVersion, QoS, ReasonCode};
 use crate::router::Subscription;
 use crate::storage::{delivery_record, DeliveryState, Op, SessionRecord};
-use qos::{InboundQos2, Outbound, OutboundWindow, Settled, UnexpectedAck};
+use qos::{derived_id, InboundQos2, Outbound, OutboundWindow, Settled, UnexpectedAck};
 use queue::{PendingQueue, QueueLimits};
 
 /// A client identifier. Cheap to clone.
@@ -156,6 +156,7 @@ impl Session {
     /// Sends one delivery: QoS 0 goes straight out, QoS 1/2 enters the in-flight window.
     /// A message whose expiry passed while it was queued is dropped [MQTT-3.3.2-5].
     pub fn handle_deliver(&mut self, mut delivery: Delivery, out: &mut Vec<Packet>, now: Instant) {
+        let capped = delivery.qos > self.qos_cap;
         delivery.qos = delivery.qos.min(self.qos_cap);
         if delivery.message.is_expired(now) {
             tracing::debug!(topic = %delivery.message.topic, "message expired before delivery");
@@ -176,11 +177,18 @@ impl Session {
         let packet = self.outbound.send(delivery, now);
         if let (Some((seq, mut record)), Packet::Forward(forward)) = (stored, &packet) {
             let id = forward.packet_id.unwrap_or_else(|| unreachable!("the window assigns an id"));
-            record.state = match qos {
-                QoS::AtLeastOnce => DeliveryState::AwaitingPubAck(id),
-                _ => DeliveryState::AwaitingPubRec(id),
-            };
-            self.journal.push(Op::PutDelivery { client: self.client_id.clone(), seq, record });
+            // A QoS 1 delivery sent under its derived id keeps its stored record as it is: the
+            // id follows from the sequence number after a restart. Any other id, QoS 2 (whose
+            // state decides between PUBLISH and PUBREL after a restart) and a QoS lowered by the
+            // cap (the record's QoS changes) are stored before the PUBLISH is written.
+            let derived = qos == QoS::AtLeastOnce && !capped && id == derived_id(seq);
+            if !derived {
+                record.state = match qos {
+                    QoS::AtLeastOnce => DeliveryState::AwaitingPubAck(id),
+                    _ => DeliveryState::AwaitingPubRec(id),
+                };
+                self.journal.push(Op::PutDelivery { client: self.client_id.clone(), seq, record });
+            }
         }
         out.push(packet);
         self.publish_window();
@@ -340,6 +348,17 @@ impl Session {
         self.journal.push(Op::DeleteSession(self.client_id.clone()));
     }
 
+    /// Journals the in-flight records of the QoS 1 deliveries sent under their derived ids
+    /// (which had none): the session goes offline or stops, and its next start must tell them
+    /// from the ones never sent (DUP, `OutboundWindow::send`).
+    pub fn journal_derived_in_flight(&mut self) {
+        for (id, delivery) in self.outbound.sent_under_derived_ids() {
+            let Some(seq) = delivery.seq else { continue };
+            let record = delivery_record(delivery, DeliveryState::AwaitingPubAck(id));
+            self.journal.push(Op::PutDelivery { client: self.client_id.clone(), seq, record });
+        }
+    }
+
     /// A stored delivery is complete: its record goes, and the message if no other delivery
     /// references it.
     fn journal_done(&mut self, delivery: Option<&Delivery>, seq: Option<u64>) {
@@ -407,6 +426,25 @@ mod tests {
         session.pending.mailbox().set_online(true);
         session.pending.mailbox().set_persistent(persistent);
         session
+    }
+
+    // A stored QoS 1 delivery sent under its derived id writes nothing until it is done; when
+    // the session goes offline, the window's records are written (`journal_derived_in_flight`).
+    #[test]
+    fn a_qos1_delivery_under_its_derived_id_is_stored_only_when_the_session_leaves() {
+        let message = Arc::new(Message::new("t", &b"m"[..], QoS::AtLeastOnce));
+        let mut s = session(true);
+        let mut delivery = Delivery::new(message.clone(), QoS::AtLeastOnce, false);
+        delivery.seq = Some(9);
+        let mut out = Vec::new();
+        s.handle_deliver(delivery, &mut out, Instant::now());
+        assert!(matches!(&out[0], Packet::Forward(f) if f.packet_id == Some(qos::derived_id(9))));
+        assert!(s.journal.is_empty(), "{:?}", s.journal);
+        s.journal_derived_in_flight();
+        assert!(matches!(
+            &s.journal[..],
+            [Op::PutDelivery { seq: 9, record, .. }] if record.state == DeliveryState::AwaitingPubAck(qos::derived_id(9))
+        ));
     }
 
     /// A receiver that takes QoS 1 at most (a bridge's upstream): a QoS 2 delivery enters the

@@ -59,6 +59,22 @@ pub struct OutboundWindow {
     /// The most QoS 2 entries (awaiting PUBREC or PUBCOMP) at once.
     qos2_capacity: usize,
     last_id: u16,
+    /// A packet id held outside the window: a bridge's SUBSCRIBE awaiting its SUBACK.
+    reserved: Option<PacketId>,
+    /// Stored QoS 1 deliveries up to this sequence number, loaded at start, may have been
+    /// sent before the restart (under their `derived_id`, which leaves no record).
+    maybe_sent_upto: Option<u64>,
+}
+
+/// The packet id of a stored QoS 1 delivery, derived from its sequence number, so that it needs
+/// no stored in-flight record: after a restart the id it was sent with follows from the
+/// stored delivery, and it is re-sent under that id [MQTT-4.4.0-1]. Sequence numbers grow by
+/// one per stored delivery of a session, so an id comes back only 65,535 deliveries later; if
+/// it is still in use then, `OutboundWindow::send` allocates another one, which the session
+/// stores as before.
+pub fn derived_id(seq: u64) -> PacketId {
+    let id = u16::try_from(seq % 65_535).unwrap_or_else(|_| unreachable!("below 65,535")) + 1;
+    PacketId(NonZeroU16::new(id).unwrap_or_else(|| unreachable!("1 to 65,535")))
 }
 
 impl OutboundWindow {
@@ -70,6 +86,8 @@ impl OutboundWindow {
             capacity: capacity.max(1),
             qos2_capacity: qos2_capacity.max(1),
             last_id: 0,
+            reserved: None,
+            maybe_sent_upto: None,
         }
     }
 
@@ -106,11 +124,16 @@ impl OutboundWindow {
         self.entries.is_empty()
     }
 
-    /// Starts delivering a QoS 1/2 message: allocates a packet id and returns the PUBLISH.
+    /// Starts delivering a QoS 1/2 message: takes a packet id (a stored QoS 1 delivery's
+    /// `derived_id` when free) and returns the PUBLISH. One that may have been sent before a
+    /// restart (`set_maybe_sent_upto`) carries DUP=1 [MQTT-3.3.1-1].
     /// The caller checks `has_credit` first.
     pub fn send(&mut self, delivery: Delivery, now: Instant) -> Packet {
-        let packet_id = self.allocate_id();
-        let forward = delivery.clone().into_forward(Some(packet_id), false, now);
+        let stored_qos1 = delivery.seq.filter(|_| delivery.qos == QoS::AtLeastOnce);
+        let derived = stored_qos1.map(derived_id).filter(|id| !self.in_use(*id));
+        let packet_id = derived.unwrap_or_else(|| self.allocate_id());
+        let dup = stored_qos1.is_some_and(|seq| self.maybe_sent_upto.is_some_and(|upto| seq <= upto));
+        let forward = delivery.clone().into_forward(Some(packet_id), dup, now);
         let state = match delivery.qos {
             QoS::AtLeastOnce => Outbound::AwaitingPubAck(delivery),
             QoS::ExactlyOnce => Outbound::AwaitingPubRec(delivery),
@@ -189,28 +212,53 @@ impl OutboundWindow {
             self.last_id = self.last_id.wrapping_add(1);
             let Some(id) = NonZeroU16::new(self.last_id) else { continue };
             let id = PacketId(id);
-            if !self.entries.iter().any(|(used, _, _)| *used == id) {
+            if !self.in_use(id) {
                 return id;
             }
         }
     }
 
-    /// A packet id for a packet outside the window (a bridge's SUBSCRIBE) [MQTT-2.3.1-2]: one
-    /// not in flight, and the one `allocate_id` reaches last (ids go up from `last_id`), so no
-    /// PUBLISH takes it before its acknowledgement came back unless 65,535 others were sent
-    /// first.
+    fn in_use(&self, packet_id: PacketId) -> bool {
+        self.reserved == Some(packet_id) || self.position(packet_id).is_some()
+    }
+
+    /// Reserves a packet id for a packet outside the window (a bridge's SUBSCRIBE)
+    /// [MQTT-2.3.1-2]: one not in flight, and the one `allocate_id` reaches last (ids go up
+    /// from `last_id`). No PUBLISH takes it until `release_reserved`, and it replaces an
+    /// earlier reservation (a SUBSCRIBE of a link that ended).
     /// `None` only when all 65,535 ids are in flight.
-    pub fn spare_id(&self) -> Option<PacketId> {
+    pub fn reserve_spare_id(&mut self) -> Option<PacketId> {
+        self.reserved = None;
         let mut candidate = self.last_id;
         for _ in 0..=u16::MAX {
             if let Some(id) = NonZeroU16::new(candidate).map(PacketId) {
                 if self.position(id).is_none() {
+                    self.reserved = Some(id);
                     return Some(id);
                 }
             }
             candidate = candidate.wrapping_sub(1);
         }
         None
+    }
+
+    /// The reserved packet id is acknowledged (SUBACK): free for PUBLISHes again.
+    pub fn release_reserved(&mut self) {
+        self.reserved = None;
+    }
+
+    /// Stored QoS 1 deliveries up to `seq` may have been sent before the restart.
+    pub fn set_maybe_sent_upto(&mut self, seq: u64) {
+        self.maybe_sent_upto = Some(seq);
+    }
+
+    /// The QoS 1 entries sent under their derived id, which have no stored in-flight record:
+    /// stored when the session goes offline, so that a restart finds them exactly.
+    pub fn sent_under_derived_ids(&self) -> impl Iterator<Item = (PacketId, &Delivery)> {
+        self.entries.iter().filter_map(|(id, state, _)| match state {
+            Outbound::AwaitingPubAck(d) if d.seq.is_some_and(|seq| derived_id(seq) == *id) => Some((*id, d)),
+            _ => None,
+        })
     }
 
     fn position(&self, packet_id: PacketId) -> Option<usize> {
@@ -371,6 +419,52 @@ mod tests {
 
     fn pid(n: u16) -> PacketId {
         PacketId(NonZeroU16::new(n).unwrap())
+    }
+
+    fn stored(qos: QoS, seq: u64) -> Delivery {
+        let mut d = delivery(qos, seq as u8);
+        d.seq = Some(seq);
+        d
+    }
+
+    // [MQTT-4.4.0-1]: a stored QoS 1 delivery goes under the id its sequence number gives, so
+    // a restart re-sends it under the same id without a stored in-flight record.
+    #[test]
+    fn a_stored_qos1_delivery_takes_its_derived_id() {
+        let mut w = OutboundWindow::new(8, 8);
+        assert_eq!(publish_of(&w.send_now(stored(QoS::AtLeastOnce, 41))).packet_id, Some(pid(42)));
+        assert_eq!(derived_id(65_534), pid(65_535));
+        assert_eq!(derived_id(65_535), pid(1));
+        // Not for QoS 2 (its state is stored) nor for a delivery that is not stored.
+        assert_eq!(publish_of(&w.send_now(stored(QoS::ExactlyOnce, 7))).packet_id, Some(pid(1)));
+        assert_eq!(publish_of(&w.send_now(delivery(QoS::AtLeastOnce, 0))).packet_id, Some(pid(2)));
+    }
+
+    // [MQTT-2.2.1-3]: an id in use is never taken twice: a derived id still in flight (65,535
+    // deliveries apart) or reserved for a SUBSCRIBE gives way to an allocated one.
+    #[test]
+    fn a_derived_id_in_use_or_reserved_is_not_taken() {
+        let mut w = OutboundWindow::new(8, 8);
+        assert_eq!(publish_of(&w.send_now(stored(QoS::AtLeastOnce, 1))).packet_id, Some(pid(2)));
+        let again = publish_of(&w.send_now(stored(QoS::AtLeastOnce, 1 + 65_535))).packet_id;
+        assert_ne!(again, Some(pid(2)));
+        let reserved = w.reserve_spare_id().unwrap();
+        let seq = u64::from(reserved.get()) - 1;
+        assert_ne!(publish_of(&w.send_now(stored(QoS::AtLeastOnce, seq))).packet_id, Some(reserved));
+        w.release_reserved();
+        assert_eq!(publish_of(&w.send_now(stored(QoS::AtLeastOnce, seq + 65_535))).packet_id, Some(reserved));
+    }
+
+    // [MQTT-3.3.1-1]: what may have been sent before a restart goes DUP=1, nothing else.
+    #[test]
+    fn maybe_sent_deliveries_go_dup_after_a_restart() {
+        let mut w = OutboundWindow::new(8, 8);
+        w.set_maybe_sent_upto(5);
+        assert!(publish_of(&w.send_now(stored(QoS::AtLeastOnce, 5))).dup);
+        assert!(!publish_of(&w.send_now(stored(QoS::AtLeastOnce, 6))).dup);
+        assert!(!publish_of(&w.send_now(stored(QoS::ExactlyOnce, 4))).dup);
+        let sent: Vec<_> = w.sent_under_derived_ids().map(|(id, d)| (id, d.seq)).collect();
+        assert_eq!(sent, [(pid(6), Some(5)), (pid(7), Some(6))]);
     }
 
     fn publish_of(p: &Packet) -> &Forward {
