@@ -352,8 +352,7 @@ impl Session {
     /// (which had none): the session goes offline or stops, and its next start must tell them
     /// from the ones never sent (DUP, `OutboundWindow::send`).
     pub fn journal_derived_in_flight(&mut self) {
-        for (id, delivery) in self.outbound.sent_under_derived_ids() {
-            let Some(seq) = delivery.seq else { continue };
+        for (id, seq, delivery) in self.outbound.sent_under_derived_ids() {
             let record = delivery_record(delivery, DeliveryState::AwaitingPubAck(id));
             self.journal.push(Op::PutDelivery { client: self.client_id.clone(), seq, record });
         }

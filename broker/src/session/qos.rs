@@ -254,9 +254,11 @@ impl OutboundWindow {
 
     /// The QoS 1 entries sent under their derived id, which have no stored in-flight record:
     /// stored when the session goes offline, so that a restart finds them exactly.
-    pub fn sent_under_derived_ids(&self) -> impl Iterator<Item = (PacketId, &Delivery)> {
+    pub fn sent_under_derived_ids(&self) -> impl Iterator<Item = (PacketId, u64, &Delivery)> {
         self.entries.iter().filter_map(|(id, state, _)| match state {
-            Outbound::AwaitingPubAck(d) if d.seq.is_some_and(|seq| derived_id(seq) == *id) => Some((*id, d)),
+            Outbound::AwaitingPubAck(d) => {
+                d.seq.filter(|seq| derived_id(*seq) == *id).map(|seq| (*id, seq, d))
+            }
             _ => None,
         })
     }
@@ -463,8 +465,8 @@ mod tests {
         assert!(publish_of(&w.send_now(stored(QoS::AtLeastOnce, 5))).dup);
         assert!(!publish_of(&w.send_now(stored(QoS::AtLeastOnce, 6))).dup);
         assert!(!publish_of(&w.send_now(stored(QoS::ExactlyOnce, 4))).dup);
-        let sent: Vec<_> = w.sent_under_derived_ids().map(|(id, d)| (id, d.seq)).collect();
-        assert_eq!(sent, [(pid(6), Some(5)), (pid(7), Some(6))]);
+        let sent: Vec<_> = w.sent_under_derived_ids().map(|(id, seq, _)| (id, seq)).collect();
+        assert_eq!(sent, [(pid(6), 5), (pid(7), 6)]);
     }
 
     fn publish_of(p: &Packet) -> &Forward {
