@@ -686,38 +686,42 @@ async fn the_upstreams_maximum_qos_and_retain_available_are_honoured() {
 }
 
 // Queue budget, `overflow = "drop_oldest"`: the upstream unreachable, a budget of 20, 50 QoS 1
-// publishes: the oldest 30 make room for the newest (their stored records deleted too, so a
-// restart does not bring them back), logged and counted; once linked exactly 30..49 arrive,
-// in order.
+// publishes: the oldest 30 make room for the newest (their stored records deleted too), logged
+// and counted. The edge restarts with the budget lowered to 10: a queue stored over its budget
+// is trimmed when the bridge opens it, before anything goes upstream (as one is that a stop or
+// crash left before its last arrivals were trimmed). Once linked exactly 40..49 arrive, in order.
 #[tokio::test]
-async fn drop_oldest_keeps_the_newest_within_the_budget() {
+async fn drop_oldest_keeps_the_newest_within_the_budget_also_a_lowered_one() {
     let dir = tempfile::tempdir().unwrap();
     let upstream = Broker::start();
     let proxy = Proxy::start(upstream.addr()).await;
     proxy.set(Mode::Reset);
     let mut sub = Mqtt::connect(opts(&upstream, "up-sub")).await;
     sub.subscribe("o/#", 1).await;
-    let config = edge_config(
-        proxy.addr,
-        "queue_max_messages = 20\noverflow = \"drop_oldest\"\n\
-         topics = [{ pattern = \"o/#\", direction = \"out\", qos = 1 }]",
-    );
-    let mut edge = Broker::launch(Launch::config(&config).data_dir(dir.path()));
+    let config = |budget: usize| {
+        edge_config(
+            proxy.addr,
+            &format!(
+                "queue_max_messages = {budget}\noverflow = \"drop_oldest\"\n\
+                 topics = [{{ pattern = \"o/#\", direction = \"out\", qos = 1 }}]"
+            ),
+        )
+    };
+    let mut edge = Broker::launch(Launch::config(&config(20)).data_dir(dir.path()));
     let mut publisher = Mqtt::connect(opts(&edge, "edge-pub")).await;
     for seq in 0..50 {
         publisher.publish_wait("o/t", 1, false, payload("edge-pub", seq)).await;
     }
     assert!(edge.wait_log("dropping the oldest messages", WAIT).await, "the overflow is logged");
     drop(publisher);
-    // A clean shutdown: the deletions of the dropped ones are stored by then.
     edge.sigterm();
     assert!(edge.wait_exit(WAIT).await.is_some());
-    let edge = Broker::launch(Launch::config(&config).data_dir(dir.path()));
-    assert!(edge.wait_log("bridge session ready resumed=true queued=20", WAIT).await, "20 kept");
+    let edge = Broker::launch(Launch::config(&config(10)).data_dir(dir.path()));
+    assert!(edge.wait_log("bridge session ready resumed=true queued=10", WAIT).await, "{}", edge.logs());
     proxy.set(Mode::Pass);
-    let expected: BTreeSet<usize> = (30..50).collect();
+    let expected: BTreeSet<usize> = (40..50).collect();
     let got = collect(&mut sub, "edge-pub", &expected).await;
-    assert_eq!(got, (30..50).collect::<Vec<_>>(), "exactly the newest 20, in order");
+    assert_eq!(got, (40..50).collect::<Vec<_>>(), "exactly the newest 10, in order");
 }
 
 // A broker shutdown ends the link with DISCONNECT (3.1.1 here), so the upstream keeps the

@@ -318,6 +318,10 @@ impl Bridge {
             stop,
         };
         bridge.sync_subscriptions();
+        // A queue stored over its budget is trimmed before anything of it goes upstream: one
+        // that ended before its last arrivals were trimmed (a crash, or a stop that came first),
+        // or a budget the configuration lowered.
+        bridge.trim();
         let mut ops = std::mem::take(&mut bridge.session.journal);
         ops.push(Op::PutSession(bridge.session.record(None)));
         bridge.broker.store.commit(ops).await?;
