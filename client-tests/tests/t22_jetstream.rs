@@ -35,6 +35,21 @@ fn sequences(messages: &[NatsMsg], publisher: &str) -> Vec<usize> {
     messages.iter().map(|m| parse(&m.payload)).filter(|(p, _)| p == publisher).map(|(_, s)| s).collect()
 }
 
+/// Publishes `seqs` from "edge-pub" to `topic` at QoS 1, each awaiting its PUBACK.
+async fn publish_seqs(publisher: &mut Mqtt, topic: &str, seqs: std::ops::Range<usize>) {
+    for seq in seqs {
+        publisher.publish_wait(topic, 1, false, payload("edge-pub", seq)).await;
+    }
+}
+
+/// Reads `n` messages from the stream and asserts that they are "edge-pub"'s 0..n, each once.
+async fn assert_stream_holds_each_once(client: &mut NatsClient, n: usize) -> Vec<NatsMsg> {
+    let messages = client.read_stream(STREAM, n, ARRIVE).await;
+    let report = check_stream(&sequences(&messages, "edge-pub"), &(0..n).collect());
+    assert!(report.missing.is_empty() && report.duplicates == 0, "{report:?}");
+    messages
+}
+
 /// Publishes `seqs` at QoS 1 in one pipelined batch (packet id = seq % 60000 + 1) and reads
 /// the PUBACKs; returns those acknowledged (fewer when the broker went away).
 async fn publish_batch(p: &mut Raw, seqs: std::ops::Range<usize>) -> Vec<usize> {
@@ -149,16 +164,12 @@ async fn messages_queued_while_nats_is_down_arrive_once_it_is_up() {
     let mut state = state_watcher(&edge).await;
     wait_state(&mut state, "0", WAIT).await;
     let mut publisher = Mqtt::connect(opts(&edge, "edge-pub")).await;
-    for seq in 0..100 {
-        publisher.publish_wait("js/down", 1, false, payload("edge-pub", seq)).await;
-    }
+    publish_seqs(&mut publisher, "js/down", 0..100).await;
     let nats = NatsServer::start(port).await;
     let mut client = NatsClient::connect(nats.addr).await;
     client.create_stream(STREAM, &["edge.>"]).await;
     wait_state(&mut state, "1", ARRIVE).await;
-    let messages = client.read_stream(STREAM, 100, ARRIVE).await;
-    let report = check_stream(&sequences(&messages, "edge-pub"), &(0..100).collect());
-    assert!(report.missing.is_empty() && report.duplicates == 0, "{report:?}");
+    let messages = assert_stream_holds_each_once(&mut client, 100).await;
     assert!(messages.iter().all(|m| m.subject == "edge.js.down"), "{:?}", messages.first());
 }
 
@@ -370,9 +381,7 @@ async fn sighup_restarts_a_linked_jetstream_bridge_and_removes_it() {
     let edge = Broker::launch(Launch::default().args(&["-c", path, "--bind", "127.0.0.1", "-p", "0"]));
     assert!(edge.wait_log("bridge connected", WAIT).await, "{}", edge.logs());
     let mut publisher = Mqtt::connect(opts(&edge, "edge-pub")).await;
-    for seq in 0..10 {
-        publisher.publish_wait("js/r", 1, false, payload("edge-pub", seq)).await;
-    }
+    publish_seqs(&mut publisher, "js/r", 0..10).await;
 
     std::fs::write(&file, bridge(2000)).unwrap();
     edge.sighup();
@@ -381,12 +390,8 @@ async fn sighup_restarts_a_linked_jetstream_bridge_and_removes_it() {
         "the reload stops the linked bridge: {}",
         edge.logs()
     );
-    for seq in 10..20 {
-        publisher.publish_wait("js/r", 1, false, payload("edge-pub", seq)).await;
-    }
-    let messages = client.read_stream(STREAM, 20, ARRIVE).await;
-    let report = check_stream(&sequences(&messages, "edge-pub"), &(0..20).collect());
-    assert!(report.missing.is_empty() && report.duplicates == 0, "{report:?}");
+    publish_seqs(&mut publisher, "js/r", 10..20).await;
+    assert_stream_holds_each_once(&mut client, 20).await;
 
     std::fs::write(&file, "").unwrap();
     edge.sighup();
@@ -442,12 +447,8 @@ async fn tls_to_nats_is_verified_and_a_wrong_ca_never_links() {
     let edge = Broker::start_with(&js_config(nats.addr, &tls(&pki.ca_file)));
     assert!(edge.wait_log("bridge connected", WAIT).await, "linked over TLS: {}", edge.logs());
     let mut publisher = Mqtt::connect(opts(&edge, "edge-pub")).await;
-    for seq in 0..10 {
-        publisher.publish_wait("js/s", 1, false, payload("edge-pub", seq)).await;
-    }
-    let messages = client.read_stream(STREAM, 10, ARRIVE).await;
-    let report = check_stream(&sequences(&messages, "edge-pub"), &(0..10).collect());
-    assert!(report.missing.is_empty() && report.duplicates == 0, "{report:?}");
+    publish_seqs(&mut publisher, "js/s", 0..10).await;
+    assert_stream_holds_each_once(&mut client, 10).await;
     let (status, _, body) = client_tests::http::http_get(nats.monitor.unwrap(), "/connz", None).await;
     assert_eq!(status, 200, "{body}");
     let connz: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -493,12 +494,8 @@ async fn an_nkey_seed_authenticates_the_bridge_and_a_wrong_one_never_links() {
     let edge = Broker::start_with(&config(&seed, "user.nk"));
     assert!(edge.wait_log("bridge connected", WAIT).await, "{}", edge.logs());
     let mut publisher = Mqtt::connect(opts(&edge, "edge-pub")).await;
-    for seq in 0..10 {
-        publisher.publish_wait("js/n", 1, false, payload("edge-pub", seq)).await;
-    }
-    let messages = client.read_stream(STREAM, 10, ARRIVE).await;
-    let report = check_stream(&sequences(&messages, "edge-pub"), &(0..10).collect());
-    assert!(report.missing.is_empty() && report.duplicates == 0, "{report:?}");
+    publish_seqs(&mut publisher, "js/n", 0..10).await;
+    assert_stream_holds_each_once(&mut client, 10).await;
 
     let (other_seed, _) = nkey_user();
     let stranger = Broker::start_with(&config(&other_seed, "other.nk"));

@@ -24,7 +24,6 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
@@ -123,23 +122,19 @@ pub(super) fn apply_key_floor_to_restored(broker: &crate::Broker, bridge: &Bridg
 
 /// The server's first operation, INFO, read from the plain TCP connection.
 async fn read_info(tcp: &mut TcpStream) -> Result<nats::Info, ConnectError> {
-    let mut rbuf = BytesMut::new();
-    loop {
-        match nats::decode(&mut rbuf, DEFAULT_MAX_PAYLOAD)
-            .map_err(|e| ConnectError::Protocol(e.to_string()))?
-        {
-            Some(ServerOp::Info(json)) => {
-                return serde_json::from_str(&json)
-                    .map_err(|e| ConnectError::Protocol(format!("unreadable INFO: {e}")))
-            }
-            Some(other) => return Err(ConnectError::Protocol(format!("{other:?} before INFO"))),
-            None => {}
+    let op = lane::read_until(tcp, &mut BytesMut::new(), |rbuf| decode(rbuf, DEFAULT_MAX_PAYLOAD)).await?;
+    match op {
+        Some(ServerOp::Info(json)) => {
+            serde_json::from_str(&json).map_err(|e| ConnectError::Protocol(format!("unreadable INFO: {e}")))
         }
-        rbuf.reserve(1024);
-        if tcp.read_buf(&mut rbuf).await? == 0 {
-            return Err(ConnectError::Protocol("connection closed before INFO".into()));
-        }
+        Some(other) => Err(ConnectError::Protocol(format!("{other:?} before INFO"))),
+        None => Err(ConnectError::Protocol("connection closed before INFO".into())),
     }
+}
+
+/// A whole server operation from `rbuf`, if there is one (handshake).
+fn decode(rbuf: &mut BytesMut, max_payload: usize) -> Result<Option<ServerOp>, ConnectError> {
+    nats::decode(rbuf, max_payload).map_err(|e| ConnectError::Protocol(e.to_string()))
 }
 
 impl Lane<JetStream> {
@@ -232,16 +227,9 @@ impl Lane<JetStream> {
 
     /// The next whole operation from the server (handshake only).
     async fn next_op(&mut self) -> Result<ServerOp, ConnectError> {
-        loop {
-            if let Some(op) = nats::decode(&mut self.bufs.rbuf, self.wire.max_payload)
-                .map_err(|e| ConnectError::Protocol(e.to_string()))?
-            {
-                return Ok(op);
-            }
-            if self.read_more().await? == 0 {
-                return Err(ConnectError::Protocol("connection closed during the handshake".into()));
-            }
-        }
+        self.read_handshake(|wire, rbuf| decode(rbuf, wire.max_payload))
+            .await?
+            .ok_or_else(|| ConnectError::Protocol("connection closed during the handshake".into()))
     }
 
     /// After the handshake: QoS 1 at most, the session online, its unacknowledged window

@@ -46,6 +46,24 @@ const PROBE_HOLD: Duration = Duration::from_millis(250);
 /// How long a DISCONNECT at shutdown may take to write.
 const FAREWELL_TIMEOUT: Duration = Duration::from_secs(1);
 
+/// Reads from `io` into `rbuf` until `decode` finds a whole operation; `None` when the peer
+/// closed first. For handshakes, before the connected phase's loop.
+pub(super) async fn read_until<T>(
+    io: &mut (impl AsyncRead + Unpin + ?Sized),
+    rbuf: &mut BytesMut,
+    mut decode: impl FnMut(&mut BytesMut) -> Result<Option<T>, ConnectError>,
+) -> Result<Option<T>, ConnectError> {
+    loop {
+        if let Some(item) = decode(rbuf)? {
+            return Ok(Some(item));
+        }
+        rbuf.reserve(READ_SIZE);
+        if io.read_buf(rbuf).await? == 0 {
+            return Ok(None);
+        }
+    }
+}
+
 /// Why a link ended.
 pub(super) enum Ending {
     /// Broker shutdown, or a reload that stops or restarts the bridge.
@@ -208,12 +226,16 @@ impl<W: Wire> Lane<W> {
         self.stream.flush().await
     }
 
-    /// Reads more into `bufs.rbuf` (handshake); 0 when the peer closed.
-    pub(super) async fn read_more(&mut self) -> io::Result<usize> {
-        self.bufs.rbuf.reserve(READ_SIZE);
-        let n = self.stream.read_buf(&mut self.bufs.rbuf).await?;
+    /// Reads until `decode` finds a whole operation in what the peer sent (handshake); `None`
+    /// when the peer closed first.
+    pub(super) async fn read_handshake<T>(
+        &mut self,
+        mut decode: impl FnMut(&mut W, &mut BytesMut) -> Result<Option<T>, ConnectError>,
+    ) -> Result<Option<T>, ConnectError> {
+        let wire = &mut self.wire;
+        let item = read_until(&mut self.stream, &mut self.bufs.rbuf, |rbuf| decode(wire, rbuf)).await;
         self.last_received = Instant::now();
-        Ok(n)
+        item
     }
 
     /// Linked to a secondary address: probes `primary` every `every` (a TCP connect that stays

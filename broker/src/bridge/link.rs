@@ -147,25 +147,19 @@ impl Lane<Mqtt> {
         }
         lane.write().await?;
         // The first packet from the server is CONNACK [MQTT-3.2.0-1].
-        loop {
-            if let Some(packet) = lane
-                .wire
-                .codec
-                .decode(&mut lane.bufs.rbuf)
-                .map_err(|e| ConnectError::Protocol(e.to_string()))?
-            {
-                let Packet::ConnAck(connack) = packet else {
-                    return Err(ConnectError::Protocol(format!("{} before CONNACK", packet.name())));
-                };
-                if !connack.reason.is_success() {
-                    return Err(ConnectError::Refused(connack.reason));
-                }
-                return Ok((lane, *connack));
-            }
-            if lane.read_more().await? == 0 {
-                return Err(ConnectError::ClosedBeforeConnAck);
-            }
+        let packet = lane
+            .read_handshake(|wire, rbuf| {
+                wire.codec.decode(rbuf).map_err(|e| ConnectError::Protocol(e.to_string()))
+            })
+            .await?
+            .ok_or(ConnectError::ClosedBeforeConnAck)?;
+        let Packet::ConnAck(connack) = packet else {
+            return Err(ConnectError::Protocol(format!("{} before CONNACK", packet.name())));
+        };
+        if !connack.reason.is_success() {
+            return Err(ConnectError::Refused(connack.reason));
         }
+        Ok((lane, *connack))
     }
 
     /// After CONNACK: limits from it, SUBSCRIBE for the inbound topics, and the session's

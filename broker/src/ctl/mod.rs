@@ -332,7 +332,7 @@ fn render(command: &CtlCommand, value: &Value) -> String {
                     let mut connection = connection.clone();
                     if let Some(secs) = connection["connected_since"].as_u64() {
                         let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
-                        connection["connected_since"] = Value::from(crate::dead_letter::rfc3339_utc_ms(at));
+                        connection["connected_since"] = Value::from(crate::clock::rfc3339_utc_ms(at));
                     }
                     let lines = pairs(
                         &connection,

@@ -39,8 +39,6 @@ use crate::session::ClientId;
 use crate::Broker;
 use bucket::TokenBucket;
 
-pub use letter::rfc3339_utc_ms;
-
 /// Why a subscriber's copy of a message was lost: the second level of the dead letter's topic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reason {
