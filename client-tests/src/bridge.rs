@@ -1,6 +1,6 @@
 //! Bridge test kit: a TCP proxy the test owns between an edge `tern` and its upstream (pass,
 //! reset, black-hole, hold replies, swallow PUBCOMP; it logs every packet it passes), a scripted
-//! upstream, a Mosquitto upstream, a paced pipelined publisher that counts what was
+//! upstream, Mosquitto and Aedes upstreams, a paced pipelined publisher that counts what was
 //! acknowledged, a recording upstream subscriber, and a checker of "<publisher>:<sequence>"
 //! streams that reports missing, duplicated and reordered messages. Shared by the bridge tests
 //! (t20 and later) so each scenario file stays about its scenario.
@@ -336,21 +336,33 @@ pub fn scripted_config(addr: SocketAddr, topics: &str) -> String {
 // Mosquitto as the upstream
 // ---------------------------------------------------------------------------------------
 
-/// A Mosquitto process on a free loopback port (no persistence), killed on drop.
-pub struct Mosquitto {
+/// A broker of another implementation on a free loopback port, killed on drop: Mosquitto
+/// (Debian package) or Aedes (Node.js, npm), both without persistence.
+pub struct OtherBroker {
     child: std::process::Child,
     pub addr: SocketAddr,
     _dir: tempfile::TempDir,
 }
 
-impl Mosquitto {
-    pub async fn start() -> Mosquitto {
+/// Aedes 1 with its in-memory persistence (a persistent session's subscriptions, queue and
+/// QoS 2 state live while it runs), plain MQTT on 127.0.0.1:argv[2].
+const AEDES_SCRIPT: &str = r#"
+const { Aedes } = require('aedes');
+const net = require('net');
+Aedes.createBroker().then((aedes) => {
+  net.createServer(aedes.handle).listen(Number(process.argv[2]), '127.0.0.1');
+});
+"#;
+
+impl OtherBroker {
+    /// Mosquitto 2.0 with a large queue: a subscriber that falls behind a bridge's burst loses
+    /// nothing to Mosquitto's default 1000-message queue, so what a test counts is the bridge's
+    /// doing. (Not 0, "unlimited": that stalled Mosquitto 2.0.11's QoS 2 bridge, see
+    /// BENCHMARKS.md.)
+    pub async fn mosquitto() -> OtherBroker {
         let dir = tempfile::tempdir().unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = free_port();
         let conf = dir.path().join("mosquitto.conf");
-        // A large queue: a subscriber that falls behind a bridge's burst loses nothing to
-        // Mosquitto's default 1000-message queue, so what a test counts is the bridge's doing.
-        // (Not 0, "unlimited": that stalled Mosquitto 2.0.11's QoS 2 bridge, see BENCHMARKS.md.)
         std::fs::write(
             &conf,
             format!(
@@ -358,31 +370,48 @@ impl Mosquitto {
             ),
         )
         .unwrap();
-        let child = std::process::Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
+        let mut command = std::process::Command::new("mosquitto");
+        command.arg("-c").arg(&conf);
+        Self::spawn(command, "mosquitto (Debian package `mosquitto`)", port, dir).await
+    }
+
+    /// Aedes (npm), from the `node_modules` that [`crate::npm::install`] returned.
+    pub async fn aedes(node_modules: &Path) -> OtherBroker {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let script = dir.path().join("aedes.js");
+        std::fs::write(&script, AEDES_SCRIPT).unwrap();
+        let mut command = std::process::Command::new("node");
+        command.arg(&script).arg(port.to_string()).env("NODE_PATH", node_modules);
+        Self::spawn(command, "node with aedes", port, dir).await
+    }
+
+    async fn spawn(
+        mut command: std::process::Command,
+        what: &str,
+        port: u16,
+        dir: tempfile::TempDir,
+    ) -> OtherBroker {
+        let child = command
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
             .spawn()
-            .expect("mosquitto (Debian package `mosquitto`) runs");
+            .unwrap_or_else(|e| panic!("{what} runs: {e}"));
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let deadline = Instant::now() + WAIT;
         while TcpStream::connect(addr).await.is_err() {
-            assert!(Instant::now() < deadline, "mosquitto did not listen on {addr}");
+            assert!(Instant::now() < deadline, "{what} did not listen on {addr}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        Mosquitto { child, addr, _dir: dir }
+        OtherBroker { child, addr, _dir: dir }
     }
 
     pub fn opts(&self, client_id: &str) -> rumqttc::MqttOptions {
-        let mut o = rumqttc::MqttOptions::new(client_id, "127.0.0.1", self.addr.port());
-        o.set_keep_alive(Duration::from_secs(30));
-        o
+        opts_at(self.addr, client_id)
     }
 }
 
-impl Drop for Mosquitto {
+impl Drop for OtherBroker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

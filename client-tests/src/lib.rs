@@ -19,6 +19,7 @@
 pub mod bridge;
 pub mod http;
 pub mod nats;
+pub mod npm;
 pub mod pki;
 
 use std::io::{BufRead, BufReader, Read};
@@ -43,6 +44,11 @@ pub const QUIET: Duration = Duration::from_millis(500);
 // ---------------------------------------------------------------------------------------
 // Broker process
 // ---------------------------------------------------------------------------------------
+
+/// A free loopback port (bound, then released for the process that will listen on it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
 
 /// Path of the `tern` binary built by `cargo build -p tern --bin tern`.
 pub fn tern_bin() -> PathBuf {
@@ -154,7 +160,7 @@ fn spawn(launch: &Launch) -> (Child, Arc<LogBuf>, tempfile::TempDir) {
     let mut cmd;
     if reference_mosquitto() {
         // Sanity mode: Mosquitto with an equivalent listener. No port 0 there: pick one.
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = free_port();
         let conf = dir.path().join("mosquitto.conf");
         std::fs::write(
             &conf,
@@ -394,7 +400,12 @@ impl Drop for Broker {
 
 /// rumqttc options for this broker: MQTT 3.1.1, keepalive 30 s, clean session.
 pub fn opts(broker: &Broker, client_id: &str) -> MqttOptions {
-    let mut o = MqttOptions::new(client_id, "127.0.0.1", broker.port());
+    opts_at(broker.addr(), client_id)
+}
+
+/// [`opts`] for a broker at `addr`, of any implementation.
+pub fn opts_at(addr: SocketAddr, client_id: &str) -> MqttOptions {
+    let mut o = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
     o.set_keep_alive(Duration::from_secs(30));
     o.set_clean_session(true);
     o.set_max_packet_size(4 << 20, 4 << 20);

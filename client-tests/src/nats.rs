@@ -10,12 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use crate::WAIT;
-
-/// A free loopback port (bound, then released for the process that will listen on it).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use crate::{free_port, WAIT};
 
 /// A fresh NKEY user, written the way `nk -gen user -pubout` writes it: (seed text `SU…`,
 /// public key `U…`). Encoded here from the format (base32 of prefix bytes, key, CRC-16/XMODEM

@@ -8,7 +8,6 @@
 //! MQTT.js (from npm) is the real-world client of the last test.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -585,65 +584,6 @@ async fn will_is_published_when_a_ws_clients_tcp_drops() {
     watcher.disconnect().await;
 }
 
-/// True when `program` is an executable file in a directory of `PATH`.
-fn on_path(program: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(program).is_file()))
-}
-
-/// Where MQTT.js is installed, kept between runs: `<target>/client-tests-npm`.
-fn npm_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../target")))
-        .join("client-tests-npm")
-}
-
-/// Installs `mqtt@5` into [`npm_dir`] unless an earlier run did (a marker file says so). Tests
-/// run in parallel processes: an exclusive lock on a file beside the directory lets one install
-/// while the others wait (two `npm install`s into one prefix leave it broken).
-async fn install_mqtt_js(timeout: Duration) -> PathBuf {
-    let dir = npm_dir();
-    let marker = dir.join("mqtt5.installed");
-    if marker.is_file() {
-        return dir;
-    }
-    std::fs::create_dir_all(&dir).unwrap();
-    let lock_file = std::fs::File::create(dir.with_extension("lock")).unwrap();
-    let _lock = tokio::task::spawn_blocking(move || {
-        use std::os::fd::AsRawFd;
-        // SAFETY: flock on a descriptor this closure owns; released when the file is dropped.
-        let locked = unsafe { libc::flock(lock_file.as_raw_fd(), libc::LOCK_EX) };
-        assert_eq!(locked, 0, "lock {}: {}", "client-tests-npm.lock", std::io::Error::last_os_error());
-        lock_file
-    })
-    .await
-    .unwrap();
-    if marker.is_file() {
-        return dir;
-    }
-    let install = tokio::process::Command::new("npm")
-        .args(["install", "--prefix"])
-        .arg(&dir)
-        .args(["--no-audit", "--no-fund", "--loglevel=error", "mqtt@5"])
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(timeout, install)
-        .await
-        .unwrap_or_else(|_| panic!("npm install mqtt@5 took more than {timeout:?}"))
-        .expect("run npm");
-    assert!(
-        out.status.success(),
-        "npm install mqtt@5 failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::write(&marker, "").unwrap();
-    dir
-}
-
 /// MQTT.js: connect (MQTT 5) to argv[2], subscribe to argv[3] at QoS 1, publish one QoS 1
 /// message to it, print what arrives, disconnect.
 const MQTT_JS_SCRIPT: &str = r#"
@@ -674,11 +614,10 @@ client.on('message', (t, payload, packet) => {
 // own message; a plain TCP client receives it too.
 #[tokio::test]
 async fn mqtt_js_over_ws() {
-    if !on_path("npm") || !on_path("node") {
-        eprintln!("SKIPPED mqtt_js_over_ws: npm/node not on PATH");
+    if !npm::available("mqtt_js_over_ws") {
         return;
     }
-    let node_modules = install_mqtt_js(Duration::from_secs(45)).await.join("node_modules");
+    let node_modules = npm::install().await;
     let b = broker_with(&["transport = \"ws\"", "transport = \"tcp\""]);
     let addrs = b.listener_addrs();
     let mut tcp = Client::connect(Proto::V311, Raw::connect(addrs[1]).await, "tcp-listener").await;
@@ -758,7 +697,7 @@ const round = async (n) => {
 
 /// Runs [`MQTT_JS_BURST_SCRIPT`] against `url` for each protocol version and QoS 1 and 2.
 async fn mqtt_js_bursts(url: &str, ca_file: Option<&std::path::Path>) {
-    let node_modules = install_mqtt_js(Duration::from_secs(45)).await.join("node_modules");
+    let node_modules = npm::install().await;
     let script_dir = tempfile::tempdir().unwrap();
     let script = script_dir.path().join("burst.js");
     std::fs::write(&script, MQTT_JS_BURST_SCRIPT).unwrap();
@@ -790,8 +729,7 @@ async fn mqtt_js_bursts(url: &str, ca_file: Option<&std::path::Path>) {
 // misread a header cut from its body) [MQTT-6.0.0-2] [MQTT-4.3.3-1].
 #[tokio::test]
 async fn mqtt_js_many_in_flight_over_ws() {
-    if !on_path("npm") || !on_path("node") {
-        eprintln!("SKIPPED mqtt_js_many_in_flight_over_ws: npm/node not on PATH");
+    if !npm::available("mqtt_js_many_in_flight_over_ws") {
         return;
     }
     let b = ws_broker();
@@ -801,8 +739,7 @@ async fn mqtt_js_many_in_flight_over_ws() {
 // The same over WebSocket inside TLS.
 #[tokio::test]
 async fn mqtt_js_many_in_flight_over_wss() {
-    if !on_path("npm") || !on_path("node") {
-        eprintln!("SKIPPED mqtt_js_many_in_flight_over_wss: npm/node not on PATH");
+    if !npm::available("mqtt_js_many_in_flight_over_wss") {
         return;
     }
     let pki = Pki::new("wss-js");

@@ -401,7 +401,7 @@ async fn a_bridge_both_ways_does_not_echo() {
 #[tokio::test]
 async fn mosquitto_upstream_gets_qos2_exactly_once_across_a_link_cut() {
     const N: usize = 200;
-    let upstream = Mosquitto::start().await;
+    let upstream = OtherBroker::mosquitto().await;
     let proxy = Proxy::start(upstream.addr).await;
     let mut sub = Mqtt::connect(upstream.opts("up-sub")).await;
     sub.subscribe("m/#", 2).await;

@@ -4,6 +4,7 @@
 //! "<publisher>:<sequence>". Every wait is bounded; each test takes seconds.
 
 use std::collections::BTreeSet;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use client_tests::bridge::*;
@@ -92,31 +93,49 @@ async fn reject_refuses_publishers_beyond_the_budget() {
     wait_sys(&edge, "dropped/rejected", "2").await;
 }
 
-// Issue test 6, both protocols: two Terns, the edge bridged `both` on `a/#` to the upstream.
-// One publish on each side reaches each side's subscriber exactly once. MQTT 5: the bridge
-// subscribes upstream with No Local [MQTT-3.8.3-3]. MQTT 3.1.1 has no No Local: the bridge sets
-// Mosquitto's bridge bit (protocol level 0x84, `try_private`) and the upstream Tern, seeing it,
-// does not send the bridge's own publishes back. Without the bit (`try_private = false`) the
-// upstream echoes the edge's message and the edge subscriber gets it twice: what the bit is for.
+// Issue test 6, both protocols: the edge bridged `both` on `a/#` to an upstream Tern, and to
+// Aedes (Node.js, npm), a third implementation. One publish on each side reaches each side's
+// subscriber exactly once. MQTT 5: the bridge subscribes upstream with No Local
+// [MQTT-3.8.3-3]. MQTT 3.1.1 has no No Local: the bridge sets Mosquitto's bridge bit (protocol
+// level 0x84, `try_private`) and an upstream that knows it (Tern, Aedes) does not send the
+// bridge's own publishes back. Without the bit (`try_private = false`) the upstream echoes the
+// edge's message and the edge subscriber gets it twice: what the bit is for.
 #[tokio::test]
-async fn two_terns_bridged_both_ways_deliver_each_publish_once() {
-    for (protocol, try_private, edge_copies) in [("5.0", true, 1), ("3.1.1", true, 1), ("3.1.1", false, 2)] {
-        let upstream = Broker::start();
+async fn bridged_both_ways_each_publish_arrives_once() {
+    let aedes_modules =
+        if npm::available("bridged_both_ways (Aedes cases)") { Some(npm::install().await) } else { None };
+    let cases = [("tern", "5.0", true, 1), ("tern", "3.1.1", true, 1), ("tern", "3.1.1", false, 2)];
+    let aedes_cases = [("aedes", "3.1.1", true, 1), ("aedes", "3.1.1", false, 2)];
+    let cases = cases.iter().chain(aedes_cases.iter().filter(|_| aedes_modules.is_some()));
+    for &(upstream_kind, protocol, try_private, edge_copies) in cases {
+        let (_upstream, up_addr): (Box<dyn std::any::Any>, SocketAddr) = match &aedes_modules {
+            Some(modules) if upstream_kind == "aedes" => {
+                let aedes = OtherBroker::aedes(modules).await;
+                let addr = aedes.addr;
+                (Box::new(aedes), addr)
+            }
+            _ => {
+                let tern = Broker::start();
+                let addr = tern.addr();
+                (Box::new(tern), addr)
+            }
+        };
+        let case = format!("{upstream_kind} upstream, {protocol}, try_private = {try_private}");
         let edge = Broker::start_with(&edge_config(
-            upstream.addr(),
+            up_addr,
             &format!(
                 "protocol = \"{protocol}\"\ntry_private = {try_private}\nmosquitto_topics = [\"a/# both 1\"]"
             ),
         ));
-        assert!(edge.wait_log("subscribed upstream", WAIT).await, "bridge subscribed upstream");
+        assert!(edge.wait_log("subscribed upstream", WAIT).await, "{case}: bridge subscribed upstream");
         let mut edge_sub = Mqtt::connect(opts(&edge, "edge-sub")).await;
         edge_sub.subscribe("a/#", 1).await;
-        let mut up_sub = Mqtt::connect(opts(&upstream, "up-sub")).await;
+        let mut up_sub = Mqtt::connect(opts_at(up_addr, "up-sub")).await;
         up_sub.subscribe("a/#", 1).await;
 
         let mut edge_pub = Mqtt::connect(opts(&edge, "edge-pub")).await;
         edge_pub.publish_wait("a/1", 1, false, payload("edge", 1)).await;
-        let mut up_pub = Mqtt::connect(opts(&upstream, "up-pub")).await;
+        let mut up_pub = Mqtt::connect(opts_at(up_addr, "up-pub")).await;
         up_pub.publish_wait("a/2", 1, false, payload("up", 2)).await;
 
         for (side, sub, copies) in [("edge", &mut edge_sub, edge_copies), ("upstream", &mut up_sub, 1)] {
@@ -124,7 +143,7 @@ async fn two_terns_bridged_both_ways_deliver_each_publish_once() {
             got.sort();
             let mut want = vec!["edge:1"; copies];
             want.push("up:2");
-            assert_eq!(got, want, "{protocol}, try_private = {try_private}: {side} subscriber");
+            assert_eq!(got, want, "{case}: {side} subscriber");
         }
     }
 }
@@ -428,7 +447,7 @@ async fn a_draining_backlog_does_not_hold_up_live_publishers() {
 #[tokio::test]
 async fn a_qos2_burst_into_a_3_1_1_mosquitto_stays_within_its_inflight_limit() {
     const N: usize = 2_000;
-    let upstream = Mosquitto::start().await;
+    let upstream = OtherBroker::mosquitto().await;
     let mut sub = Mqtt::connect(upstream.opts("up-sub")).await;
     sub.subscribe("b/#", 2).await;
     let edge = Broker::start_with(&edge_config(

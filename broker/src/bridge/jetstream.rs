@@ -157,7 +157,7 @@ impl Lane<JetStream> {
                 "the NATS server requires TLS: give the bridge a tls table".into(),
             ));
         }
-        let stream = lane::secure(bridge, address, tcp).await?;
+        let socket = lane::secure(bridge, address, tcp).await?;
         let random = crate::auth::scram::random_bytes::<12>()
             .map_err(|e| ConnectError::Io(std::io::Error::other(e)))?;
         let inbox = format!("_INBOX.{}", random.iter().map(|b| format!("{b:02x}")).collect::<String>());
@@ -169,7 +169,7 @@ impl Lane<JetStream> {
             ack_timeout: config.jetstream.as_ref().map_or(Duration::from_secs(5), |j| j.ack_timeout()),
             no_stream_logged: false,
         };
-        let mut link = Lane::new(stream, wire, config);
+        let mut link = Lane::new(socket, wire, config);
         if !info.headers {
             return Err(ConnectError::Protocol(
                 "the server does not take headers (NATS 2.2 or later needed)".into(),

@@ -16,6 +16,7 @@
 
 use std::future::Future;
 use std::io;
+use std::os::fd::{AsFd, OwnedFd};
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -35,6 +36,12 @@ use crate::storage::Op;
 /// The connection to the upstream: TCP, or TLS over TCP.
 pub(super) trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// The upstream connection: the stream, and its TCP socket for the options set while linked.
+pub(super) struct Socket {
+    io: Box<dyn Io>,
+    tcp: OwnedFd,
+}
 
 /// Read buffer growth step.
 pub(super) const READ_SIZE: usize = 16 * 1024;
@@ -117,6 +124,8 @@ pub(super) struct Buffers {
 
 pub(super) struct Lane<W> {
     stream: Box<dyn Io>,
+    /// The stream's TCP socket (a duplicate descriptor): `quick_ack` after each read.
+    tcp: OwnedFd,
     pub(super) bufs: Buffers,
     pub(super) wire: W,
     pub(super) keep_alive: Duration,
@@ -140,18 +149,16 @@ pub(super) async fn connect_tcp(address: &str, keep_alive: Duration) -> io::Resu
 /// TLS over `tcp` when the bridge has a `tls` table: the upstream's certificate verified against
 /// its CA for the server name (`tls.server_name`, else the address's host), the bridge's own
 /// certificate presented when configured. Plain TCP otherwise.
-pub(super) async fn secure(
-    bridge: &Bridge,
-    address: &str,
-    tcp: TcpStream,
-) -> Result<Box<dyn Io>, ConnectError> {
-    let Some(tls) = &bridge.tls else { return Ok(Box::new(tcp)) };
+pub(super) async fn secure(bridge: &Bridge, address: &str, tcp: TcpStream) -> Result<Socket, ConnectError> {
+    let fd = tcp.as_fd().try_clone_to_owned()?;
+    let Some(tls) = &bridge.tls else { return Ok(Socket { io: Box::new(tcp), tcp: fd }) };
     let host = bridge.config.tls.as_ref().and_then(|t| t.server_name.as_deref());
     let host = host.unwrap_or_else(|| crate::config::bridge::address_host(address));
     // Checked when the configuration was loaded.
     let name = rustls::pki_types::ServerName::try_from(host.to_owned())
         .map_err(|e| ConnectError::Protocol(format!("server name {host}: {e}")))?;
-    Ok(Box::new(tokio_rustls::TlsConnector::from(tls.clone()).connect(name, tcp).await?))
+    let io = Box::new(tokio_rustls::TlsConnector::from(tls.clone()).connect(name, tcp).await?);
+    Ok(Socket { io, tcp: fd })
 }
 
 /// Data we sent that stays unacknowledged by the peer's TCP for this long aborts the
@@ -163,6 +170,19 @@ pub(super) fn set_user_timeout(tcp: &TcpStream, timeout: Duration) -> io::Result
     #[cfg(not(target_os = "linux"))]
     let _ = (tcp, timeout);
     Ok(())
+}
+
+/// Asks the kernel to acknowledge what arrives at once instead of delaying the ACK (up to
+/// 40 ms). An upstream that writes with Nagle's algorithm on (Node.js sockets by default, so
+/// Aedes) holds each small reply until its previous one is acknowledged: with delayed ACKs
+/// here its PUBRECs and PUBCOMPs trickled in, and a bridge with its QoS 2 flows full forwarded
+/// ~330 msg/s instead of thousands. Linux leaves quick-ack mode by itself, so this is set again
+/// after every read; a failure only costs that speed.
+fn quick_ack(tcp: &OwnedFd) {
+    #[cfg(target_os = "linux")]
+    let _ = socket2::SockRef::from(tcp).set_tcp_quickack(true);
+    #[cfg(not(target_os = "linux"))]
+    let _ = tcp;
 }
 
 /// A handshake within `connect_timeout_secs`, given up when the bridge stops.
@@ -206,10 +226,11 @@ async fn probe(address: String, every: Duration, timeout: Duration) {
 }
 
 impl<W: Wire> Lane<W> {
-    pub(super) fn new(stream: Box<dyn Io>, wire: W, config: &BridgeConfig) -> Self {
+    pub(super) fn new(socket: Socket, wire: W, config: &BridgeConfig) -> Self {
         let now = Instant::now();
         Lane {
-            stream,
+            stream: socket.io,
+            tcp: socket.tcp,
             bufs: Buffers { rbuf: BytesMut::new(), wbuf: BytesMut::new(), pinging: false },
             wire,
             keep_alive: config.keep_alive(),
@@ -311,6 +332,7 @@ impl<W: Wire> Lane<W> {
                     Ok(0) => return Ending::Lost(format!("closed by {}", W::PEER)),
                     Ok(_) => {
                         self.last_received = Instant::now();
+                        quick_ack(&self.tcp);
                         if let Err(e) = self.wire.handle_input(bridge, &mut self.bufs) {
                             return Ending::Lost(e);
                         }

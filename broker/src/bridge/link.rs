@@ -106,7 +106,7 @@ impl Lane<Mqtt> {
     async fn handshake(bridge: &Bridge, address: &str) -> Result<(Self, ConnAck), ConnectError> {
         let config = &bridge.config;
         let tcp = lane::connect_tcp(address, config.keep_alive()).await?;
-        let stream = lane::secure(bridge, address, tcp).await?;
+        let socket = lane::secure(bridge, address, tcp).await?;
         let version = config.protocol.version();
         let mqtt = &bridge.broker.config.mqtt;
         let wire = Mqtt {
@@ -119,7 +119,7 @@ impl Lane<Mqtt> {
             too_large_logged: false,
             hops_logged: false,
         };
-        let mut lane = Lane::new(stream, wire, config);
+        let mut lane = Lane::new(socket, wire, config);
         let connect = Connect {
             version,
             clean_start: config.clean_start,
