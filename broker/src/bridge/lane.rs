@@ -177,7 +177,9 @@ pub(super) fn set_user_timeout(tcp: &TcpStream, timeout: Duration) -> io::Result
 /// Aedes) holds each small reply until its previous one is acknowledged: with delayed ACKs
 /// here its PUBRECs and PUBCOMPs trickled in, and a bridge with its QoS 2 flows full forwarded
 /// ~330 msg/s instead of thousands. Linux leaves quick-ack mode by itself, so this is set again
-/// after every read; a failure only costs that speed.
+/// after every read (at most once a millisecond still stalled 1 run of 6). It costs some speed
+/// into an upstream that answers promptly (BENCHMARKS.md, "Quick ACKs"); a failure only costs
+/// the speed it buys.
 fn quick_ack(tcp: &OwnedFd) {
     #[cfg(target_os = "linux")]
     let _ = socket2::SockRef::from(tcp).set_tcp_quickack(true);
