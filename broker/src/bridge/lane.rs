@@ -124,8 +124,10 @@ pub(super) struct Buffers {
 
 pub(super) struct Lane<W> {
     stream: Box<dyn Io>,
-    /// The stream's TCP socket (a duplicate descriptor): `quick_ack` after each read.
+    /// The stream's TCP socket (a duplicate descriptor), for `quick_ack`.
     tcp: OwnedFd,
+    /// Something was read since the last turn's write.
+    read_unanswered: bool,
     pub(super) bufs: Buffers,
     pub(super) wire: W,
     pub(super) keep_alive: Duration,
@@ -172,14 +174,12 @@ pub(super) fn set_user_timeout(tcp: &TcpStream, timeout: Duration) -> io::Result
     Ok(())
 }
 
-/// Asks the kernel to acknowledge what arrives at once instead of delaying the ACK (up to
-/// 40 ms). An upstream that writes with Nagle's algorithm on (Node.js sockets by default, so
-/// Aedes) holds each small reply until its previous one is acknowledged: with delayed ACKs
-/// here its PUBRECs and PUBCOMPs trickled in, and a bridge with its QoS 2 flows full forwarded
-/// ~330 msg/s instead of thousands. Linux leaves quick-ack mode by itself, so this is set again
-/// after every read (at most once a millisecond still stalled 1 run of 6). It costs some speed
-/// into an upstream that answers promptly (BENCHMARKS.md, "Quick ACKs"); a failure only costs
-/// the speed it buys.
+/// Asks the kernel to acknowledge what arrived at once instead of delaying the ACK (up to
+/// 40 ms); done after a turn that read something and has nothing to write, since a write
+/// carries the ACK anyway. An upstream that writes with Nagle's algorithm on (Node.js sockets
+/// by default, so Aedes) holds each small reply until its previous one is acknowledged: with
+/// delayed ACKs here its PUBRECs and PUBCOMPs trickled in, and a bridge with its QoS 2 flows
+/// full forwarded ~330 msg/s instead of thousands. A failure only costs that speed.
 fn quick_ack(tcp: &OwnedFd) {
     #[cfg(target_os = "linux")]
     let _ = socket2::SockRef::from(tcp).set_tcp_quickack(true);
@@ -237,6 +237,7 @@ impl<W: Wire> Lane<W> {
             wire,
             keep_alive: config.keep_alive(),
             last_received: now,
+            read_unanswered: false,
             last_sent: now,
             primary_back: None,
             rate: config.max_rate.map(|r| TokenBucket::new(r, now)),
@@ -288,6 +289,10 @@ impl<W: Wire> Lane<W> {
             if let Err(e) = self.wire.encode_out(bridge, &mut self.bufs.wbuf) {
                 return Ending::Lost(e);
             }
+            // What we read is acknowledged by what we write now, or else at once.
+            if std::mem::take(&mut self.read_unanswered) && self.bufs.wbuf.is_empty() {
+                quick_ack(&self.tcp);
+            }
             if !self.bufs.wbuf.is_empty() {
                 match tokio::time::timeout_at(self.dead_at(), self.write()).await {
                     Ok(Ok(())) => self.last_sent = Instant::now(),
@@ -334,7 +339,7 @@ impl<W: Wire> Lane<W> {
                     Ok(0) => return Ending::Lost(format!("closed by {}", W::PEER)),
                     Ok(_) => {
                         self.last_received = Instant::now();
-                        quick_ack(&self.tcp);
+                        self.read_unanswered = true;
                         if let Err(e) = self.wire.handle_input(bridge, &mut self.bufs) {
                             return Ending::Lost(e);
                         }
