@@ -289,8 +289,12 @@ impl<W: Wire> Lane<W> {
             if let Err(e) = self.wire.encode_out(bridge, &mut self.bufs.wbuf) {
                 return Ending::Lost(e);
             }
-            // What we read is acknowledged by what we write now, or else at once.
-            if std::mem::take(&mut self.read_unanswered) && self.bufs.wbuf.is_empty() {
+            // What we read is acknowledged by what we write now; when we write nothing although
+            // messages wait for room in the window, at once (their room depends on the replies).
+            if std::mem::take(&mut self.read_unanswered)
+                && self.bufs.wbuf.is_empty()
+                && bridge.session.pending.mailbox().pending() > 0
+            {
                 quick_ack(&self.tcp);
             }
             if !self.bufs.wbuf.is_empty() {
