@@ -22,6 +22,22 @@ fn start_on(dir: &Path) -> Broker {
     start_on_with(dir, "")
 }
 
+/// A broker on `dir` with `toml`, the persistent subscriber `<name>-sub` on `<name>/t` at the
+/// highest QoS of `qos_of`, and messages 0.. published to it by `<name>-pub` at the QoS
+/// `qos_of` gives each (packet id = index + 1), every flow completed.
+async fn persistent_subscriber_fed(dir: &Path, toml: &str, name: &str, qos_of: &[u8]) -> (Broker, Raw) {
+    let b = start_on_with(dir, toml);
+    let topic = format!("{name}/t");
+    let (mut s, _) = Raw::handshake(b.addr(), &persistent(&format!("{name}-sub"))).await;
+    let max = *qos_of.iter().max().unwrap();
+    assert_eq!(s.subscribe(1, &[(topic.as_str(), max)]).await, vec![max]);
+    let mut p = Raw::connected(b.addr(), &format!("{name}-pub"), true).await;
+    for (i, &q) in qos_of.iter().enumerate() {
+        p.publish_flow(&topic, q, false, i as u16 + 1, &payload(i)).await;
+    }
+    (b, s)
+}
+
 fn start_on_with(dir: &Path, toml: &str) -> Broker {
     Broker::launch(Launch::config(toml).data_dir(dir))
 }
@@ -526,15 +542,9 @@ async fn crash_between_pubrec_and_pubrel_delivers_once() {
 async fn crash_with_outbound_inflight_redelivers_dup_same_ids_then_queue() {
     const CFG: &str = "[mqtt]\nmax_inflight_messages = 6\n";
     let dir = tempfile::tempdir().unwrap();
-    let mut b = start_on_with(dir.path(), CFG);
-    let (mut s, _) = Raw::handshake(b.addr(), &persistent("out-sub")).await;
-    assert_eq!(s.subscribe(1, &[("out/t", 2)]).await, vec![2]);
-    let mut p = Raw::connected(b.addr(), "out-pub", true).await;
     // 0..=5 fill the in-flight window; 6 and 7 wait in the queue.
     let qos_of = [1u8, 2, 1, 2, 2, 1, 1, 2];
-    for (i, &q) in qos_of.iter().enumerate() {
-        p.publish_flow("out/t", q, false, i as u16 + 1, &payload(i)).await;
-    }
+    let (mut b, mut s) = persistent_subscriber_fed(dir.path(), CFG, "out", &qos_of).await;
     let mut first = Vec::new();
     for (i, &q) in qos_of.iter().enumerate().take(6) {
         let m = s.recv_publish().await;
@@ -613,13 +623,7 @@ async fn crash_with_outbound_inflight_redelivers_dup_same_ids_then_queue() {
 async fn offline_session_window_survives_kill9_with_original_ids() {
     const CFG: &str = "[mqtt]\nmax_inflight_messages = 3\n";
     let dir = tempfile::tempdir().unwrap();
-    let mut b = start_on_with(dir.path(), CFG);
-    let (mut s, _) = Raw::handshake(b.addr(), &persistent("win-sub")).await;
-    assert_eq!(s.subscribe(1, &[("win/t", 1)]).await, vec![1]);
-    let mut p = Raw::connected(b.addr(), "win-pub", true).await;
-    for i in 0..5 {
-        p.publish_flow("win/t", 1, false, i as u16 + 1, &payload(i)).await;
-    }
+    let (mut b, mut s) = persistent_subscriber_fed(dir.path(), CFG, "win", &[1; 5]).await;
     let mut first = Vec::new();
     for i in 0..3 {
         let m = s.recv_publish().await;
